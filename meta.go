@@ -1,0 +1,204 @@
+package graceful
+
+import (
+	"encoding/binary"
+	"fmt"
+	"io"
+	"slices"
+)
+
+// Meta is a set of key-value pairs to send with a descriptor. It implements
+// [io.WriterTo], so it can be passed as the meta of any Send or Handler
+// function, and the receiver decodes it with [MetaFrom].
+//
+// Its encoding is compact, versioned and deterministic: a version byte (1),
+// the number of pairs as a uvarint, then each pair in increasing key order as
+// a uvarint-prefixed key and a uvarint-prefixed value. An empty Meta encodes
+// as zero bytes, so its receiver gets a nil meta. Decoding accepts only that
+// canonical form and allocates no more than the input's size.
+type Meta map[string]string
+
+const metaVersion = 1
+
+// DefaultMaxMetaSize bounds the meta of one descriptor on the receiving side
+// unless [Client.MaxMetaSize] says otherwise, and the input [MetaFrom] reads
+// from a plain [io.Reader].
+const DefaultMaxMetaSize = 64 << 10
+
+// AppendBinary appends the encoding of m to b. It implements
+// [encoding.BinaryAppender]; senders use it to encode without allocating.
+func (m Meta) AppendBinary(b []byte) ([]byte, error) {
+	if len(m) == 0 {
+		return b, nil
+	}
+	// Small maps sort their keys on the stack.
+	var stack [16]string
+	keys := stack[:0]
+	for k := range m {
+		keys = append(keys, k)
+	}
+	slices.Sort(keys)
+	b = append(b, metaVersion)
+	b = binary.AppendUvarint(b, uint64(len(keys)))
+	for _, k := range keys {
+		v := m[k]
+		b = binary.AppendUvarint(b, uint64(len(k)))
+		b = append(b, k...)
+		b = binary.AppendUvarint(b, uint64(len(v)))
+		b = append(b, v...)
+	}
+	return b, nil
+}
+
+// MarshalBinary returns the encoding of m.
+func (m Meta) MarshalBinary() ([]byte, error) {
+	return m.AppendBinary(nil)
+}
+
+// UnmarshalBinary replaces the contents of *m with the pairs decoded from b.
+func (m *Meta) UnmarshalBinary(b []byte) error {
+	d, err := decodeMeta(b)
+	if err != nil {
+		return err
+	}
+	*m = d
+	return nil
+}
+
+// WriteTo writes the encoding of m to w.
+func (m Meta) WriteTo(w io.Writer) (int64, error) {
+	b, _ := m.AppendBinary(nil)
+	n, err := w.Write(b)
+	return int64(n), err
+}
+
+// ReadFrom reads r to its end, at most [DefaultMaxMetaSize] bytes, and
+// replaces the contents of *m with the pairs decoded from it.
+func (m *Meta) ReadFrom(r io.Reader) (int64, error) {
+	b, err := readMeta(r)
+	if err != nil {
+		return int64(len(b)), err
+	}
+	return int64(len(b)), m.UnmarshalBinary(b)
+}
+
+// MetaFrom decodes a Meta from the meta reader given to a [ReceiveCallback]
+// (or any reader, which it reads to its end, at most [DefaultMaxMetaSize]
+// bytes). A nil reader gives a nil Meta, which reads as empty.
+func MetaFrom(r io.Reader) (Meta, error) {
+	if r == nil {
+		return nil, nil
+	}
+	if mr, ok := r.(*metaReader); ok {
+		// The callback's reader: decode its bytes in place.
+		b := mr.b[mr.off:]
+		mr.off = len(mr.b)
+		return decodeMeta(b)
+	}
+	b, err := readMeta(r)
+	if err != nil {
+		return nil, err
+	}
+	return decodeMeta(b)
+}
+
+func readMeta(r io.Reader) ([]byte, error) {
+	b, err := io.ReadAll(io.LimitReader(r, DefaultMaxMetaSize+1))
+	if err != nil {
+		return b, fmt.Errorf("graceful: reading meta: %w", err)
+	}
+	if len(b) > DefaultMaxMetaSize {
+		return b, fmt.Errorf("%w: meta over %d bytes", ErrLimit, DefaultMaxMetaSize)
+	}
+	return b, nil
+}
+
+func decodeMeta(b []byte) (Meta, error) {
+	if len(b) == 0 {
+		return nil, nil
+	}
+	if b[0] != metaVersion {
+		return nil, fmt.Errorf("%w: meta version %d, want %d", ErrProtocol, b[0], metaVersion)
+	}
+	// One string holds every key and value, so decoding costs one
+	// allocation for the bytes and one for the map.
+	s := string(b[1:])
+	n, p, err := metaUvarint(s, 0)
+	if err != nil {
+		return nil, err
+	}
+	// Each pair takes at least two bytes, which bounds the map's size hint.
+	if n > uint64(len(s)-p)/2 {
+		return nil, fmt.Errorf("%w: meta announces %d pairs in %d bytes", ErrProtocol, n, len(s))
+	}
+	m := make(Meta, n)
+	prev := ""
+	for i := uint64(0); i < n; i++ {
+		var k, v string
+		if k, p, err = metaString(s, p); err != nil {
+			return nil, err
+		}
+		if v, p, err = metaString(s, p); err != nil {
+			return nil, err
+		}
+		if i > 0 && k <= prev {
+			return nil, fmt.Errorf("%w: meta keys not in increasing order", ErrProtocol)
+		}
+		m[k], prev = v, k
+	}
+	if p != len(s) {
+		return nil, fmt.Errorf("%w: %d bytes after meta", ErrProtocol, len(s)-p)
+	}
+	return m, nil
+}
+
+func metaUvarint(s string, p int) (uint64, int, error) {
+	var x uint64
+	for shift := uint(0); p < len(s) && shift < 64; shift += 7 {
+		c := s[p]
+		p++
+		x |= uint64(c&0x7f) << shift
+		if c < 0x80 {
+			return x, p, nil
+		}
+	}
+	return 0, p, fmt.Errorf("%w: bad length in meta", ErrProtocol)
+}
+
+func metaString(s string, p int) (string, int, error) {
+	n, p, err := metaUvarint(s, p)
+	if err != nil {
+		return "", p, err
+	}
+	if n > uint64(len(s)-p) {
+		return "", p, fmt.Errorf("%w: meta string of %d bytes past the end", ErrProtocol, n)
+	}
+	return s[p : p+int(n)], p + int(n), nil
+}
+
+// metaReader is the meta given to a callback. It reads from the receive
+// buffer, so [MetaFrom] decodes it without a copy; it is valid only until
+// the callback returns.
+type metaReader struct {
+	b   []byte
+	off int
+}
+
+func (r *metaReader) Read(p []byte) (int, error) {
+	if r.off >= len(r.b) {
+		return 0, io.EOF
+	}
+	n := copy(p, r.b[r.off:])
+	r.off += n
+	return n, nil
+}
+
+// WriteTo lets io.Copy and bytes.Buffer.ReadFrom take the bytes in one call.
+func (r *metaReader) WriteTo(w io.Writer) (int64, error) {
+	n, err := w.Write(r.b[r.off:])
+	r.off += n
+	return int64(n), err
+}
+
+// Len reports the unread meta bytes.
+func (r *metaReader) Len() int { return len(r.b) - r.off }

@@ -1,0 +1,383 @@
+package graceful
+
+import (
+	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// ReceiveCallback is called once for each received descriptor, in the order
+// they were sent. It owns fd from the moment it is called, whatever it
+// returns. meta holds the bytes the sender attached to fd, or is nil when the
+// sender gave none; it is valid only until the callback returns. An error
+// stops the transfer: the sender is told it was refused, and the
+// descriptors not yet given to the callback are closed.
+type ReceiveCallback func(fd int, meta io.Reader) error
+
+// DefaultMaxFds bounds the descriptors of one transfer unless
+// [Client.MaxFds] says otherwise.
+const DefaultMaxFds = 1 << 20
+
+// A Client receives descriptors. Its zero value is ready to use with the
+// defaults; a Client may be used by several goroutines at once.
+type Client struct {
+	// MaxFds bounds the descriptors of one transfer; 0 means
+	// DefaultMaxFds. A sender that exceeds it gets refused.
+	MaxFds int
+	// MaxMetaSize bounds the meta of one descriptor, in bytes; 0 means
+	// DefaultMaxMetaSize.
+	MaxMetaSize int
+	// Timeout bounds each wait for the sender (to dial, for the next bytes,
+	// to take an acknowledgement); 0 means DefaultTimeout and a negative
+	// value means no bound. Time spent in the callback does not count.
+	Timeout time.Duration
+	// ReadBuffer, when positive, sets the kernel receive buffer (SO_RCVBUF)
+	// of connections that Receive dials; larger buffers wake the receiver
+	// less often during large transfers.
+	ReadBuffer int
+	// Allow decides whether to trust the process at the other end; nil
+	// means SameUser.
+	Allow func(Peer) error
+}
+
+// DefaultClient is the Client used by the package-level functions.
+var DefaultClient = &Client{}
+
+// Receive dials the server at the Unix socket addr with [DefaultClient] and
+// receives every transfer it sends until it closes the connection. If
+// nothing serves at addr, the error satisfies errors.Is(err, [ErrNoServer]).
+func Receive(addr string, cb ReceiveCallback) error {
+	return DefaultClient.Receive(addr, cb)
+}
+
+// ReceiveContext is [Receive] with a context that bounds the whole call.
+func ReceiveContext(ctx context.Context, addr string, cb ReceiveCallback) error {
+	return DefaultClient.ReceiveContext(ctx, addr, cb)
+}
+
+// ReceiveFrom receives one transfer on conn with [DefaultClient].
+func ReceiveFrom(conn net.Conn, cb ReceiveCallback) error {
+	return DefaultClient.ReceiveFrom(conn, cb)
+}
+
+// ReceiveAllFrom receives transfers on conn with [DefaultClient] until the
+// sender closes the connection.
+func ReceiveAllFrom(conn net.Conn, cb ReceiveCallback) error {
+	return DefaultClient.ReceiveAllFrom(conn, cb)
+}
+
+// Receive dials the server at the Unix socket addr (a path, or @name for
+// the abstract namespace), checks its credentials, receives every transfer
+// it sends until it closes the connection, then closes the connection. If
+// nothing serves at addr (no socket file, or a stale one), the error
+// satisfies errors.Is(err, [ErrNoServer]); any other error means the
+// hand-over itself failed.
+func (c *Client) Receive(addr string, cb ReceiveCallback) error {
+	return c.ReceiveContext(context.Background(), addr, cb)
+}
+
+// ReceiveContext is [Client.Receive] with a context that bounds the whole
+// call, dial included.
+func (c *Client) ReceiveContext(ctx context.Context, addr string, cb ReceiveCallback) error {
+	d := net.Dialer{}
+	if t := c.timeout(); t > 0 {
+		d.Timeout = t
+	}
+	conn, err := d.DialContext(ctx, "unix", addr)
+	if err != nil {
+		if errors.Is(err, unix.ENOENT) || errors.Is(err, unix.ECONNREFUSED) {
+			return fmt.Errorf("%w: %w", ErrNoServer, err)
+		}
+		return fmt.Errorf("graceful: %w", err)
+	}
+	defer conn.Close()
+	if c.ReadBuffer > 0 {
+		if err := conn.(*net.UnixConn).SetReadBuffer(c.ReadBuffer); err != nil {
+			return fmt.Errorf("graceful: %w", err)
+		}
+	}
+	n, err := c.receive(ctx, conn, cb, true)
+	if err == nil && n == 0 {
+		// A server always sends a transfer, if only an empty one.
+		return fmt.Errorf("graceful: %s closed the connection without a transfer: %w", addr, io.ErrUnexpectedEOF)
+	}
+	return err
+}
+
+// ReceiveFrom receives one transfer on conn: all the descriptors sent by one
+// Send call or one server handler. It returns io.EOF if the peer closed the
+// connection cleanly before the transfer began, and io.ErrUnexpectedEOF
+// (wrapped) if it closed it during the transfer.
+//
+// conn must be a Unix socket connection; its peer's credentials are checked
+// as in [Client.Receive]. Data the peer wrote before the transfer must be
+// read before the call. For its timeout ReceiveFrom interrupts a stuck call
+// by setting a past deadline on conn, after which conn is of no further use;
+// otherwise it leaves conn's deadlines as the caller set them, and they
+// apply.
+func (c *Client) ReceiveFrom(conn net.Conn, cb ReceiveCallback) error {
+	_, err := c.receive(context.Background(), conn, cb, false)
+	return err
+}
+
+// ReceiveAllFrom receives transfers on conn until the peer closes it
+// cleanly, and then returns nil. It does not close conn.
+func (c *Client) ReceiveAllFrom(conn net.Conn, cb ReceiveCallback) error {
+	_, err := c.receive(context.Background(), conn, cb, true)
+	return err
+}
+
+// receive runs one transfer, or all until a clean end of stream, and counts
+// those that completed.
+func (c *Client) receive(ctx context.Context, conn net.Conn, cb ReceiveCallback, all bool) (int, error) {
+	if err := checkPeer(conn, c.Allow); err != nil {
+		return 0, err
+	}
+	r, err := c.newReceiver(ctx, conn)
+	if err != nil {
+		return 0, err
+	}
+	defer r.close()
+	for n := 0; ; n++ {
+		err := r.transfer(cb)
+		if err == io.EOF && all {
+			return n, nil
+		}
+		if err != nil {
+			return n, err
+		}
+		if !all {
+			return 1, nil
+		}
+	}
+}
+
+func (c *Client) timeout() time.Duration {
+	if c.Timeout == 0 {
+		return DefaultTimeout
+	}
+	return c.Timeout
+}
+
+// receiver reads the transfers of one connection.
+type receiver struct {
+	mc      msgConn
+	wd      *watchdog
+	maxFds  int
+	maxMeta int
+	hdr     [hdrLen]byte
+	body    []byte
+	oob     []byte
+	// fds holds the descriptors of the current frame; those from next on
+	// have not been given to the callback and are the receiver's to close.
+	fds  []int32
+	next int
+	meta metaReader
+}
+
+func (c *Client) newReceiver(ctx context.Context, conn net.Conn) (*receiver, error) {
+	r := &receiver{
+		maxFds:  c.MaxFds,
+		maxMeta: c.MaxMetaSize,
+		oob:     make([]byte, oobSpace),
+		fds:     make([]int32, 0, maxBatch),
+	}
+	if r.maxFds <= 0 {
+		r.maxFds = DefaultMaxFds
+	}
+	if r.maxMeta <= 0 {
+		r.maxMeta = DefaultMaxMetaSize
+	}
+	if err := r.mc.init(conn); err != nil {
+		return nil, err
+	}
+	r.wd = newWatchdog(ctx, conn, c.timeout())
+	return r, nil
+}
+
+// close releases every descriptor not given to the callback. It runs on
+// every return, a callback's panic included.
+func (r *receiver) close() {
+	closeFds(r.fds[r.next:])
+	r.fds, r.next = r.fds[:0], 0
+	r.wd.stop()
+}
+
+// transfer receives one transfer, io.EOF if the stream ends before it.
+func (r *receiver) transfer(cb ReceiveCallback) error {
+	total := 0
+	for first := true; ; first = false {
+		flags, bodyLen, err := r.readFrame(first)
+		if err != nil {
+			return err
+		}
+		if total += len(r.fds); total > r.maxFds {
+			return r.refuse(fmt.Errorf("%w: more than %d descriptors", ErrLimit, r.maxFds))
+		}
+		if err := r.deliver(cb, bodyLen); err != nil {
+			return err
+		}
+		if flags&(flagSync|flagEnd) != 0 {
+			if err := r.reply(statusOK, ""); err != nil {
+				return err
+			}
+		}
+		if flags&flagEnd != 0 {
+			return nil
+		}
+	}
+}
+
+// readFrame reads a frame's header with its descriptors into r.fds, then its
+// body into r.body.
+func (r *receiver) readFrame(first bool) (flags byte, bodyLen int, err error) {
+	closeFds(r.fds[r.next:])
+	r.fds, r.next = r.fds[:0], 0
+	for got := 0; got < hdrLen; {
+		n, err := r.read(r.hdr[got:], true)
+		if err != nil {
+			return 0, 0, err
+		}
+		if n == 0 {
+			if got == 0 && first {
+				return 0, 0, io.EOF
+			}
+			return 0, 0, ioError("reading frame", io.EOF)
+		}
+		got += n
+	}
+	flags, nfds, bodyLen, err := parseHeader(r.hdr[:])
+	if err != nil {
+		return 0, 0, err
+	}
+	if nfds != len(r.fds) {
+		return 0, 0, fmt.Errorf("%w: frame announces %d descriptors, %d arrived", ErrProtocol, nfds, len(r.fds))
+	}
+	if bodyLen > nfds*(4+r.maxMeta) {
+		return 0, 0, r.refuse(fmt.Errorf("%w: frame body of %d bytes", ErrLimit, bodyLen))
+	}
+	// The body grows with what arrives, not with what the header announces.
+	r.body = r.body[:0]
+	for len(r.body) < bodyLen {
+		chunk := min(bodyLen-len(r.body), 64<<10)
+		r.body = growLen(r.body, chunk)
+		p := r.body[len(r.body)-chunk:]
+		n, err := r.read(p, false)
+		if err != nil {
+			return 0, 0, err
+		}
+		if n == 0 {
+			return 0, 0, ioError("reading frame", io.EOF)
+		}
+		r.body = r.body[:len(r.body)-chunk+n]
+	}
+	return flags, bodyLen, r.checkBody(bodyLen)
+}
+
+func growLen(b []byte, n int) []byte {
+	if cap(b)-len(b) < n {
+		b = append(b[:cap(b)], make([]byte, len(b)+n-cap(b))...)[:len(b)]
+	}
+	return b[:len(b)+n]
+}
+
+// read is one recvmsg. Descriptors are taken only with a frame's header
+// (fds): any others, or more than a frame may carry, are closed and make a
+// protocol error.
+func (r *receiver) read(p []byte, fds bool) (int, error) {
+	r.wd.arm()
+	n, oobn, flags, err := r.mc.recvmsg(p, r.oob)
+	if err = r.wd.disarm(err); err != nil {
+		return 0, ioError("receiving", err)
+	}
+	if oobn > 0 {
+		r.fds = appendRights(r.fds, r.oob[:oobn])
+	}
+	if flags&unix.MSG_CTRUNC != 0 {
+		return 0, fmt.Errorf("%w: %d arrived", ErrTruncated, len(r.fds))
+	}
+	if oobn > 0 && (!fds || len(r.fds) > maxBatch) {
+		return 0, fmt.Errorf("%w: descriptors outside a frame header", ErrProtocol)
+	}
+	return n, nil
+}
+
+// checkBody verifies that the body holds one meta per descriptor within the
+// limit and nothing else, before any descriptor is delivered.
+func (r *receiver) checkBody(bodyLen int) error {
+	if bodyLen == 0 {
+		return nil
+	}
+	body := r.body[:bodyLen]
+	for range r.fds {
+		if len(body) < 4 {
+			return fmt.Errorf("%w: frame body ends early", ErrProtocol)
+		}
+		n := binary.BigEndian.Uint32(body)
+		if n > uint32(r.maxMeta) {
+			return r.refuse(fmt.Errorf("%w: meta of %d bytes", ErrLimit, n))
+		}
+		if n > uint32(len(body)-4) {
+			return fmt.Errorf("%w: meta past the frame body", ErrProtocol)
+		}
+		body = body[4+n:]
+	}
+	if len(body) != 0 {
+		return fmt.Errorf("%w: %d bytes after the last meta", ErrProtocol, len(body))
+	}
+	return nil
+}
+
+// deliver gives the frame's descriptors to the callback with their meta.
+func (r *receiver) deliver(cb ReceiveCallback, bodyLen int) error {
+	body := r.body[:bodyLen]
+	for r.next < len(r.fds) {
+		fd := int(r.fds[r.next])
+		var meta io.Reader
+		if bodyLen > 0 {
+			n := binary.BigEndian.Uint32(body)
+			if n > 0 {
+				r.meta = metaReader{b: body[4 : 4+n]}
+				meta = &r.meta
+			}
+			body = body[4+n:]
+		}
+		r.next++
+		if err := cb(fd, meta); err != nil {
+			return r.refuse(fmt.Errorf("graceful: callback: %w", err))
+		}
+	}
+	return nil
+}
+
+// refuse tells the sender why the transfer stops, as far as it can, and
+// returns err.
+func (r *receiver) refuse(err error) error {
+	msg := err.Error()
+	if len(msg) > maxRefusal {
+		msg = msg[:maxRefusal]
+	}
+	r.reply(statusRefused, msg)
+	return err
+}
+
+func (r *receiver) reply(status byte, msg string) error {
+	b := r.hdr[:ackLen]
+	if msg != "" {
+		b = make([]byte, ackLen, ackLen+len(msg))
+		b = append(b, msg...)
+	}
+	putAck(b, status, len(msg))
+	r.wd.arm()
+	err := r.wd.disarm(r.mc.sendmsg(b, nil))
+	if err != nil {
+		return ioError("acknowledging", err)
+	}
+	return nil
+}

@@ -1,0 +1,290 @@
+package graceful
+
+import (
+	"context"
+	"encoding"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"syscall"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// A ResponseWriter sends descriptors to the receiver on behalf of a
+// [Handler]. It buffers descriptors and sends up to 253 in one system call.
+type ResponseWriter interface {
+	// Write queues fd with its meta (nil for none). The caller keeps
+	// ownership of fd, which must stay open until the next Flush returns or
+	// the handler returns; the receiver gets a descriptor of its own.
+	Write(fd int, meta io.WriterTo) error
+	// Flush sends every queued descriptor and waits until the receiver has
+	// acknowledged all descriptors written so far.
+	Flush() error
+}
+
+// sender is the ResponseWriter of one transfer on a connection.
+type sender struct {
+	mc   msgConn
+	wd   *watchdog
+	fds  []int32
+	buf  []byte // a frame: header, then each queued descriptor's meta
+	meta bool   // whether any queued descriptor has meta
+	oob  []byte
+	ack  [ackLen]byte
+	err  error // once a frame failed, the stream is broken for good
+	done bool
+}
+
+// bodyTarget is how much meta a frame gathers before it is sent early.
+const bodyTarget = 64 << 10
+
+func newSender(ctx context.Context, conn net.Conn, timeout time.Duration) (*sender, error) {
+	s := &sender{
+		fds: make([]int32, 0, maxBatch),
+		buf: make([]byte, hdrLen, 1024),
+		oob: make([]byte, oobSpace),
+	}
+	if err := s.mc.init(conn); err != nil {
+		return nil, err
+	}
+	s.wd = newWatchdog(ctx, conn, timeout)
+	return s, nil
+}
+
+// metaWriter appends what a meta's WriteTo writes to the frame.
+type metaWriter sender
+
+func (w *metaWriter) Write(p []byte) (int, error) {
+	w.buf = append(w.buf, p...)
+	return len(p), nil
+}
+
+func (s *sender) Write(fd int, meta io.WriterTo) error {
+	if s.err != nil {
+		return s.err
+	}
+	if s.done {
+		return errors.New("graceful: Write after the transfer ended")
+	}
+	if fd < 0 || fd > 1<<31-1 {
+		return fmt.Errorf("graceful: invalid descriptor %d: %w", fd, unix.EBADF)
+	}
+	if len(s.fds) == maxBatch || len(s.buf)-hdrLen >= bodyTarget {
+		if err := s.send(0); err != nil {
+			return err
+		}
+	}
+	mark := len(s.buf)
+	s.buf = append(s.buf, 0, 0, 0, 0)
+	if meta != nil {
+		var err error
+		if a, ok := meta.(encoding.BinaryAppender); ok {
+			s.buf, err = a.AppendBinary(s.buf)
+		} else {
+			_, err = meta.WriteTo((*metaWriter)(s))
+		}
+		if err != nil {
+			s.buf = s.buf[:mark]
+			return fmt.Errorf("graceful: writing meta: %w", err)
+		}
+	}
+	n := len(s.buf) - mark - 4
+	if n > 1<<31-1 {
+		s.buf = s.buf[:mark]
+		return fmt.Errorf("%w: meta of %d bytes", ErrLimit, n)
+	}
+	if n > 0 {
+		binary.BigEndian.PutUint32(s.buf[mark:], uint32(n))
+		s.meta = true
+	}
+	s.fds = append(s.fds, int32(fd))
+	return nil
+}
+
+func (s *sender) Flush() error {
+	if s.done {
+		return errors.New("graceful: Flush after the transfer ended")
+	}
+	return s.roundTrip(flagSync)
+}
+
+// end finishes the transfer and waits for the receiver's acknowledgement.
+func (s *sender) end() error {
+	err := s.roundTrip(flagEnd)
+	s.done = true
+	return err
+}
+
+// close ends the watch on the connection; the connection stays open.
+func (s *sender) close() {
+	s.wd.stop()
+}
+
+func (s *sender) roundTrip(flags byte) error {
+	if err := s.send(flags); err != nil {
+		return err
+	}
+	if err := s.readAck(); err != nil {
+		s.err = err
+		return err
+	}
+	return nil
+}
+
+// send writes the queued descriptors as one frame.
+func (s *sender) send(flags byte) error {
+	if s.err != nil {
+		return s.err
+	}
+	body := len(s.buf) - hdrLen
+	if !s.meta {
+		body = 0
+	}
+	putHeader(s.buf, flags, len(s.fds), body)
+	oobn := putRights(s.oob, s.fds)
+	s.wd.arm()
+	err := s.wd.disarm(s.mc.sendmsg(s.buf[:hdrLen+body], s.oob[:oobn]))
+	s.fds, s.buf, s.meta = s.fds[:0], s.buf[:hdrLen], false
+	if err != nil {
+		s.err = ioError("sending descriptors", err)
+	}
+	return s.err
+}
+
+func (s *sender) readAck() error {
+	if err := s.readFull(s.ack[:]); err != nil {
+		return err
+	}
+	if s.ack[0] != version {
+		return fmt.Errorf("%w: acknowledgement version %d", ErrProtocol, s.ack[0])
+	}
+	switch s.ack[1] {
+	case statusOK:
+		return nil
+	case statusRefused:
+		n := int(s.ack[2])<<8 | int(s.ack[3])
+		if n > maxRefusal {
+			return fmt.Errorf("%w: refusal of %d bytes", ErrProtocol, n)
+		}
+		msg := make([]byte, n)
+		if err := s.readFull(msg); err != nil {
+			return err
+		}
+		return fmt.Errorf("%w: %q", ErrRefused, msg)
+	}
+	return fmt.Errorf("%w: acknowledgement status %d", ErrProtocol, s.ack[1])
+}
+
+// readFull reads from the receiver, refusing any descriptor it sends.
+func (s *sender) readFull(p []byte) error {
+	for len(p) > 0 {
+		s.wd.arm()
+		n, oobn, _, err := s.mc.recvmsg(p, s.oob)
+		if err = s.wd.disarm(err); err != nil {
+			return ioError("reading acknowledgement", err)
+		}
+		if oobn > 0 {
+			var fds [maxBatch]int32
+			closeFds(appendRights(fds[:0], s.oob[:oobn]))
+			return fmt.Errorf("%w: receiver sent descriptors", ErrProtocol)
+		}
+		if n == 0 {
+			return ioError("reading acknowledgement", io.EOF)
+		}
+		p = p[n:]
+	}
+	return nil
+}
+
+// transfer runs one complete transfer on conn: it checks the peer, lets
+// write queue descriptors, ends the transfer unless write did, and waits for
+// the acknowledgement.
+func transfer(ctx context.Context, conn net.Conn, allow func(Peer) error, timeout time.Duration, write func(*sender) error) error {
+	if err := checkPeer(conn, allow); err != nil {
+		return err
+	}
+	s, err := newSender(ctx, conn, timeout)
+	if err != nil {
+		return err
+	}
+	defer s.close()
+	if err := write(s); err != nil || s.done {
+		return err
+	}
+	return s.end()
+}
+
+// SendTo sends fd with meta (nil for none) to the receiver at the other end
+// of conn as one transfer, and returns once the receiver has acknowledged it.
+// The caller keeps fd; the receiver gets a descriptor of its own.
+//
+// conn must be a Unix socket connection whose peer is the same user as this
+// process, or root. SendTo waits at most [DefaultTimeout] for each step of
+// the receiver; it interrupts a stuck call by setting a past deadline on
+// conn, and otherwise leaves conn's deadlines alone.
+func SendTo(conn net.Conn, fd int, meta io.WriterTo) error {
+	return transfer(context.Background(), conn, nil, DefaultTimeout, func(s *sender) error {
+		return s.Write(fd, meta)
+	})
+}
+
+// SendListenerTo sends the descriptor of ln with meta to the receiver at the
+// other end of conn, as [SendTo] does. ln stays open and keeps accepting;
+// both processes share the listening socket until one closes its copy.
+func SendListenerTo(conn net.Conn, ln net.Listener, meta io.WriterTo) error {
+	return sendObjectTo(conn, ln, meta)
+}
+
+// SendFileTo sends the descriptor of f with meta, as [SendTo] does. f stays
+// open and unchanged (it is not switched to blocking mode).
+func SendFileTo(conn net.Conn, f *os.File, meta io.WriterTo) error {
+	return sendObjectTo(conn, f, meta)
+}
+
+// SendConnTo sends the descriptor of c to the receiver at the other end of
+// dst, as [SendTo] does. c stays open; data it has buffered in user space
+// (for example in a bufio.Reader) is not part of the descriptor.
+func SendConnTo(dst net.Conn, c net.Conn, meta io.WriterTo) error {
+	return sendObjectTo(dst, c, meta)
+}
+
+// SendPacketConnTo sends the descriptor of pc to the receiver at the other
+// end of dst, as [SendTo] does. pc stays open.
+func SendPacketConnTo(dst net.Conn, pc net.PacketConn, meta io.WriterTo) error {
+	return sendObjectTo(dst, pc, meta)
+}
+
+func sendObjectTo(conn net.Conn, obj any, meta io.WriterTo) error {
+	return transfer(context.Background(), conn, nil, DefaultTimeout, func(s *sender) error {
+		return writeObject(s, obj, meta, s.end)
+	})
+}
+
+// writeObject queues the descriptor of obj and calls send, which must send
+// it: the descriptor is only borrowed through SyscallConn (Fd would switch
+// the object to blocking mode), and it is valid only during the borrow.
+func writeObject(w ResponseWriter, obj any, meta io.WriterTo, send func() error) error {
+	sc, ok := obj.(syscall.Conn)
+	if !ok {
+		return fmt.Errorf("graceful: %T has no descriptor to send", obj)
+	}
+	rc, err := sc.SyscallConn()
+	if err != nil {
+		return fmt.Errorf("graceful: %w", err)
+	}
+	var werr error
+	err = rc.Control(func(fd uintptr) {
+		if werr = w.Write(int(fd), meta); werr == nil {
+			werr = send()
+		}
+	})
+	if err != nil {
+		return fmt.Errorf("graceful: %w", err)
+	}
+	return werr
+}
