@@ -218,11 +218,11 @@ func closeFds(fds []int32) {
 // poller, so the connection's deadlines apply. Its buffers live as long as
 // the connection's transfer, so the calls allocate nothing.
 type msgConn struct {
-	conn net.Conn
-	rc   syscall.RawConn
-	iov  unix.Iovec
-	msg  unix.Msghdr
-	n    int
+	conn  net.Conn
+	rc    syscall.RawConn
+	iov   unix.Iovec
+	msg   unix.Msghdr
+	n     int
 	errno error
 	// fns are method values made once, so the poller calls allocate nothing.
 	recvFn, sendFn func(uintptr) bool
@@ -344,7 +344,7 @@ func newWatchdog(ctx context.Context, conn net.Conn, idle time.Duration) *watchd
 	w := &watchdog{conn: conn, idle: idle}
 	if idle > 0 {
 		w.timer = time.AfterFunc(time.Hour, func() {
-			w.fire(fmt.Errorf("graceful: peer idle for %v: %w", idle, os.ErrDeadlineExceeded))
+			w.fire(fmt.Errorf("peer idle for %v: %w", idle, os.ErrDeadlineExceeded))
 		})
 		w.timer.Stop()
 	}

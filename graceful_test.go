@@ -1,0 +1,537 @@
+package graceful
+
+import (
+	"bufio"
+	"bytes"
+	"crypto/sha256"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// The test binary re-executes itself as the peer process: a child runs the
+// function registered under the name in childEnv and exits.
+const childEnv = "GRACEFUL_TEST_CHILD"
+
+var children = map[string]func(args []string) error{}
+
+func TestMain(m *testing.M) {
+	if name := os.Getenv(childEnv); name != "" {
+		f, ok := children[name]
+		if !ok {
+			fmt.Fprintf(os.Stderr, "unknown child %q\n", name)
+			os.Exit(2)
+		}
+		if err := f(os.Args[1:]); err != nil {
+			fmt.Fprintf(os.Stderr, "child %s: %v\n", name, err)
+			os.Exit(1)
+		}
+		os.Exit(0)
+	}
+	os.Exit(m.Run())
+}
+
+// child is a peer process running children[name] with args.
+type child struct {
+	cmd    *exec.Cmd
+	out    *bufio.Reader
+	in     io.WriteCloser
+	stderr bytes.Buffer
+	t      testing.TB
+}
+
+func startChild(t testing.TB, name string, args ...string) *child {
+	t.Helper()
+	cmd := exec.Command(os.Args[0], args...)
+	cmd.Env = append(os.Environ(), childEnv+"="+name)
+	c := &child{cmd: cmd, t: t}
+	cmd.Stderr = &c.stderr
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.in, err = cmd.StdinPipe(); err != nil {
+		t.Fatal(err)
+	}
+	c.out = bufio.NewReader(out)
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		c.in.Close()
+		if cmd.ProcessState == nil {
+			cmd.Process.Kill()
+			cmd.Wait()
+		}
+	})
+	return c
+}
+
+// line reads the child's next line of output.
+func (c *child) line() string {
+	c.t.Helper()
+	s, err := c.out.ReadString('\n')
+	if err != nil {
+		c.cmd.Wait()
+		c.t.Fatalf("child output: %v; stderr:\n%s", err, c.stderr.String())
+	}
+	return strings.TrimSuffix(s, "\n")
+}
+
+// expect reads a line and checks it.
+func (c *child) expect(want string) {
+	c.t.Helper()
+	if got := c.line(); got != want {
+		c.t.Fatalf("child said %q, want %q; stderr:\n%s", got, want, c.stderr.String())
+	}
+}
+
+// wait waits for the child to exit and fails the test if it failed.
+func (c *child) wait() {
+	c.t.Helper()
+	c.in.Close()
+	if err := c.cmd.Wait(); err != nil {
+		c.t.Fatalf("child: %v; stderr:\n%s", err, c.stderr.String())
+	}
+}
+
+// countFds counts this process's open descriptors.
+func countFds(t testing.TB) int {
+	t.Helper()
+	ents, err := os.ReadDir("/proc/self/fd")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return len(ents) - 1 // the directory's own descriptor
+}
+
+// checkFds fails the test if it ends with more descriptors open than it
+// started with. Descriptors close asynchronously in places (a goroutine
+// finishing a connection), so it waits a little for the count to settle.
+func checkFds(t testing.TB) {
+	t.Helper()
+	// The runtime's poller descriptors open on first use; make sure they are.
+	a, b := socketPair(t)
+	a.Close()
+	b.Close()
+	before := countFds(t)
+	t.Cleanup(func() {
+		var after int
+		for i := 0; i < 100; i++ {
+			if after = countFds(t); after <= before {
+				return
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+		ents, _ := os.ReadDir("/proc/self/fd")
+		var names []string
+		for _, e := range ents {
+			l, _ := os.Readlink(filepath.Join("/proc/self/fd", e.Name()))
+			names = append(names, e.Name()+"->"+l)
+		}
+		t.Errorf("descriptors leaked: %d before, %d after: %v", before, after, names)
+	})
+}
+
+// socketPair returns two connected Unix stream connections.
+func socketPair(t testing.TB) (*net.UnixConn, *net.UnixConn) {
+	t.Helper()
+	fds, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	conns := make([]*net.UnixConn, 2)
+	for i, fd := range fds {
+		f := os.NewFile(uintptr(fd), "socketpair")
+		c, err := net.FileConn(f)
+		f.Close()
+		if err != nil {
+			t.Fatal(err)
+		}
+		conns[i] = c.(*net.UnixConn)
+	}
+	return conns[0], conns[1]
+}
+
+func sockPath(t testing.TB) string {
+	// A short directory: socket paths are limited to 107 bytes.
+	dir, err := os.MkdirTemp("", "gr")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	return filepath.Join(dir, "s")
+}
+
+// TestHandOverKinds hands a TCP listener, a UDP socket, a Unix listener, a
+// file, a pipe and a live TCP connection to another process, which proves
+// each works there, and checks the sender's copies still work.
+func TestHandOverKinds(t *testing.T) {
+	checkFds(t)
+	addr := sockPath(t)
+
+	tcpLn, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tcpLn.Close()
+	udp, err := net.ListenPacket("udp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer udp.Close()
+	unixLn, err := net.Listen("unix", addr+".app")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unixLn.Close()
+	file, err := os.CreateTemp(t.TempDir(), "f")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer file.Close()
+	if _, err := file.WriteString("file contents"); err != nil {
+		t.Fatal(err)
+	}
+	pr, pw, err := os.Pipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pr.Close()
+	defer pw.Close()
+	// A live connection: its first bytes are read here, the rest there.
+	connLn, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	cli, err := net.Dial("tcp", connLn.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cli.Close()
+	srvConn, err := connLn.Accept()
+	connLn.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer srvConn.Close()
+	io.WriteString(cli, "part1")
+	buf := make([]byte, 5)
+	if _, err := io.ReadFull(srvConn, buf); err != nil || string(buf) != "part1" {
+		t.Fatalf("read %q, %v", buf, err)
+	}
+
+	srv := &Server{Handler: SequenceHandler(
+		ListenerHandler(tcpLn, Meta{"kind": "tcp"}),
+		PacketConnHandler(udp, Meta{"kind": "udp"}),
+		ListenerHandler(unixLn, Meta{"kind": "unix"}),
+		FileHandler(file, Meta{"kind": "file", "name": file.Name()}),
+		FileHandler(pr, Meta{"kind": "pipe"}),
+		ConnHandler(srvConn, Meta{"kind": "conn"}),
+	)}
+	serveErr := make(chan error, 1)
+	go func() { serveErr <- srv.ListenAndServe(addr) }()
+	waitSocket(t, addr)
+
+	c := startChild(t, "kinds", addr)
+	c.expect("received tcp udp unix file pipe conn")
+
+	// TCP listener: the child accepts one connection and answers.
+	tc, err := net.Dial("tcp", tcpLn.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tc.Close()
+	expectReply(t, tc, "tcp child")
+	c.expect("tcp done")
+	// UDP socket: the child answers one datagram.
+	uc, err := net.Dial("udp", udp.LocalAddr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer uc.Close()
+	expectReply(t, uc, "udp child")
+	c.expect("udp done")
+	// Unix listener.
+	xc, err := net.Dial("unix", addr+".app")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer xc.Close()
+	expectReply(t, xc, "unix child")
+	c.expect("unix done")
+	// File: the child read it through its descriptor.
+	c.expect("file file contents")
+	// Pipe: written here, read there.
+	io.WriteString(pw, "through the pipe\n")
+	c.expect("pipe through the pipe")
+	// Live connection: the byte stream goes on in the child.
+	io.WriteString(cli, "part2\n")
+	expectReply(t, cli, "conn child got part2")
+	c.expect("conn done")
+	c.wait()
+
+	// The sender's own objects still work.
+	go func() {
+		if c, err := net.Dial("tcp", tcpLn.Addr().String()); err == nil {
+			io.WriteString(c, "x")
+			c.Close()
+		}
+	}()
+	ac, err := tcpLn.Accept()
+	if err != nil {
+		t.Fatalf("sender's listener: %v", err)
+	}
+	ac.Close()
+	if _, err := file.WriteAt([]byte("F"), 0); err != nil {
+		t.Fatalf("sender's file: %v", err)
+	}
+	if _, err := srvConn.Write([]byte("still mine\n")); err != nil {
+		t.Fatalf("sender's conn: %v", err)
+	}
+	expectReply(t, cli, "still mine")
+
+	srv.Close()
+	if err := <-serveErr; !errors.Is(err, ErrServerClosed) {
+		t.Fatalf("Serve: %v", err)
+	}
+	if _, err := os.Lstat(addr); !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("socket file left behind: %v", err)
+	}
+}
+
+// expectReply reads one line or datagram from c, after writing a ping
+// unless c already has data coming.
+func expectReply(t *testing.T, c net.Conn, want string) {
+	t.Helper()
+	if want != "still mine" && !strings.HasPrefix(want, "conn") {
+		io.WriteString(c, "ping\n")
+	}
+	c.SetReadDeadline(time.Now().Add(10 * time.Second))
+	buf := make([]byte, 256)
+	n, err := c.Read(buf)
+	if err != nil {
+		t.Fatalf("reply: %v", err)
+	}
+	if got := strings.TrimSpace(string(buf[:n])); got != want {
+		t.Fatalf("reply %q, want %q", got, want)
+	}
+}
+
+func waitSocket(t testing.TB, addr string) {
+	t.Helper()
+	for i := 0; i < 500; i++ {
+		if c, err := net.Dial("unix", addr); err == nil {
+			c.Close()
+			return
+		}
+		time.Sleep(2 * time.Millisecond)
+	}
+	t.Fatalf("nothing listens at %s", addr)
+}
+
+func init() {
+	children["kinds"] = func(args []string) error {
+		objs := map[string]int{}
+		var kinds []string
+		var fileName string
+		err := Receive(args[0], func(fd int, meta io.Reader) error {
+			m, err := MetaFrom(meta)
+			if err != nil {
+				return err
+			}
+			objs[m["kind"]] = fd
+			kinds = append(kinds, m["kind"])
+			if m["kind"] == "file" {
+				fileName = m["name"]
+			}
+			return nil
+		})
+		if err != nil {
+			return err
+		}
+		fmt.Println("received", strings.Join(kinds, " "))
+
+		for _, kind := range []string{"tcp", "unix"} {
+			ln, err := FdListener(objs[kind])
+			if err != nil {
+				return err
+			}
+			c, err := ln.Accept()
+			if err != nil {
+				return err
+			}
+			line, err := bufio.NewReader(c).ReadString('\n')
+			if err != nil || line != "ping\n" {
+				return fmt.Errorf("%s: read %q, %v", kind, line, err)
+			}
+			fmt.Fprintf(c, "%s child\n", kind)
+			c.Close()
+			ln.Close()
+			fmt.Println(kind, "done")
+			if kind == "tcp" {
+				if err := udpChild(objs["udp"]); err != nil {
+					return err
+				}
+			}
+		}
+
+		f := os.NewFile(uintptr(objs["file"]), fileName)
+		b := make([]byte, 13)
+		if _, err := f.ReadAt(b, 0); err != nil {
+			return err
+		}
+		f.Close()
+		fmt.Println("file", string(b))
+
+		p := os.NewFile(uintptr(objs["pipe"]), "pipe")
+		line, err := bufio.NewReader(p).ReadString('\n')
+		if err != nil {
+			return err
+		}
+		p.Close()
+		fmt.Println("pipe", strings.TrimSpace(line))
+
+		conn, err := FdConn(objs["conn"])
+		if err != nil {
+			return err
+		}
+		line, err = bufio.NewReader(conn).ReadString('\n')
+		if err != nil {
+			return err
+		}
+		fmt.Fprintf(conn, "conn child got %s", line)
+		conn.Close()
+		fmt.Println("conn done")
+		return nil
+	}
+}
+
+func udpChild(fd int) error {
+	pc, err := FdPacketConn(fd)
+	if err != nil {
+		return err
+	}
+	defer pc.Close()
+	buf := make([]byte, 64)
+	_, from, err := pc.ReadFrom(buf)
+	if err != nil {
+		return err
+	}
+	if _, err := pc.WriteTo([]byte("udp child\n"), from); err != nil {
+		return err
+	}
+	fmt.Println("udp done")
+	return nil
+}
+
+// TestAdvancedUsage follows the README's lower-level path: application data
+// of more than a megabyte on the connection, then three transfers, one with
+// custom meta bytes.
+func TestAdvancedUsage(t *testing.T) {
+	checkFds(t)
+	addr := sockPath(t)
+	ln, err := net.Listen("unix", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	file, err := os.Open("graceful.go")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer file.Close()
+	data := bytes.Repeat([]byte("application state "), 80000) // 1.4 MB
+	sum := sha256.Sum256(data)
+
+	c := startChild(t, "advanced", addr, fmt.Sprint(len(data)))
+	conn, err := ln.Accept()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	if _, err := conn.Write(data); err != nil {
+		t.Fatal(err)
+	}
+	if err := SendListenerTo(conn, ln, nil); err != nil {
+		t.Fatal(err)
+	}
+	if err := SendFileTo(conn, file, Meta{"name": file.Name()}); err != nil {
+		t.Fatal(err)
+	}
+	buf := new(bytes.Buffer)
+	buf.WriteString("Hello, I am meta!")
+	if err := SendTo(conn, int(file.Fd()), buf); err != nil {
+		t.Fatal(err)
+	}
+	c.expect(fmt.Sprintf("data %x", sum))
+	c.expect("listener <nil>")
+	c.expect("file graceful.go")
+	c.expect("custom Hello, I am meta!")
+	conn.Close()
+	c.wait()
+}
+
+func init() {
+	children["advanced"] = func(args []string) error {
+		conn, err := net.Dial("unix", args[0])
+		if err != nil {
+			return err
+		}
+		defer conn.Close()
+		var size int
+		fmt.Sscan(args[1], &size)
+		data := make([]byte, size)
+		if _, err := io.ReadFull(conn, data); err != nil {
+			return err
+		}
+		fmt.Printf("data %x\n", sha256.Sum256(data))
+		err = ReceiveFrom(conn, func(fd int, meta io.Reader) error {
+			ln, err := FdListener(fd)
+			if err != nil {
+				return err
+			}
+			ln.Close()
+			fmt.Println("listener", meta)
+			return nil
+		})
+		if err != nil {
+			return err
+		}
+		err = ReceiveFrom(conn, func(fd int, meta io.Reader) error {
+			f := os.NewFile(uintptr(fd), "")
+			defer f.Close()
+			m, err := MetaFrom(meta)
+			if err != nil {
+				return err
+			}
+			fmt.Println("file", m["name"])
+			return nil
+		})
+		if err != nil {
+			return err
+		}
+		err = ReceiveFrom(conn, func(fd int, meta io.Reader) error {
+			defer unix.Close(fd)
+			b, err := io.ReadAll(meta)
+			fmt.Println("custom", string(b))
+			return err
+		})
+		if err != nil {
+			return err
+		}
+		if err := ReceiveFrom(conn, nil); err != io.EOF {
+			return fmt.Errorf("after the last transfer: %v, want io.EOF", err)
+		}
+		return nil
+	}
+}
