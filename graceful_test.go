@@ -12,6 +12,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -52,7 +53,8 @@ type child struct {
 func startChild(t testing.TB, name string, args ...string) *child {
 	t.Helper()
 	cmd := exec.Command(os.Args[0], args...)
-	cmd.Env = append(os.Environ(), childEnv+"="+name)
+	// Under -race a process sleeps a second at exit unless told not to.
+	cmd.Env = append(os.Environ(), childEnv+"="+name, "GORACE="+os.Getenv("GORACE")+" atexit_sleep_ms=0")
 	c := &child{cmd: cmd, t: t}
 	cmd.Stderr = &c.stderr
 	out, err := cmd.StdoutPipe()
@@ -533,5 +535,168 @@ func init() {
 			return fmt.Errorf("after the last transfer: %v, want io.EOF", err)
 		}
 		return nil
+	}
+}
+
+// TestOnce checks that a Once server hands its descriptors to the first
+// receiver only, and that the address is free by the time Receive returns.
+func TestOnce(t *testing.T) {
+	checkFds(t)
+	addr := sockPath(t)
+	f, err := os.Open(os.DevNull)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	drained := make(chan struct{})
+	srv := &Server{Once: true, Handler: SequenceHandler(
+		FileHandler(f, nil),
+		CallbackHandler(func() { close(drained) }),
+	)}
+	serveErr := make(chan error, 1)
+	go func() { serveErr <- srv.ListenAndServe(addr) }()
+	waitSocket(t, addr)
+
+	c := startChild(t, "once", addr)
+	c.expect("received 1")
+	c.expect("listening")
+	c.wait()
+	<-drained
+	if err := <-serveErr; !errors.Is(err, ErrServerClosed) {
+		t.Fatalf("Serve: %v", err)
+	}
+	// The child removed its own socket file when it exited.
+	if _, err := os.Lstat(addr); !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("socket file: %v", err)
+	}
+}
+
+func init() {
+	// The successor: receive, then serve at once on the same address.
+	children["once"] = func(args []string) error {
+		n := 0
+		err := Receive(args[0], func(fd int, meta io.Reader) error {
+			n++
+			return unix.Close(fd)
+		})
+		if err != nil {
+			return err
+		}
+		fmt.Println("received", n)
+		srv := &Server{}
+		errc := make(chan error, 1)
+		go func() { errc <- srv.ListenAndServe(args[0]) }()
+		for i := 0; ; i++ {
+			if c, err := net.Dial("unix", args[0]); err == nil {
+				c.Close()
+				break
+			}
+			select {
+			case err := <-errc:
+				return err
+			case <-time.After(time.Millisecond):
+			}
+		}
+		fmt.Println("listening")
+		srv.Close()
+		<-errc
+		return nil
+	}
+}
+
+// TestCallbackAfterAck checks that CallbackHandler runs only once the
+// receiver accepted what came before it.
+func TestCallbackAfterAck(t *testing.T) {
+	checkFds(t)
+	addr := sockPath(t)
+	f, err := os.Open(os.DevNull)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	var called sync.Mutex // locked while the callback has not run
+	called.Lock()
+	srv := &Server{Handler: SequenceHandler(
+		FileHandler(f, nil),
+		CallbackHandler(called.Unlock),
+	)}
+	go srv.ListenAndServe(addr)
+	defer srv.Close()
+	waitSocket(t, addr)
+
+	refusal := errors.New("not today")
+	err = Receive(addr, func(fd int, meta io.Reader) error {
+		unix.Close(fd)
+		return refusal
+	})
+	if !errors.Is(err, refusal) {
+		t.Fatalf("Receive: %v, want the callback's error", err)
+	}
+	if called.TryLock() {
+		t.Fatal("callback ran although the receiver refused")
+	}
+	if err := Receive(addr, func(fd int, meta io.Reader) error { return unix.Close(fd) }); err != nil {
+		t.Fatal(err)
+	}
+	called.Lock() // the callback ran before Receive returned
+}
+
+// TestNoServer checks that a missing and a stale socket both mean
+// ErrNoServer, and that ListenAndServe replaces the stale one.
+func TestNoServer(t *testing.T) {
+	checkFds(t)
+	addr := sockPath(t)
+	cb := func(fd int, meta io.Reader) error { return unix.Close(fd) }
+	if err := Receive(addr, cb); !errors.Is(err, ErrNoServer) {
+		t.Fatalf("missing socket: %v", err)
+	}
+	ln, err := net.ListenUnix("unix", &net.UnixAddr{Name: addr, Net: "unix"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln.SetUnlinkOnClose(false)
+	ln.Close()
+	if err := Receive(addr, cb); !errors.Is(err, ErrNoServer) {
+		t.Fatalf("stale socket: %v", err)
+	}
+	srv := &Server{}
+	errc := make(chan error, 1)
+	go func() { errc <- srv.ListenAndServe(addr) }()
+	waitSocket(t, addr)
+	if err := Receive(addr, cb); err != nil {
+		t.Fatalf("after replacing the stale socket: %v", err)
+	}
+	srv.Close()
+	if err := <-errc; !errors.Is(err, ErrServerClosed) {
+		t.Fatal(err)
+	}
+}
+
+// TestDeadlinesLeftAlone checks that a transfer neither clears a deadline
+// the caller set nor leaves one of its own.
+func TestDeadlinesLeftAlone(t *testing.T) {
+	checkFds(t)
+	for _, callerDeadline := range []bool{false, true} {
+		a, b := socketPair(t)
+		if callerDeadline {
+			b.SetReadDeadline(time.Now().Add(300 * time.Millisecond))
+		}
+		go SendTo(a, 0, nil)
+		if err := ReceiveFrom(b, func(fd int, meta io.Reader) error { return unix.Close(fd) }); err != nil {
+			t.Fatal(err)
+		}
+		go func() {
+			time.Sleep(600 * time.Millisecond)
+			a.Write([]byte("x"))
+		}()
+		_, err := b.Read(make([]byte, 1))
+		if callerDeadline && !errors.Is(err, os.ErrDeadlineExceeded) {
+			t.Errorf("caller's deadline lost: read returned %v", err)
+		}
+		if !callerDeadline && err != nil {
+			t.Errorf("a deadline was left on the connection: %v", err)
+		}
+		a.Close()
+		b.Close()
 	}
 }
