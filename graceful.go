@@ -214,36 +214,48 @@ func closeFds(fds []int32) {
 	}
 }
 
+// rawConn returns the descriptor access of a net or os object without
+// calling Fd, which would switch it to blocking mode.
+func rawConn(obj any) (syscall.RawConn, error) {
+	sc, ok := obj.(syscall.Conn)
+	if !ok {
+		return nil, fmt.Errorf("graceful: %T has no descriptor", obj)
+	}
+	rc, err := sc.SyscallConn()
+	if err != nil {
+		return nil, fmt.Errorf("graceful: %w", err)
+	}
+	return rc, nil
+}
+
 // msgConn does sendmsg and recvmsg on a connection through the runtime's
 // poller, so the connection's deadlines apply. Its buffers live as long as
 // the connection's transfer, so the calls allocate nothing.
 type msgConn struct {
-	conn  net.Conn
 	rc    syscall.RawConn
 	iov   unix.Iovec
 	msg   unix.Msghdr
+	trap  uintptr // SYS_SENDMSG or SYS_RECVMSG
+	flags uintptr
 	n     int
-	errno error
-	// fns are method values made once, so the poller calls allocate nothing.
-	recvFn, sendFn func(uintptr) bool
-	rflags         int
+	errno syscall.Errno
+	// callFn is call as a method value made once, so the poller calls
+	// allocate nothing.
+	callFn func(uintptr) bool
 }
 
 func (m *msgConn) init(conn net.Conn) error {
-	sc, ok := conn.(syscall.Conn)
-	if !ok {
-		return fmt.Errorf("graceful: %T is not a Unix socket connection", conn)
-	}
-	rc, err := sc.SyscallConn()
+	rc, err := rawConn(conn)
 	if err != nil {
-		return fmt.Errorf("graceful: %w", err)
+		return err
 	}
-	m.conn, m.rc = conn, rc
-	m.recvFn, m.sendFn = m.recv, m.send
+	m.rc = rc
+	m.callFn = m.call
 	return nil
 }
 
-func (m *msgConn) setMsg(p, oob []byte) {
+func (m *msgConn) setMsg(trap, flags uintptr, p, oob []byte) {
+	m.trap, m.flags = trap, flags
 	m.iov.Base = nil
 	if len(p) > 0 {
 		m.iov.Base = &p[0]
@@ -259,36 +271,18 @@ func (m *msgConn) setMsg(p, oob []byte) {
 	m.msg.Flags = 0
 }
 
-func (m *msgConn) recv(fd uintptr) bool {
+// call makes the system call set up by setMsg; false asks the poller to wait
+// until the socket is ready.
+func (m *msgConn) call(fd uintptr) bool {
 	for {
-		r, _, e := unix.Syscall(unix.SYS_RECVMSG, fd, uintptr(unsafe.Pointer(&m.msg)), unix.MSG_CMSG_CLOEXEC)
+		r, _, e := unix.Syscall(m.trap, fd, uintptr(unsafe.Pointer(&m.msg)), m.flags)
 		switch e {
 		case unix.EINTR:
 			continue
 		case unix.EAGAIN:
 			return false
-		case 0:
-			m.n, m.errno, m.rflags = int(r), nil, int(m.msg.Flags)
-		default:
-			m.n, m.errno = 0, e
 		}
-		return true
-	}
-}
-
-func (m *msgConn) send(fd uintptr) bool {
-	for {
-		r, _, e := unix.Syscall(unix.SYS_SENDMSG, fd, uintptr(unsafe.Pointer(&m.msg)), unix.MSG_NOSIGNAL)
-		switch e {
-		case unix.EINTR:
-			continue
-		case unix.EAGAIN:
-			return false
-		case 0:
-			m.n, m.errno = int(r), nil
-		default:
-			m.n, m.errno = 0, e
-		}
+		m.n, m.errno = int(r), e
 		return true
 	}
 }
@@ -297,24 +291,24 @@ func (m *msgConn) send(fd uintptr) bool {
 // number of bytes read (0 at end of stream), the control bytes used and the
 // message flags.
 func (m *msgConn) recvmsg(p, oob []byte) (n, oobn, flags int, err error) {
-	m.setMsg(p, oob)
-	if err := m.rc.Read(m.recvFn); err != nil {
+	m.setMsg(unix.SYS_RECVMSG, unix.MSG_CMSG_CLOEXEC, p, oob)
+	if err := m.rc.Read(m.callFn); err != nil {
 		return 0, 0, 0, err
 	}
-	if m.errno != nil {
+	if m.errno != 0 {
 		return 0, 0, 0, os.NewSyscallError("recvmsg", m.errno)
 	}
-	return m.n, int(m.msg.Controllen), m.rflags, nil
+	return m.n, int(m.msg.Controllen), int(m.msg.Flags), nil
 }
 
 // sendmsg writes all of p, the control message oob with its first byte.
 func (m *msgConn) sendmsg(p, oob []byte) error {
 	for len(p) > 0 {
-		m.setMsg(p, oob)
-		if err := m.rc.Write(m.sendFn); err != nil {
+		m.setMsg(unix.SYS_SENDMSG, unix.MSG_NOSIGNAL, p, oob)
+		if err := m.rc.Write(m.callFn); err != nil {
 			return err
 		}
-		if m.errno != nil {
+		if m.errno != 0 {
 			return os.NewSyscallError("sendmsg", m.errno)
 		}
 		p, oob = p[m.n:], nil

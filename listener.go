@@ -8,7 +8,6 @@ import (
 	"os"
 	"strings"
 	"sync"
-	"syscall"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -92,13 +91,9 @@ func checkPeer(conn net.Conn, allow func(Peer) error) error {
 	if allow == nil {
 		allow = SameUser
 	}
-	sc, ok := conn.(syscall.Conn)
-	if !ok {
-		return fmt.Errorf("graceful: %T is not a Unix socket connection", conn)
-	}
-	rc, err := sc.SyscallConn()
+	rc, err := rawConn(conn)
 	if err != nil {
-		return fmt.Errorf("graceful: %w", err)
+		return err
 	}
 	var cred *unix.Ucred
 	var cerr error

@@ -9,7 +9,6 @@ import (
 	"io"
 	"net"
 	"os"
-	"syscall"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -269,13 +268,9 @@ func sendObjectTo(conn net.Conn, obj any, meta io.WriterTo) error {
 // it: the descriptor is only borrowed through SyscallConn (Fd would switch
 // the object to blocking mode), and it is valid only during the borrow.
 func writeObject(w ResponseWriter, obj any, meta io.WriterTo, send func() error) error {
-	sc, ok := obj.(syscall.Conn)
-	if !ok {
-		return fmt.Errorf("graceful: %T has no descriptor to send", obj)
-	}
-	rc, err := sc.SyscallConn()
+	rc, err := rawConn(obj)
 	if err != nil {
-		return fmt.Errorf("graceful: %w", err)
+		return err
 	}
 	var werr error
 	err = rc.Control(func(fd uintptr) {
