@@ -52,7 +52,13 @@ type child struct {
 
 func startChild(t testing.TB, name string, args ...string) *child {
 	t.Helper()
-	cmd := exec.Command(os.Args[0], args...)
+	return startChildCmd(t, exec.Command(os.Args[0], args...), name)
+}
+
+// startChildCmd starts cmd, which runs a copy of the test binary, as the
+// child name; the caller may have set its credentials or directory.
+func startChildCmd(t testing.TB, cmd *exec.Cmd, name string) *child {
+	t.Helper()
 	// Under -race a process sleeps a second at exit unless told not to.
 	cmd.Env = append(os.Environ(), childEnv+"="+name, "GORACE="+os.Getenv("GORACE")+" atexit_sleep_ms=0")
 	c := &child{cmd: cmd, t: t}
