@@ -151,6 +151,13 @@ func (s *sender) send(flags byte) error {
 	s.fds, s.buf, s.meta = s.fds[:0], s.buf[:hdrLen], false
 	if err != nil {
 		s.err = ioError("sending descriptors", err)
+		if errors.Is(err, unix.EPIPE) || errors.Is(err, unix.ECONNRESET) {
+			// A receiver that refuses writes its reason before it closes:
+			// report that rather than the broken pipe it left.
+			if rerr := s.readAck(); errors.Is(rerr, ErrRefused) {
+				s.err = rerr
+			}
+		}
 	}
 	return s.err
 }

@@ -1,0 +1,554 @@
+package graceful
+
+// Hostile peers and faults: strangers, liars, crashes and silence on the
+// other side. Every test checks that no descriptor and no goroutine outlives
+// it, and where descriptors were sent, that no copy survives anywhere.
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"log"
+	_ "math/rand/v2"
+	"net"
+	"os"
+	"os/exec"
+	"os/user"
+	"path/filepath"
+	"runtime"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// noLeaks fails the test if it ends with more descriptors or goroutines than
+// it began with. Goroutines end asynchronously (a server's connection), so it
+// waits a little for their number to settle.
+func noLeaks(t *testing.T) {
+	t.Helper()
+	checkFds(t)
+	before := runtime.NumGoroutine()
+	t.Cleanup(func() {
+		var after int
+		for i := 0; i < 300; i++ {
+			if after = runtime.NumGoroutine(); after <= before {
+				return
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+		buf := make([]byte, 1<<20)
+		t.Errorf("goroutines leaked: %d before, %d after:\n%s", before, after, buf[:runtime.Stack(buf, true)])
+	})
+}
+
+// A probe is a pipe whose write end the tests send. Once its read end
+// reports a hang-up, no copy of the write end is open anywhere: not in this
+// process, not in a peer, not in flight in a socket's queue.
+type probe struct{ r, w int }
+
+func newProbe(t testing.TB) *probe {
+	t.Helper()
+	var fds [2]int
+	if err := unix.Pipe2(fds[:], unix.O_CLOEXEC); err != nil {
+		t.Fatal(err)
+	}
+	p := &probe{r: fds[0], w: fds[1]}
+	t.Cleanup(func() {
+		unix.Close(p.r)
+		if p.w >= 0 {
+			unix.Close(p.w)
+		}
+	})
+	return p
+}
+
+// fds returns n times the probe's write end, to attach to a message.
+func (p *probe) fds(n int) []int {
+	fds := make([]int, n)
+	for i := range fds {
+		fds[i] = p.w
+	}
+	return fds
+}
+
+// checkClosed closes the test's own write end and fails the test unless
+// every other copy gets closed too.
+func (p *probe) checkClosed(t testing.TB) {
+	t.Helper()
+	unix.Close(p.w)
+	p.w = -1
+	for i := 0; i < 500; i++ {
+		pfd := []unix.PollFd{{Fd: int32(p.r), Events: unix.POLLIN}}
+		if n, _ := unix.Poll(pfd, 0); n > 0 && pfd[0].Revents&unix.POLLHUP != 0 {
+			return
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	t.Error("a copy of a sent descriptor is still open somewhere")
+}
+
+// rawSend writes data with fds attached in one sendmsg, as a hostile peer
+// does.
+func rawSend(t testing.TB, c *net.UnixConn, data []byte, fds ...int) {
+	t.Helper()
+	var oob []byte
+	if len(fds) > 0 {
+		oob = unix.UnixRights(fds...)
+	}
+	if _, _, err := c.WriteMsgUnix(data, oob, nil); err != nil {
+		t.Errorf("sendmsg: %v", err)
+	}
+}
+
+// header returns a frame header.
+func header(flags byte, nfds, bodyLen int) []byte {
+	b := make([]byte, hdrLen)
+	putHeader(b, flags, nfds, bodyLen)
+	return b
+}
+
+// metaBody returns a frame body holding metas.
+func metaBody(metas ...[]byte) []byte {
+	var b []byte
+	for _, m := range metas {
+		b = append(b, byte(len(m)>>24), byte(len(m)>>16), byte(len(m)>>8), byte(len(m)))
+		b = append(b, m...)
+	}
+	return b
+}
+
+// closer is a callback that closes what it gets and counts it.
+type closer struct {
+	mu sync.Mutex
+	n  int
+}
+
+func (c *closer) cb(fd int, meta io.Reader) error {
+	c.mu.Lock()
+	c.n++
+	c.mu.Unlock()
+	return unix.Close(fd)
+}
+
+func (c *closer) count() int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.n
+}
+
+// logBuf collects a Server's ErrorLog.
+type logBuf struct {
+	mu sync.Mutex
+	b  strings.Builder
+}
+
+func (l *logBuf) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *logBuf) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
+}
+
+// serve runs srv at addr until the test ends. It listens before returning,
+// so no test connection is needed to wait for the server.
+func serve(t *testing.T, srv *Server, addr string) {
+	t.Helper()
+	mode, gid, err := srv.fileMode()
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln, err := listenUnix(addr, mode, gid)
+	if err != nil {
+		t.Fatal(err)
+	}
+	errc := make(chan error, 1)
+	go func() { errc <- srv.Serve(ln) }()
+	t.Cleanup(func() {
+		srv.Close()
+		if err := <-errc; !errors.Is(err, ErrServerClosed) {
+			t.Errorf("Serve: %v", err)
+		}
+	})
+}
+
+// shutdown waits for the server's connections to end.
+func shutdown(t *testing.T, srv *Server) {
+	t.Helper()
+	if err := srv.Shutdown(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// abstractAddr is an address in the abstract namespace, unique to the test.
+func abstractAddr(t *testing.T) string {
+	return fmt.Sprintf("@graceful-%d-%s", os.Getpid(), strings.ReplaceAll(t.Name(), "/", "-"))
+}
+
+// TestSocketFileMode checks the socket file's mode and group under a umask
+// that would otherwise let everyone in.
+func TestSocketFileMode(t *testing.T) {
+	noLeaks(t)
+	ngid := -1
+	if g, err := user.LookupGroup("nogroup"); err == nil {
+		ngid, _ = strconv.Atoi(g.Gid)
+	}
+	for _, tc := range []struct {
+		name string
+		srv  *Server
+		mode fs.FileMode
+		gid  int
+	}{
+		{"default", &Server{}, 0o600, os.Getegid()},
+		{"Mode", &Server{Mode: 0o640}, 0o640, os.Getegid()},
+		{"Group name", &Server{Group: "nogroup"}, 0o660, ngid},
+		{"Group id", &Server{Group: strconv.Itoa(ngid), Mode: 0o620}, 0o620, ngid},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			if tc.gid < 0 {
+				t.Skip("no group nogroup on this system")
+			}
+			addr := sockPath(t)
+			old := syscall.Umask(0)
+			errc := make(chan error, 1)
+			go func() { errc <- tc.srv.ListenAndServe(addr) }()
+			waitSocket(t, addr)
+			syscall.Umask(old)
+			var st unix.Stat_t
+			if err := unix.Lstat(addr, &st); err != nil {
+				t.Fatal(err)
+			}
+			if st.Mode&unix.S_IFMT != unix.S_IFSOCK || fs.FileMode(st.Mode&0o7777) != tc.mode || int(st.Gid) != tc.gid {
+				t.Errorf("socket file mode %o gid %d, want socket %o gid %d", st.Mode, st.Gid, tc.mode, tc.gid)
+			}
+			tc.srv.Close()
+			if err := <-errc; !errors.Is(err, ErrServerClosed) {
+				t.Fatal(err)
+			}
+		})
+	}
+	t.Run("unknown group", func(t *testing.T) {
+		addr := sockPath(t)
+		err := (&Server{Group: "no-such-group-graceful"}).ListenAndServe(addr)
+		if err == nil {
+			t.Fatal("ListenAndServe with an unknown group succeeded")
+		}
+		if _, err := os.Lstat(addr); !errors.Is(err, fs.ErrNotExist) {
+			t.Fatalf("socket file left behind: %v", err)
+		}
+	})
+}
+
+// TestAddressNeverStolen checks that ListenAndServe replaces only a stale
+// socket: it leaves a live server, and a path that is not a socket, alone.
+func TestAddressNeverStolen(t *testing.T) {
+	noLeaks(t)
+	p := newProbe(t)
+	for _, addr := range []string{sockPath(t), abstractAddr(t)} {
+		first := &Server{Handler: FdHandler(p.w, Meta{"server": "first"})}
+		serve(t, first, addr)
+		var before, after unix.Stat_t
+		if !isAbstract(addr) {
+			unix.Lstat(addr, &before)
+		}
+		second := &Server{Handler: FdHandler(p.w, Meta{"server": "second"})}
+		if err := second.ListenAndServe(addr); !errors.Is(err, syscall.EADDRINUSE) {
+			t.Fatalf("second ListenAndServe at %s: %v, want EADDRINUSE", addr, err)
+		}
+		if !isAbstract(addr) {
+			if err := unix.Lstat(addr, &after); err != nil || after.Ino != before.Ino {
+				t.Fatalf("the first server's socket file was replaced: %v", err)
+			}
+		}
+		var got []string
+		err := Receive(addr, func(fd int, meta io.Reader) error {
+			m, err := MetaFrom(meta)
+			got = append(got, m["server"])
+			unix.Close(fd)
+			return err
+		})
+		if err != nil || len(got) != 1 || got[0] != "first" {
+			t.Fatalf("after the second ListenAndServe: received %q, %v", got, err)
+		}
+		shutdown(t, first)
+	}
+
+	dir := t.TempDir()
+	for _, kind := range []string{"file", "directory", "symlink"} {
+		addr := filepath.Join(dir, kind)
+		var err error
+		switch kind {
+		case "file":
+			err = os.WriteFile(addr, []byte("precious"), 0o600)
+		case "directory":
+			err = os.Mkdir(addr, 0o700)
+		case "symlink":
+			// Even a link to a stale socket is not the server's to remove.
+			stale := sockPath(t)
+			ln, lerr := net.ListenUnix("unix", &net.UnixAddr{Name: stale, Net: "unix"})
+			if lerr != nil {
+				t.Fatal(lerr)
+			}
+			ln.SetUnlinkOnClose(false)
+			ln.Close()
+			err = os.Symlink(stale, addr)
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		before, _ := os.Lstat(addr)
+		if err := (&Server{}).ListenAndServe(addr); !errors.Is(err, syscall.EADDRINUSE) {
+			t.Errorf("ListenAndServe on a %s: %v, want EADDRINUSE", kind, err)
+		}
+		after, err := os.Lstat(addr)
+		if err != nil || !os.SameFile(before, after) {
+			t.Errorf("the %s at the address was replaced: %v", kind, err)
+		}
+	}
+	if b, err := os.ReadFile(filepath.Join(dir, "file")); string(b) != "precious" {
+		t.Errorf("the file at the address now holds %q, %v", b, err)
+	}
+
+	// A stale socket is replaced, by a file of the right mode.
+	addr := sockPath(t)
+	ln, err := net.ListenUnix("unix", &net.UnixAddr{Name: addr, Net: "unix"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln.SetUnlinkOnClose(false)
+	ln.Close()
+	os.Chmod(addr, 0o777)
+	srv := &Server{}
+	errc := make(chan error, 1)
+	go func() { errc <- srv.ListenAndServe(addr) }()
+	waitSocket(t, addr)
+	if fi, err := os.Lstat(addr); err != nil || fi.Mode() != fs.ModeSocket|0o600 {
+		t.Errorf("replaced socket file: %v, %v", fi.Mode(), err)
+	}
+	srv.Close()
+	if err := <-errc; !errors.Is(err, ErrServerClosed) {
+		t.Fatal(err)
+	}
+	p.checkClosed(t)
+}
+
+// nobodyCmd returns a command that runs a copy of the test binary as the
+// user nobody. The test binary lives in a private directory, so it is copied
+// to one that nobody may enter.
+func nobodyCmd(t *testing.T, args ...string) *exec.Cmd {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		t.Skip("skipped: running a peer as nobody needs root")
+	}
+	dir, err := os.MkdirTemp("", "graceful-bin")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	bin := filepath.Join(dir, "graceful.test")
+	src, err := os.ReadFile(os.Args[0])
+	if err == nil {
+		err = os.WriteFile(bin, src, 0o755)
+	}
+	if err == nil {
+		err = os.Chmod(dir, 0o755)
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command(bin, args...)
+	cmd.Dir = "/"
+	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: nobody, Gid: nobody}}
+	return cmd
+}
+
+const nobody = 65534
+
+// allowNobody admits nobody besides the default.
+func allowNobody(p Peer) error {
+	if p.UID == nobody {
+		return nil
+	}
+	return SameUser(p)
+}
+
+// errKind names an error for a child's output.
+func errKind(err error) string {
+	switch {
+	case err == nil:
+		return "nil"
+	case errors.Is(err, ErrPeerRefused):
+		return "peer-refused"
+	case errors.Is(err, ErrTruncated):
+		return "truncated"
+	case errors.Is(err, io.ErrUnexpectedEOF):
+		return "unexpected-eof"
+	}
+	return err.Error()
+}
+
+func init() {
+	// Receive from args[0]; args[1] == "allow" admits a nobody server.
+	children["receive"] = func(args []string) error {
+		c := &Client{Timeout: 10 * time.Second}
+		if len(args) > 1 && args[1] == "allow" {
+			c.Allow = allowNobody
+		}
+		var got closer
+		err := c.Receive(args[0], got.cb)
+		fmt.Println("received", got.count(), errKind(err))
+		return nil
+	}
+	// Serve the child's stdin at args[0] until stdin ends.
+	children["serve"] = func(args []string) error {
+		ln, err := listenUnix(args[0], 0o600, -1)
+		if err != nil {
+			return err
+		}
+		srv := &Server{Handler: FdHandler(0, Meta{"uid": strconv.Itoa(os.Getuid())})}
+		errc := make(chan error, 1)
+		go func() { errc <- srv.Serve(ln) }()
+		fmt.Println("listening")
+		io.Copy(io.Discard, os.Stdin)
+		srv.Close()
+		<-errc
+		return nil
+	}
+}
+
+// TestStrangerClient checks that a server on an abstract socket, which has
+// no file mode to protect it, serves no other user unless Allow admits it.
+func TestStrangerClient(t *testing.T) {
+	noLeaks(t)
+	p := newProbe(t)
+	addr := abstractAddr(t)
+	var lb logBuf
+	srv := &Server{Handler: FdHandler(p.w, nil), ErrorLog: log.New(&lb, "", 0)}
+	serve(t, srv, addr)
+	c := startChildCmd(t, nobodyCmd(t, addr), "receive")
+	// The server closes the connection unserved.
+	c.expect("received 0 unexpected-eof")
+	c.wait()
+	shutdown(t, srv)
+	if !strings.Contains(lb.String(), ErrPeerRefused.Error()) {
+		t.Errorf("server log does not say it refused the peer:\n%s", lb.String())
+	}
+
+	srv = &Server{Handler: FdHandler(p.w, nil), Allow: allowNobody}
+	serve(t, srv, addr+"-allow")
+	c = startChildCmd(t, nobodyCmd(t, addr+"-allow"), "receive")
+	c.expect("received 1 nil")
+	c.wait()
+	shutdown(t, srv)
+	p.checkClosed(t)
+}
+
+// TestStrangerServer checks that a client does not trust a server of another
+// user unless Allow admits it.
+func TestStrangerServer(t *testing.T) {
+	noLeaks(t)
+	addr := abstractAddr(t)
+	c := startChildCmd(t, nobodyCmd(t, addr), "serve")
+	c.expect("listening")
+	var got closer
+	if err := Receive(addr, got.cb); !errors.Is(err, ErrPeerRefused) || got.count() != 0 {
+		t.Fatalf("Receive from nobody: %d descriptors, %v; want ErrPeerRefused", got.count(), err)
+	}
+	var uid string
+	err := (&Client{Allow: allowNobody}).Receive(addr, func(fd int, meta io.Reader) error {
+		m, err := MetaFrom(meta)
+		uid = m["uid"]
+		unix.Close(fd)
+		return err
+	})
+	if err != nil || uid != strconv.Itoa(nobody) {
+		t.Fatalf("Receive with Allow: server uid %q, %v", uid, err)
+	}
+	c.wait()
+}
+
+// sendFds runs one transfer of n copies of fd, each with meta, on conn, as a
+// server's handler would, and returns what the sender learned.
+func sendFds(conn net.Conn, fd, n int, meta io.WriterTo) error {
+	return transfer(context.Background(), conn, nil, DefaultTimeout, func(s *sender) error {
+		for i := 0; i < n; i++ {
+			if err := s.Write(fd, meta); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+}
+
+// TestLimits checks that a sender exceeding the receiver's limits is refused
+// and told so, and that every descriptor it sent is closed.
+func TestLimits(t *testing.T) {
+	noLeaks(t)
+	big := Meta{"pad": strings.Repeat("x", 1000)}
+	for _, tc := range []struct {
+		name   string
+		client Client
+		n      int
+		meta   io.WriterTo
+	}{
+		{"MaxFds", Client{MaxFds: 100}, 300, nil},
+		// The sender is still writing when the receiver gives up.
+		{"MaxFds while sending", Client{MaxFds: 100}, 3000, big},
+		{"MaxMetaSize", Client{MaxMetaSize: 16}, 3, bytes.NewBufferString(strings.Repeat("m", 17))},
+		{"MaxMetaSize while sending", Client{MaxMetaSize: 16}, 1, bytes.NewBuffer(make([]byte, 4<<20))},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			p := newProbe(t)
+			a, b := socketPair(t)
+			sent := make(chan error, 1)
+			go func() { sent <- sendFds(a, p.w, tc.n, tc.meta) }()
+			var got closer
+			err := tc.client.ReceiveFrom(b, got.cb)
+			b.Close()
+			// Frames within the limit may have been delivered.
+			if !errors.Is(err, ErrLimit) || got.count() > max(tc.client.MaxFds, 0) {
+				t.Errorf("receiver: %d descriptors, %v; want ErrLimit", got.count(), err)
+			}
+			if err := <-sent; !errors.Is(err, ErrRefused) {
+				t.Errorf("sender: %v, want ErrRefused", err)
+			}
+			a.Close()
+			p.checkClosed(t)
+		})
+	}
+	t.Run("one meta past the limit", func(t *testing.T) {
+		p := newProbe(t)
+		a, b := socketPair(t)
+		sent := make(chan error, 1)
+		go func() {
+			sent <- transfer(context.Background(), a, nil, DefaultTimeout, func(s *sender) error {
+				s.Write(p.w, nil)
+				s.Write(p.w, bytes.NewBufferString(strings.Repeat("m", 17)))
+				return s.Write(p.w, nil)
+			})
+		}()
+		var got closer
+		err := (&Client{MaxMetaSize: 16}).ReceiveFrom(b, got.cb)
+		b.Close()
+		if !errors.Is(err, ErrLimit) || got.count() != 0 {
+			t.Errorf("receiver: %d descriptors, %v; want ErrLimit before any", got.count(), err)
+		}
+		if err := <-sent; !errors.Is(err, ErrRefused) {
+			t.Errorf("sender: %v, want ErrRefused", err)
+		}
+		a.Close()
+		p.checkClosed(t)
+	})
+}
