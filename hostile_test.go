@@ -12,7 +12,7 @@ import (
 	"io"
 	"io/fs"
 	"log"
-	_ "math/rand/v2"
+	"math/rand/v2"
 	"net"
 	"os"
 	"os/exec"
@@ -551,4 +551,300 @@ func TestLimits(t *testing.T) {
 		a.Close()
 		p.checkClosed(t)
 	})
+}
+
+// silentServer listens at addr and accepts connections, on which speak
+// writes what it wants (nothing, for a server that never speaks); the
+// connections stay open until the test ends. accepted receives each one.
+func silentServer(t *testing.T, addr string, speak func(*net.UnixConn)) <-chan *net.UnixConn {
+	t.Helper()
+	ln, err := net.ListenUnix("unix", &net.UnixAddr{Name: addr, Net: "unix"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	accepted := make(chan *net.UnixConn, 10)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		var conns []*net.UnixConn
+		defer func() {
+			for _, c := range conns {
+				c.Close()
+			}
+		}()
+		for {
+			c, err := ln.AcceptUnix()
+			if err != nil {
+				return
+			}
+			conns = append(conns, c)
+			if speak != nil {
+				speak(c)
+			}
+			accepted <- c
+		}
+	}()
+	t.Cleanup(func() {
+		ln.Close()
+		<-done
+	})
+	return accepted
+}
+
+// TestNoHang checks that a server that never speaks, or stops in the middle
+// of a transfer, cannot hold Receive beyond its timeout, and that a context
+// ends it.
+func TestNoHang(t *testing.T) {
+	noLeaks(t)
+	p := newProbe(t)
+	short := &Client{Timeout: 50 * time.Millisecond}
+	for _, tc := range []struct {
+		name  string
+		speak func(*net.UnixConn)
+		got   int // descriptors delivered before the silence
+	}{
+		{"never speaks", nil, 0},
+		{"header only", func(c *net.UnixConn) {
+			rawSend(t, c, header(flagEnd, 2, 2*(4+10))[:5], p.fds(2)...)
+		}, 0},
+		{"mid-body", func(c *net.UnixConn) {
+			rawSend(t, c, header(flagEnd, 2, 2*(4+10)), p.fds(2)...)
+			rawSend(t, c, []byte{0, 0, 0, 10, 'm'})
+		}, 0},
+		{"between frames", func(c *net.UnixConn) {
+			rawSend(t, c, header(0, 1, 0), p.fds(1)...)
+		}, 1},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			addr := sockPath(t)
+			silentServer(t, addr, tc.speak)
+			var got closer
+			err := short.Receive(addr, got.cb)
+			if !errors.Is(err, os.ErrDeadlineExceeded) || got.count() != tc.got {
+				t.Errorf("Receive: %d descriptors, %v; want %d and a timeout", got.count(), err, tc.got)
+			}
+		})
+	}
+	t.Run("ReceiveContext", func(t *testing.T) {
+		addr := sockPath(t)
+		accepted := silentServer(t, addr, nil)
+		ctx, cancel := context.WithCancel(context.Background())
+		go func() {
+			<-accepted
+			cancel()
+		}()
+		err := (&Client{Timeout: -1}).ReceiveContext(ctx, addr, (&closer{}).cb)
+		if !errors.Is(err, context.Canceled) {
+			t.Errorf("ReceiveContext: %v, want context.Canceled", err)
+		}
+	})
+	t.Run("ReceiveFrom", func(t *testing.T) {
+		a, b := socketPair(t)
+		defer a.Close()
+		defer b.Close()
+		rawSend(t, a, header(flagEnd, 1, 4+10), p.fds(1)...)
+		if err := short.ReceiveFrom(b, (&closer{}).cb); !errors.Is(err, os.ErrDeadlineExceeded) {
+			t.Errorf("ReceiveFrom: %v, want a timeout", err)
+		}
+	})
+	p.checkClosed(t)
+}
+
+// TestServerNoHang checks that a receiver that never reads or never
+// acknowledges cannot hold a server connection beyond the server's timeout,
+// and that Shutdown ends such a connection when its context ends.
+func TestServerNoHang(t *testing.T) {
+	noLeaks(t)
+	p := newProbe(t)
+	big := Meta{"pad": strings.Repeat("x", 1000)}
+	for _, tc := range []struct {
+		name string
+		srv  *Server
+		read bool // whether the stuck receiver reads what comes
+	}{
+		{"never acknowledges", &Server{Timeout: 50 * time.Millisecond, Handler: FdHandler(p.w, nil)}, true},
+		{"never reads", &Server{Timeout: 50 * time.Millisecond, Handler: HandlerFunc(func(_ net.Conn, w ResponseWriter) error {
+			for i := 0; i < 5000; i++ {
+				if err := w.Write(p.w, big); err != nil {
+					return err
+				}
+			}
+			return nil
+		})}, false},
+		{"Shutdown", &Server{Timeout: -1, Handler: FdHandler(p.w, nil)}, true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			addr := sockPath(t)
+			serve(t, tc.srv, addr)
+			c, err := net.Dial("unix", addr)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer c.Close()
+			hdr := make([]byte, hdrLen)
+			if tc.read {
+				// Now the server waits for the acknowledgement. A plain read
+				// takes no descriptors: the kernel closes them.
+				if _, err := io.ReadFull(c, hdr); err != nil {
+					t.Fatal(err)
+				}
+			}
+			if tc.srv.Timeout < 0 {
+				ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
+				defer cancel()
+				if err := tc.srv.Shutdown(ctx); !errors.Is(err, context.DeadlineExceeded) {
+					t.Errorf("Shutdown: %v, want the context's error", err)
+				}
+			}
+			// The server ends the connection: the stream ends.
+			if _, err := io.Copy(io.Discard, c); err != nil {
+				t.Errorf("after the server gave up: %v", err)
+			}
+		})
+	}
+	p.checkClosed(t)
+}
+
+// passCred makes the kernel attach the sender's credentials to every
+// message c receives, which takes room from the control buffer.
+func passCred(t testing.TB, c *net.UnixConn) {
+	t.Helper()
+	rc, err := c.SyscallConn()
+	if err != nil {
+		t.Fatal(err)
+	}
+	rc.Control(func(fd uintptr) {
+		err = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_PASSCRED, 1)
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestBadInput feeds a receiver, through a real socket, streams that break
+// the protocol in each way it can be broken, and checks that it fails with
+// the right error and that no descriptor the peer sent stays open.
+func TestBadInput(t *testing.T) {
+	noLeaks(t)
+	random := make([]byte, 4096)
+	rng := rand.New(rand.NewPCG(4, 2))
+	for i := range random {
+		random[i] = byte(rng.Uint32())
+	}
+	random[0] = 0xa5 // not the version, whatever the seed
+	m17 := []byte(strings.Repeat("m", 17))
+	wrongVersion := header(flagEnd, 1, 0)
+	wrongVersion[0] = version + 1
+	for _, tc := range []struct {
+		name   string
+		client Client
+		all    bool // ReceiveAllFrom rather than ReceiveFrom
+		passCr bool // SO_PASSCRED on the receiver's socket
+		peer   func(t *testing.T, c *net.UnixConn, p *probe)
+		want   error
+		got    int // descriptors the callback gets before the error
+	}{
+		{name: "random bytes", peer: func(t *testing.T, c *net.UnixConn, p *probe) {
+			rawSend(t, c, random, p.fds(3)...)
+		}, want: ErrProtocol},
+		{name: "garbage after a transfer", all: true, peer: func(t *testing.T, c *net.UnixConn, p *probe) {
+			rawSend(t, c, header(flagEnd, 0, 0))
+			rawSend(t, c, append(header(flagEnd, 0, 0), random[:100]...), p.fds(1)...)
+		}, want: ErrProtocol},
+		{name: "garbage body", peer: func(t *testing.T, c *net.UnixConn, p *probe) {
+			rawSend(t, c, append(header(flagEnd, 2, 16), 0, 0, 0, 9, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12), p.fds(2)...)
+		}, want: ErrProtocol},
+		{name: "garbage meta length", peer: func(t *testing.T, c *net.UnixConn, p *probe) {
+			rawSend(t, c, append(header(flagEnd, 2, 16), bytes.Repeat([]byte{0xff}, 16)...), p.fds(2)...)
+		}, want: ErrLimit},
+		{name: "descriptors without a frame", peer: func(t *testing.T, c *net.UnixConn, p *probe) {
+			rawSend(t, c, []byte{version}, p.fds(2)...)
+			c.CloseWrite()
+		}, want: io.ErrUnexpectedEOF},
+		{name: "descriptors with the body", peer: func(t *testing.T, c *net.UnixConn, p *probe) {
+			rawSend(t, c, header(flagEnd, 1, 4+3), p.fds(1)...)
+			rawSend(t, c, metaBody([]byte("abc")), p.fds(1)...)
+		}, want: ErrProtocol},
+		{name: "descriptors between frames", peer: func(t *testing.T, c *net.UnixConn, p *probe) {
+			rawSend(t, c, header(0, 1, 0), p.fds(1)...)
+			rawSend(t, c, []byte{0}, p.fds(1)...)
+			rawSend(t, c, header(flagEnd, 0, 0))
+		}, want: ErrProtocol, got: 1},
+		{name: "more descriptors announced than sent", peer: func(t *testing.T, c *net.UnixConn, p *probe) {
+			rawSend(t, c, header(flagEnd, 3, 0), p.fds(2)...)
+		}, want: ErrProtocol},
+		{name: "fewer descriptors announced than sent", peer: func(t *testing.T, c *net.UnixConn, p *probe) {
+			rawSend(t, c, header(flagEnd, 1, 0), p.fds(3)...)
+		}, want: ErrProtocol},
+		{name: "more than a frame may carry", peer: func(t *testing.T, c *net.UnixConn, p *probe) {
+			rawSend(t, c, header(flagEnd, maxBatch+1, 0), p.fds(1)...)
+		}, want: ErrProtocol},
+		{name: "wrong version", peer: func(t *testing.T, c *net.UnixConn, p *probe) {
+			rawSend(t, c, wrongVersion, p.fds(1)...)
+		}, want: ErrProtocol},
+		{name: "unknown flags", peer: func(t *testing.T, c *net.UnixConn, p *probe) {
+			rawSend(t, c, header(0x80, 1, 0), p.fds(1)...)
+		}, want: ErrProtocol},
+		{name: "body without descriptors", peer: func(t *testing.T, c *net.UnixConn, p *probe) {
+			rawSend(t, c, append(header(flagEnd, 0, 4), 0, 0, 0, 0))
+		}, want: ErrProtocol},
+		{name: "meta length past the limit", client: Client{MaxMetaSize: 16}, peer: func(t *testing.T, c *net.UnixConn, p *probe) {
+			rawSend(t, c, append(header(flagEnd, 1, 4+17), metaBody(m17)...), p.fds(1)...)
+		}, want: ErrLimit},
+		{name: "one meta length past the limit", client: Client{MaxMetaSize: 16}, peer: func(t *testing.T, c *net.UnixConn, p *probe) {
+			rawSend(t, c, append(header(flagEnd, 2, 4+17+4+1), metaBody(m17, []byte("x"))...), p.fds(2)...)
+		}, want: ErrLimit},
+		{name: "body of 4 GiB announced", peer: func(t *testing.T, c *net.UnixConn, p *probe) {
+			rawSend(t, c, header(flagEnd, 1, 1<<32-1), p.fds(1)...)
+		}, want: ErrLimit},
+		{name: "body cut short", peer: func(t *testing.T, c *net.UnixConn, p *probe) {
+			rawSend(t, c, append(header(flagEnd, maxBatch, maxBatch*(4+DefaultMaxMetaSize)), 0, 0, 0, 9), p.fds(maxBatch)...)
+			c.CloseWrite()
+		}, want: io.ErrUnexpectedEOF},
+		{name: "header cut short", peer: func(t *testing.T, c *net.UnixConn, p *probe) {
+			rawSend(t, c, header(flagEnd, 1, 0)[:5], p.fds(1)...)
+			c.CloseWrite()
+		}, want: io.ErrUnexpectedEOF},
+		{name: "no end frame", peer: func(t *testing.T, c *net.UnixConn, p *probe) {
+			rawSend(t, c, header(flagSync, 1, 0), p.fds(1)...)
+			rawSend(t, c, header(0, 2, 0), p.fds(2)...)
+			c.CloseWrite()
+		}, want: io.ErrUnexpectedEOF, got: 3},
+		{name: "control buffer full", passCr: true, peer: func(t *testing.T, c *net.UnixConn, p *probe) {
+			rawSend(t, c, header(flagEnd, maxBatch, 0), p.fds(maxBatch)...)
+		}, want: ErrTruncated},
+		{name: "meta of a body with credentials", passCr: true, peer: func(t *testing.T, c *net.UnixConn, p *probe) {
+			rawSend(t, c, append(header(flagEnd, 1, 4+3), metaBody([]byte("abc"))...), p.fds(1)...)
+		}, got: 1},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			p := newProbe(t)
+			a, b := socketPair(t)
+			if tc.passCr {
+				passCred(t, b)
+			}
+			tc.peer(t, a, p)
+			var got closer
+			var err error
+			if tc.all {
+				err = tc.client.ReceiveAllFrom(b, got.cb)
+			} else {
+				err = tc.client.ReceiveFrom(b, got.cb)
+			}
+			if tc.want == nil && err != nil || !errors.Is(err, tc.want) || got.count() != tc.got {
+				t.Errorf("receiver: %d descriptors, %v; want %d, %v", got.count(), err, tc.got, tc.want)
+			}
+			if errors.Is(err, ErrLimit) {
+				// The peer is told why.
+				a.SetReadDeadline(time.Now().Add(10 * time.Second))
+				ack := make([]byte, ackLen)
+				if _, err := io.ReadFull(a, ack); err != nil || ack[1] != statusRefused {
+					t.Errorf("peer read %v, %v; want a refusal", ack, err)
+				}
+			}
+			a.Close()
+			b.Close()
+			p.checkClosed(t)
+		})
+	}
 }

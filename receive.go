@@ -296,13 +296,15 @@ func (r *receiver) read(p []byte, fds bool) (int, error) {
 	if err = r.wd.disarm(err); err != nil {
 		return 0, ioError("receiving", err)
 	}
+	had := len(r.fds)
 	if oobn > 0 {
 		r.fds = appendRights(r.fds, r.oob[:oobn])
 	}
 	if flags&unix.MSG_CTRUNC != 0 {
 		return 0, fmt.Errorf("%w: %d arrived", ErrTruncated, len(r.fds))
 	}
-	if oobn > 0 && (!fds || len(r.fds) > maxBatch) {
+	// Other control messages (SO_PASSCRED's credentials) are no concern.
+	if len(r.fds) > had && (!fds || len(r.fds) > maxBatch) {
 		return 0, fmt.Errorf("%w: descriptors outside a frame header", ErrProtocol)
 	}
 	return n, nil

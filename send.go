@@ -195,9 +195,11 @@ func (s *sender) readFull(p []byte) error {
 			return ioError("reading acknowledgement", err)
 		}
 		if oobn > 0 {
-			var fds [maxBatch]int32
-			closeFds(appendRights(fds[:0], s.oob[:oobn]))
-			return fmt.Errorf("%w: receiver sent descriptors", ErrProtocol)
+			var buf [maxBatch]int32
+			if fds := appendRights(buf[:0], s.oob[:oobn]); len(fds) > 0 {
+				closeFds(fds)
+				return fmt.Errorf("%w: receiver sent descriptors", ErrProtocol)
+			}
 		}
 		if n == 0 {
 			return ioError("reading acknowledgement", io.EOF)
