@@ -848,3 +848,267 @@ func TestBadInput(t *testing.T) {
 		})
 	}
 }
+
+// countOwnFds counts the descriptors of this process, for children.
+func countOwnFds() int {
+	ents, _ := os.ReadDir("/proc/self/fd")
+	return len(ents) - 1
+}
+
+func init() {
+	// Receive from args[0] with a descriptor table that is nearly full.
+	children["fulltable"] = func(args []string) error {
+		// The runtime's poller descriptors open on first use; open them.
+		r, w, err := os.Pipe()
+		if err != nil {
+			return err
+		}
+		r.Close()
+		w.Close()
+		before := countOwnFds()
+		lim := unix.Rlimit{Cur: uint64(before + 20), Max: uint64(before + 20)}
+		if err := unix.Setrlimit(unix.RLIMIT_NOFILE, &lim); err != nil {
+			return err
+		}
+		var got closer
+		err = Receive(args[0], got.cb)
+		fmt.Println("received", got.count(), errKind(err), "leaked", countOwnFds()-before)
+		return nil
+	}
+}
+
+// TestTruncated checks MSG_CTRUNC as it happens: a receiver whose descriptor
+// table cannot hold a batch gets only part of it from the kernel. It must
+// fail, deliver none of the batch, and close the part it got.
+func TestTruncated(t *testing.T) {
+	noLeaks(t)
+	p := newProbe(t)
+	addr := sockPath(t)
+	srv := &Server{Handler: HandlerFunc(func(_ net.Conn, w ResponseWriter) error {
+		for i := 0; i < maxBatch; i++ {
+			if err := w.Write(p.w, nil); err != nil {
+				return err
+			}
+		}
+		return nil
+	})}
+	serve(t, srv, addr)
+	c := startChild(t, "fulltable", addr)
+	c.expect("received 0 truncated leaked 0")
+	c.wait()
+	shutdown(t, srv)
+	p.checkClosed(t)
+}
+
+// manyFds is a handler that sends n copies of fd, each with half a kilobyte
+// of meta, so that a transfer is far larger than a socket's buffer.
+func manyFds(fd, n int) Handler {
+	meta := Meta{"pad": strings.Repeat("p", 500)}
+	return HandlerFunc(func(_ net.Conn, w ResponseWriter) error {
+		for i := 0; i < n; i++ {
+			if err := w.Write(fd, meta); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+}
+
+func init() {
+	// Serve 10,000 copies of /dev/null at args[0] until killed.
+	children["server10k"] = func(args []string) error {
+		f, err := os.Open(os.DevNull)
+		if err != nil {
+			return err
+		}
+		ln, err := listenUnix(args[0], 0o600, -1)
+		if err != nil {
+			return err
+		}
+		fmt.Println("listening")
+		return Serve(ln, manyFds(int(f.Fd()), 10000))
+	}
+	// Receive from args[0], and stop for good after 2000 descriptors.
+	children["stuckreceiver"] = func(args []string) error {
+		n := 0
+		return Receive(args[0], func(fd int, meta io.Reader) error {
+			if n++; n == 2000 {
+				fmt.Println("got", n)
+				time.Sleep(time.Hour)
+			}
+			return unix.Close(fd)
+		})
+	}
+}
+
+// TestSenderKilled kills the sender in the middle of a transfer of 10,000
+// descriptors: the receiver fails, and keeps no descriptor it did not hand
+// to its callback.
+func TestSenderKilled(t *testing.T) {
+	noLeaks(t)
+	addr := sockPath(t)
+	c := startChild(t, "server10k", addr)
+	c.expect("listening")
+	n := 0
+	err := Receive(addr, func(fd int, meta io.Reader) error {
+		if n++; n == 5000 {
+			// Most of the transfer is not even written yet.
+			c.cmd.Process.Signal(syscall.SIGKILL)
+			c.cmd.Wait()
+		}
+		return unix.Close(fd)
+	})
+	if !errors.Is(err, io.ErrUnexpectedEOF) && !errors.Is(err, syscall.ECONNRESET) || n >= 10000 {
+		t.Fatalf("Receive from a killed sender: %d descriptors, %v; want an error", n, err)
+	}
+	t.Logf("%d descriptors before: %v", n, err)
+}
+
+// TestReceiverKilled kills a receiver in the middle of a transfer of 10,000
+// descriptors: the server serves the next one all of them, and no copy for
+// the dead one stays open.
+func TestReceiverKilled(t *testing.T) {
+	noLeaks(t)
+	p := newProbe(t)
+	addr := sockPath(t)
+	var lb logBuf
+	srv := &Server{Handler: manyFds(p.w, 10000), ErrorLog: log.New(&lb, "", 0)}
+	serve(t, srv, addr)
+	c := startChild(t, "stuckreceiver", addr)
+	c.expect("got 2000")
+	c.cmd.Process.Signal(syscall.SIGKILL)
+	c.cmd.Wait()
+	var got closer
+	if err := Receive(addr, got.cb); err != nil || got.count() != 10000 {
+		t.Fatalf("next receiver: %d descriptors, %v", got.count(), err)
+	}
+	shutdown(t, srv)
+	if lb.String() == "" {
+		t.Error("the server did not notice the receiver's death")
+	}
+	p.checkClosed(t)
+}
+
+// TestCallbackFails makes the callback fail, by an error and by a panic, at
+// the 5th of 300 descriptors: Receive returns the error or lets the panic
+// go on, the sender learns the transfer failed, and the other 295 are closed.
+func TestCallbackFails(t *testing.T) {
+	noLeaks(t)
+	boom := errors.New("boom")
+	for _, panics := range []bool{false, true} {
+		t.Run(fmt.Sprint("panic=", panics), func(t *testing.T) {
+			p := newProbe(t)
+			addr := sockPath(t)
+			var lb logBuf
+			srv := &Server{Handler: manyFds(p.w, 300), ErrorLog: log.New(&lb, "", 0)}
+			serve(t, srv, addr)
+			n := 0
+			cb := func(fd int, meta io.Reader) error {
+				unix.Close(fd)
+				if n++; n == 5 {
+					if panics {
+						panic(boom)
+					}
+					return boom
+				}
+				return nil
+			}
+			var err error
+			var recovered any
+			func() {
+				defer func() { recovered = recover() }()
+				err = Receive(addr, cb)
+			}()
+			if panics && recovered != boom || !panics && (!errors.Is(err, boom) || recovered != nil) || n != 5 {
+				t.Fatalf("Receive: %v, panic %v, after %d descriptors", err, recovered, n)
+			}
+			shutdown(t, srv)
+			if !panics && !strings.Contains(lb.String(), ErrRefused.Error()) {
+				t.Errorf("the sender was not told it was refused; its log:\n%s", lb.String())
+			}
+			if panics && lb.String() == "" {
+				t.Error("the sender did not notice the failure")
+			}
+			p.checkClosed(t)
+		})
+	}
+}
+
+// TestRogueClients has clients send garbage, descriptors and lies to a
+// server, and checks that it closes what they sent and serves the next
+// client correctly.
+func TestRogueClients(t *testing.T) {
+	noLeaks(t)
+	p := newProbe(t)
+	q := newProbe(t) // what the rogues send
+	addr := sockPath(t)
+	srv := &Server{Handler: FdHandler(p.w, Meta{"k": "v"})}
+	serve(t, srv, addr)
+	random := make([]byte, 4096)
+	rng := rand.New(rand.NewPCG(2, 4))
+	for i := range random {
+		random[i] = byte(rng.Uint32())
+	}
+	random[0] = 0xa5
+	// Idle connections do not keep others from being served.
+	var idle []net.Conn
+	for i := 0; i < 50; i++ {
+		c, err := net.Dial("unix", addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		idle = append(idle, c)
+	}
+	for i, rogue := range [][]byte{
+		random,
+		{},                                   // says nothing
+		{version, statusOK},                  // half an acknowledgement
+		{version, 7, 0, 0},                   // unknown status
+		{version + 1, statusOK, 0, 0},        // wrong version
+		{version, statusRefused, 0xff, 0xff}, // refusal too long
+		{version, statusRefused, 0, 10, 'x'}, // refusal cut short
+	} {
+		for _, fds := range []int{0, 3} {
+			c, err := net.DialUnix("unix", nil, &net.UnixAddr{Name: addr, Net: "unix"})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if len(rogue) > 0 || fds > 0 {
+				rawSend(t, c, append([]byte{}, rogue...), q.fds(fds)...)
+			}
+			c.CloseWrite()
+			// The server ends the connection (a reset, when it left
+			// bytes unread). Its descriptor, read plainly, is closed by
+			// the kernel.
+			if _, err := io.Copy(io.Discard, c); err != nil && !errors.Is(err, syscall.ECONNRESET) {
+				t.Errorf("rogue %d: %v", i, err)
+			}
+			c.Close()
+		}
+	}
+	// A valid acknowledgement that brings descriptors.
+	c, err := net.DialUnix("unix", nil, &net.UnixAddr{Name: addr, Net: "unix"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	rawSend(t, c, []byte{version, statusOK, 0, 0}, q.fds(3)...)
+	io.Copy(io.Discard, c)
+	c.Close()
+
+	var metas []string
+	err = Receive(addr, func(fd int, meta io.Reader) error {
+		m, err := MetaFrom(meta)
+		metas = append(metas, m["k"])
+		unix.Close(fd)
+		return err
+	})
+	if err != nil || len(metas) != 1 || metas[0] != "v" {
+		t.Fatalf("legitimate client after the rogues: %q, %v", metas, err)
+	}
+	for _, c := range idle {
+		c.Close()
+	}
+	shutdown(t, srv)
+	q.checkClosed(t)
+	p.checkClosed(t)
+}
