@@ -1,0 +1,523 @@
+package graceful
+
+import (
+	"bytes"
+	"encoding/gob"
+	"encoding/json"
+	"fmt"
+	"io"
+	"maps"
+	"net"
+	"runtime"
+	"strconv"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// The hand-over benchmarks measure what a restarting process pays: each
+// iteration starts a fresh receiving process (the test binary as a child),
+// whose callback closes every descriptor and, with meta, decodes it with
+// MetaFrom. Process start-up and the dial are not timed: the window runs
+// from the sender's first frame to the receiver's final acknowledgement.
+// Every iteration also hands the same descriptors to a fresh process with
+// bare sendmsg/recvmsg (batches of 253, no framing): the floor. Reported:
+//
+//	ns/op, ns/fd     the library's window per hand-over and per descriptor
+//	B/op, allocs/op  the sender's allocations in that window
+//	floor-ns/fd      the floor's window per descriptor, same iteration
+//	x-floor          ns/fd / floor-ns/fd
+//	recv-allocs/fd   the receiving process's allocations per descriptor
+//	recv-B/fd        (dial, library and callback's MetaFrom included)
+//	recv-rss-MB      the receiving process's peak resident memory
+//	maps-ns/fd       with meta: building the same maps alone in a fresh
+//	                 process (one string and one map each, as a decoder must)
+//	x-floor+maps     ns/fd / (floor-ns/fd + maps-ns/fd)
+//
+// ns/op is the window, not the wall time of an iteration, which includes
+// starting the processes; so run with -benchtime=Nx or the default, not a
+// long duration. For more descriptors than RLIMIT_NOFILE allows, the same
+// set (at most benchBase pipe ends) is sent again: each SCM_RIGHTS entry is
+// a reference of its own, and the kernel's work per descriptor is the same.
+//
+// Reproduce the README's table with
+//
+//	go test -run '^$' -bench . -count 6 | tee bench.txt
+func BenchmarkHandover(b *testing.B) {
+	for _, n := range []int{1, 253, 10_000, 100_000} {
+		for _, meta := range []string{"nil", "two"} {
+			b.Run(fmt.Sprintf("n=%d/meta=%s", n, meta), func(b *testing.B) {
+				benchHandover(b, n, meta == "two")
+			})
+		}
+	}
+}
+
+// benchBase bounds the distinct descriptors a hand-over sends; more are
+// sent again. The hard RLIMIT_NOFILE of our machines is 20,000.
+const benchBase = 5000
+
+// benchMeta is the two-key meta of descriptor i < benchBase: an id and a
+// peer address, of fixed widths.
+func benchMeta(i int) Meta {
+	return Meta{
+		"id":   fmt.Sprintf("c%06d", 100000+i),
+		"peer": fmt.Sprintf("203.0.113.%03d:%05d", i%256, 10000+i),
+	}
+}
+
+// benchFds returns n descriptors (pipe ends), closed when b ends.
+func benchFds(b *testing.B, n int) []int {
+	b.Helper()
+	fds := make([]int, 0, n+1)
+	for len(fds) < n {
+		var p [2]int
+		if err := unix.Pipe2(p[:], unix.O_CLOEXEC); err != nil {
+			b.Fatal(err)
+		}
+		fds = append(fds, p[0], p[1])
+	}
+	b.Cleanup(func() {
+		for _, fd := range fds {
+			unix.Close(fd)
+		}
+	})
+	return fds[:n]
+}
+
+func benchHandover(b *testing.B, n int, withMeta bool) {
+	fds := benchFds(b, min(n, benchBase))
+	var metas []Meta
+	if withMeta {
+		for i := range fds {
+			metas = append(metas, benchMeta(i))
+		}
+	}
+	addr := sockPath(b)
+	b.ReportAllocs()
+	var lib, floor, maps time.Duration
+	var mallocs, bytes uint64
+	var recv recvStats
+	b.ResetTimer()
+	for range b.N {
+		var fl recvStats
+		floor += runHandover(b, addr, "floor", n, withMeta, func(conn net.Conn) error {
+			return floorSend(conn, fds, n)
+		}, &fl)
+
+		var m0, m1 runtime.MemStats
+		var rs recvStats
+		lib += runHandover(b, addr, "lib", n, withMeta, func(conn net.Conn) error {
+			runtime.ReadMemStats(&m0)
+			err := transfer(b.Context(), conn, nil, DefaultTimeout, func(s *sender) error {
+				for i := range n {
+					j := i % len(fds)
+					var meta io.WriterTo
+					if metas != nil {
+						meta = metas[j]
+					}
+					if err := s.Write(fds[j], meta); err != nil {
+						return err
+					}
+				}
+				return nil
+			})
+			runtime.ReadMemStats(&m1)
+			return err
+		}, &rs)
+		mallocs += m1.Mallocs - m0.Mallocs
+		bytes += m1.TotalAlloc - m0.TotalAlloc
+		recv.add(rs)
+
+		if withMeta {
+			maps += buildMaps(b, n)
+		}
+	}
+	perFd := func(d time.Duration) float64 { return float64(d.Nanoseconds()) / float64(b.N*n) }
+	b.ReportMetric(float64(lib.Nanoseconds())/float64(b.N), "ns/op")
+	b.ReportMetric(float64(mallocs)/float64(b.N), "allocs/op")
+	b.ReportMetric(float64(bytes)/float64(b.N), "B/op")
+	b.ReportMetric(perFd(lib), "ns/fd")
+	b.ReportMetric(perFd(floor), "floor-ns/fd")
+	b.ReportMetric(perFd(lib)/perFd(floor), "x-floor")
+	b.ReportMetric(float64(recv.mallocs)/float64(b.N*n), "recv-allocs/fd")
+	b.ReportMetric(float64(recv.bytes)/float64(b.N*n), "recv-B/fd")
+	b.ReportMetric(float64(recv.maxRSS)/1024, "recv-rss-MB")
+	if withMeta {
+		b.ReportMetric(perFd(maps), "maps-ns/fd")
+		b.ReportMetric(perFd(lib)/(perFd(floor)+perFd(maps)), "x-floor+maps")
+	}
+}
+
+// recvStats is what a receiving child reports.
+type recvStats struct {
+	fds, mallocs, bytes uint64
+	maxRSS              uint64 // KiB, the largest seen
+	ns                  uint64
+}
+
+func (s *recvStats) add(o recvStats) {
+	s.fds += o.fds
+	s.mallocs += o.mallocs
+	s.bytes += o.bytes
+	s.maxRSS = max(s.maxRSS, o.maxRSS)
+	s.ns += o.ns
+}
+
+func (s *recvStats) String() string {
+	return fmt.Sprintf("%d %d %d %d %d", s.fds, s.mallocs, s.bytes, s.maxRSS, s.ns)
+}
+
+func parseRecvStats(line string) (recvStats, error) {
+	var s recvStats
+	_, err := fmt.Sscanf(line, "%d %d %d %d %d", &s.fds, &s.mallocs, &s.bytes, &s.maxRSS, &s.ns)
+	return s, err
+}
+
+// runHandover starts a child of the given kind that dials addr, and times
+// send on the accepted connection; the child's report goes to stats.
+func runHandover(b *testing.B, addr, kind string, n int, withMeta bool, send func(net.Conn) error, stats *recvStats) time.Duration {
+	b.Helper()
+	b.StopTimer()
+	defer b.StartTimer()
+	ln, err := net.Listen("unix", addr)
+	if err != nil {
+		b.Fatal(err)
+	}
+	c := startChild(b, "bench-recv", kind, addr, strconv.Itoa(n), strconv.FormatBool(withMeta))
+	conn, err := ln.Accept()
+	ln.Close()
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.StartTimer()
+	t0 := time.Now()
+	err = send(conn)
+	d := time.Since(t0)
+	b.StopTimer()
+	conn.Close()
+	if err != nil {
+		b.Fatalf("%s: %v; child's stderr:\n%s", kind, err, c.stderr.String())
+	}
+	line := c.line()
+	c.wait()
+	if *stats, err = parseRecvStats(line); err != nil || stats.fds != uint64(n) {
+		b.Fatalf("%s: child reported %q (%v), want %d descriptors", kind, line, err, n)
+	}
+	return d
+}
+
+// floorSend sends n descriptors from fds (again from the start when they
+// run out) with bare sendmsg, batches of 253 with one byte each, then waits
+// for a one-byte acknowledgement.
+func floorSend(conn net.Conn, fds []int, n int) error {
+	f, err := conn.(*net.UnixConn).File() // a blocking descriptor
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	fd := int(f.Fd())
+	// The control messages are built before the clock starts: the floor
+	// is the kernel's work alone.
+	var oobs [][]byte
+	batch := make([]int, 0, maxBatch)
+	for i := range n {
+		batch = append(batch, fds[i%len(fds)])
+		if len(batch) == maxBatch || i == n-1 {
+			oobs = append(oobs, unix.UnixRights(batch...))
+			batch = batch[:0]
+		}
+	}
+	one := []byte{0}
+	for _, oob := range oobs {
+		if err := unix.Sendmsg(fd, one, oob, nil, unix.MSG_NOSIGNAL); err != nil {
+			return err
+		}
+	}
+	if _, err := unix.Read(fd, one); err != nil {
+		return err
+	}
+	return nil
+}
+
+func init() {
+	// bench-recv kind addr n withMeta: receives n descriptors from addr,
+	// closing each, and prints its recvStats.
+	children["bench-recv"] = func(args []string) error {
+		kind, addr := args[0], args[1]
+		n, err := strconv.Atoi(args[2])
+		if err != nil {
+			return err
+		}
+		withMeta := args[3] == "true"
+		var m0, m1 runtime.MemStats
+		runtime.ReadMemStats(&m0)
+		t0 := time.Now()
+		var got int
+		switch kind {
+		case "lib":
+			err = Receive(addr, func(fd int, meta io.Reader) error {
+				got++
+				if err := unix.Close(fd); err != nil {
+					return err
+				}
+				if !withMeta {
+					if meta != nil {
+						return fmt.Errorf("meta where none was sent")
+					}
+					return nil
+				}
+				m, err := MetaFrom(meta)
+				if err != nil {
+					return err
+				}
+				if len(m) != 2 || m["id"] == "" {
+					return fmt.Errorf("meta %v", m)
+				}
+				return nil
+			})
+		case "floor":
+			got, err = floorReceive(addr, n)
+		default:
+			err = fmt.Errorf("unknown kind %q", kind)
+		}
+		ns := time.Since(t0)
+		runtime.ReadMemStats(&m1)
+		if err != nil {
+			return err
+		}
+		var ru unix.Rusage
+		unix.Getrusage(unix.RUSAGE_SELF, &ru)
+		s := recvStats{
+			fds:     uint64(got),
+			mallocs: m1.Mallocs - m0.Mallocs,
+			bytes:   m1.TotalAlloc - m0.TotalAlloc,
+			maxRSS:  uint64(ru.Maxrss),
+			ns:      uint64(ns),
+		}
+		fmt.Println(s.String())
+		return nil
+	}
+}
+
+// floorReceive dials addr with a blocking socket and receives n
+// descriptors with bare recvmsg, closing each, then acknowledges.
+func floorReceive(addr string, n int) (int, error) {
+	fd, err := unix.Socket(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return 0, err
+	}
+	defer unix.Close(fd)
+	if err := unix.Connect(fd, &unix.SockaddrUnix{Name: addr}); err != nil {
+		return 0, err
+	}
+	p := make([]byte, 1)
+	oob := make([]byte, oobSpace)
+	fds := make([]int32, 0, maxBatch)
+	got := 0
+	for got < n {
+		m, oobn, flags, _, err := unix.Recvmsg(fd, p, oob, unix.MSG_CMSG_CLOEXEC)
+		if err != nil {
+			return got, err
+		}
+		if m == 0 {
+			return got, io.ErrUnexpectedEOF
+		}
+		if flags&unix.MSG_CTRUNC != 0 {
+			return got, ErrTruncated
+		}
+		fds = appendRights(fds[:0], oob[:oobn])
+		for _, f := range fds {
+			unix.Close(int(f))
+		}
+		got += len(fds)
+	}
+	_, err = unix.Write(fd, p)
+	return got, err
+}
+
+// buildMaps times, in a fresh process, building n two-key maps as a decoder
+// of the benchmark's meta must: one string for the bytes and one map each.
+func buildMaps(b *testing.B, n int) time.Duration {
+	b.Helper()
+	b.StopTimer()
+	defer b.StartTimer()
+	c := startChild(b, "bench-maps", strconv.Itoa(n))
+	s, err := parseRecvStats(c.line())
+	c.wait()
+	if err != nil {
+		b.Fatal(err)
+	}
+	return time.Duration(s.ns)
+}
+
+var mapSink Meta
+
+// benchSplit builds the Meta of benchMeta's encoding e with the split
+// points known: the allocations and insertions alone, not a decoder.
+func benchSplit(e []byte) Meta {
+	s := string(e)
+	m := make(Meta, 2)
+	m[s[3:5]] = s[6:13]
+	m[s[14:18]] = s[19:]
+	return m
+}
+
+func init() {
+	children["bench-maps"] = func(args []string) error {
+		n, err := strconv.Atoi(args[0])
+		if err != nil {
+			return err
+		}
+		// The encodings are made first, as they would arrive; only the
+		// maps are timed.
+		encs := make([][]byte, min(n, benchBase))
+		for i := range encs {
+			encs[i], _ = benchMeta(i).MarshalBinary()
+		}
+		if want := benchMeta(len(encs) - 1); !maps.Equal(benchSplit(encs[len(encs)-1]), want) {
+			return fmt.Errorf("benchSplit does not match the encoding of %v", want)
+		}
+		runtime.GC()
+		t0 := time.Now()
+		for i := range n {
+			e := encs[i%len(encs)]
+			mapSink = benchSplit(e)
+		}
+		ns := time.Since(t0)
+		fmt.Println((&recvStats{fds: uint64(n), ns: uint64(ns)}).String())
+		return nil
+	}
+}
+
+// BenchmarkStartup measures the start-up path of a restarting process: a
+// fresh process receives one TCP listener from a running Server, timed by
+// the child from before Receive dials to the return of its callback, which
+// wraps the descriptor with FdListener. ns/op is that time, B/op and
+// allocs/op the child's allocations over it.
+func BenchmarkStartup(b *testing.B) {
+	tcp, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer tcp.Close()
+	addr := sockPath(b)
+	srv := &Server{Handler: ListenerHandler(tcp, nil)}
+	ln, err := net.Listen("unix", addr)
+	if err != nil {
+		b.Fatal(err)
+	}
+	go srv.Serve(ln)
+	defer srv.Close()
+	var total recvStats
+	b.ResetTimer()
+	for range b.N {
+		b.StopTimer()
+		c := startChild(b, "bench-startup", addr)
+		line := c.line()
+		c.wait()
+		b.StartTimer()
+		s, err := parseRecvStats(line)
+		if err != nil {
+			b.Fatalf("child reported %q: %v", line, err)
+		}
+		total.add(s)
+	}
+	b.ReportMetric(float64(total.ns)/float64(b.N), "ns/op")
+	b.ReportMetric(float64(total.mallocs)/float64(b.N), "allocs/op")
+	b.ReportMetric(float64(total.bytes)/float64(b.N), "B/op")
+}
+
+func init() {
+	children["bench-startup"] = func(args []string) error {
+		var m0, m1 runtime.MemStats
+		var s recvStats
+		runtime.ReadMemStats(&m0)
+		t0 := time.Now()
+		var ln net.Listener
+		err := Receive(args[0], func(fd int, meta io.Reader) error {
+			defer func() { s.ns = uint64(time.Since(t0)) }()
+			var err error
+			ln, err = FdListener(fd)
+			return err
+		})
+		if err != nil {
+			return err
+		}
+		runtime.ReadMemStats(&m1)
+		ln.Close()
+		s.fds, s.mallocs, s.bytes = 1, m1.Mallocs-m0.Mallocs, m1.TotalAlloc-m0.TotalAlloc
+		fmt.Println(s.String())
+		return nil
+	}
+}
+
+// BenchmarkMeta compares Meta's encoding with encoding/gob and
+// encoding/json on the benchmark's two-key map. Gob and JSON get a fresh
+// encoder and decoder per map, since each descriptor's meta stands alone.
+// Meta decodes from the reader a ReceiveCallback gets.
+func BenchmarkMeta(b *testing.B) {
+	m := benchMeta(12345)
+	enc, _ := m.MarshalBinary()
+	var gobEnc bytes.Buffer
+	if err := gob.NewEncoder(&gobEnc).Encode(map[string]string(m)); err != nil {
+		b.Fatal(err)
+	}
+	jsonEnc, _ := json.Marshal(m)
+
+	b.Run("op=encode/codec=meta", func(b *testing.B) {
+		b.ReportAllocs()
+		buf := make([]byte, 0, 256)
+		for b.Loop() {
+			buf, _ = m.AppendBinary(buf[:0])
+		}
+	})
+	b.Run("op=encode/codec=gob", func(b *testing.B) {
+		b.ReportAllocs()
+		var buf bytes.Buffer
+		for b.Loop() {
+			buf.Reset()
+			if err := gob.NewEncoder(&buf).Encode(map[string]string(m)); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
+	b.Run("op=encode/codec=json", func(b *testing.B) {
+		b.ReportAllocs()
+		for b.Loop() {
+			if _, err := json.Marshal(m); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
+	b.Run("op=decode/codec=meta", func(b *testing.B) {
+		b.ReportAllocs()
+		var r metaReader
+		for b.Loop() {
+			r = metaReader{b: enc}
+			if d, err := MetaFrom(&r); err != nil || len(d) != 2 {
+				b.Fatal(d, err)
+			}
+		}
+	})
+	b.Run("op=decode/codec=gob", func(b *testing.B) {
+		b.ReportAllocs()
+		for b.Loop() {
+			var d map[string]string
+			if err := gob.NewDecoder(bytes.NewReader(gobEnc.Bytes())).Decode(&d); err != nil || len(d) != 2 {
+				b.Fatal(d, err)
+			}
+		}
+	})
+	b.Run("op=decode/codec=json", func(b *testing.B) {
+		b.ReportAllocs()
+		for b.Loop() {
+			var d map[string]string
+			if err := json.Unmarshal(jsonEnc, &d); err != nil || len(d) != 2 {
+				b.Fatal(d, err)
+			}
+		}
+	})
+}
+
