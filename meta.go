@@ -127,6 +127,10 @@ func decodeMeta(b []byte) (Meta, error) {
 	if err != nil {
 		return nil, err
 	}
+	// An empty Meta encodes as zero bytes, not as a count of 0.
+	if n == 0 {
+		return nil, fmt.Errorf("%w: meta of no pairs", ErrProtocol)
+	}
 	// Each pair takes at least two bytes, which bounds the map's size hint.
 	if n > uint64(len(s)-p)/2 {
 		return nil, fmt.Errorf("%w: meta announces %d pairs in %d bytes", ErrProtocol, n, len(s))
@@ -159,6 +163,10 @@ func metaUvarint(s string, p int) (uint64, int, error) {
 		p++
 		x |= uint64(c&0x7f) << shift
 		if c < 0x80 {
+			// Only the shortest encoding is canonical, and it fits 64 bits.
+			if c == 0 && shift > 0 || shift == 63 && c > 1 {
+				break
+			}
 			return x, p, nil
 		}
 	}

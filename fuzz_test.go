@@ -1,0 +1,121 @@
+package graceful
+
+import (
+	"bytes"
+	"errors"
+	"io"
+	"maps"
+	"strings"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// FuzzMeta decodes arbitrary bytes as a Meta, by every way in: whatever
+// decodes must be the canonical encoding of what it decodes to, and anything
+// else must fail with a typed error, never a panic.
+func FuzzMeta(f *testing.F) {
+	for _, m := range []Meta{
+		{"name": "app.log"},
+		{"": ""},
+		{"a": "1", "b": strings.Repeat("x", 200), "c\x00": "\xff"},
+	} {
+		b, _ := m.MarshalBinary()
+		f.Add(b)
+	}
+	f.Add([]byte{})
+	f.Add([]byte{metaVersion, 0})                       // an empty Meta is zero bytes
+	f.Add([]byte{metaVersion, 1, 0x80, 0x00, 0x00})     // a length in two bytes
+	f.Add([]byte{metaVersion, 2, 1, 'a', 0, 1, 'a', 0}) // a key twice
+	f.Fuzz(func(t *testing.T, b []byte) {
+		m, err := MetaFrom(bytes.NewReader(b))
+		var u Meta
+		uerr := u.UnmarshalBinary(b)
+		// The callback's reader takes another path.
+		c, cerr := MetaFrom(&metaReader{b: b})
+		if (err == nil) != (uerr == nil) || (err == nil) != (cerr == nil) {
+			t.Fatalf("MetaFrom: %v; UnmarshalBinary: %v; from a callback: %v", err, uerr, cerr)
+		}
+		if err != nil {
+			if !errors.Is(err, ErrProtocol) && !errors.Is(err, ErrLimit) {
+				t.Fatalf("untyped error: %v", err)
+			}
+			return
+		}
+		if !maps.Equal(m, u) || !maps.Equal(m, c) {
+			t.Fatalf("decoded %q, %q and %q from the same bytes", m, u, c)
+		}
+		enc, err := m.MarshalBinary()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !bytes.Equal(enc, b) {
+			t.Fatalf("%x decodes to %q, whose encoding is %x", b, m, enc)
+		}
+	})
+}
+
+// FuzzReceive feeds arbitrary bytes, with up to a batch of descriptors
+// attached to the first at bytes, to a receiver through a real socket: it
+// must fail with a typed error or deliver exactly what was sent, close every
+// descriptor it did not deliver, and return once the stream ends.
+func FuzzReceive(f *testing.F) {
+	meta, _ := Meta{"name": "app.log"}.MarshalBinary()
+	cat := func(bs ...[]byte) []byte { return bytes.Join(bs, nil) }
+	f.Add(header(flagEnd, 0, 0), uint8(0), uint16(0))
+	f.Add(header(flagEnd, 1, 0), uint8(1), uint16(hdrLen))
+	f.Add(cat(header(flagEnd, 2, 8+len(meta)), metaBody(meta, nil)), uint8(2), uint16(1))
+	f.Add(cat(header(flagSync, 1, 0), header(flagEnd, 0, 0), header(flagEnd, 0, 0)), uint8(1), uint16(hdrLen))
+	f.Add(cat(header(0, 3, 0), header(flagEnd, 0, 0)), uint8(3), uint16(4))
+	f.Add(cat(header(flagEnd, 1, 4+17), metaBody(bytes.Repeat([]byte{1}, 17))), uint8(1), uint16(100))
+	f.Add([]byte{version, flagEnd, 0, 1, 0xff, 0xff, 0xff, 0xff}, uint8(1), uint16(8))
+	client := &Client{Timeout: time.Second, MaxFds: 300, MaxMetaSize: 1 << 10}
+	f.Fuzz(func(t *testing.T, data []byte, nfds uint8, at uint16) {
+		before := countFds(t)
+		var pfd [2]int
+		if err := unix.Pipe2(pfd[:], unix.O_CLOEXEC); err != nil {
+			t.Fatal(err)
+		}
+		fds := make([]int, min(int(nfds), maxBatch))
+		for i := range fds {
+			fds[i] = pfd[1]
+		}
+		a, b := socketPair(t)
+		sent := make(chan struct{})
+		go func() {
+			defer close(sent)
+			split := min(int(at), len(data))
+			var oob []byte
+			if len(fds) > 0 {
+				oob = unix.UnixRights(fds...)
+			}
+			if _, _, err := a.WriteMsgUnix(data[:split], oob, nil); err == nil {
+				a.Write(data[split:])
+			}
+			// Then end the stream, and take the receiver's replies.
+			a.CloseWrite()
+			io.Copy(io.Discard, a)
+		}()
+		delivered := 0
+		err := client.ReceiveAllFrom(b, func(fd int, meta io.Reader) error {
+			delivered++
+			MetaFrom(meta)
+			return unix.Close(fd)
+		})
+		b.Close()
+		<-sent
+		a.Close()
+		unix.Close(pfd[0])
+		unix.Close(pfd[1])
+		switch {
+		case err == nil && delivered != len(fds):
+			t.Fatalf("success with %d of %d descriptors delivered", delivered, len(fds))
+		case err != nil && !errors.Is(err, ErrProtocol) && !errors.Is(err, ErrLimit) && !errors.Is(err, io.ErrUnexpectedEOF):
+			t.Fatalf("untyped error: %v", err)
+		}
+		if after := countFds(t); after != before {
+			t.Fatalf("%d descriptors open before, %d after", before, after)
+		}
+	})
+}
