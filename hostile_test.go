@@ -847,6 +847,17 @@ func TestBadInput(t *testing.T) {
 			p.checkClosed(t)
 		})
 	}
+	t.Run("no callback", func(t *testing.T) {
+		p := newProbe(t)
+		a, b := socketPair(t)
+		rawSend(t, a, header(flagEnd, 1, 0), p.fds(1)...)
+		if err := ReceiveFrom(b, nil); err == nil {
+			t.Error("descriptors for a nil callback were taken")
+		}
+		a.Close()
+		b.Close()
+		p.checkClosed(t)
+	})
 }
 
 // countOwnFds counts the descriptors of this process, for children.

@@ -17,7 +17,9 @@ import (
 // returns. meta holds the bytes the sender attached to fd, or is nil when the
 // sender gave none; it is valid only until the callback returns. An error
 // stops the transfer: the sender is told it was refused, and the
-// descriptors not yet given to the callback are closed.
+// descriptors not yet given to the callback are closed. A panic is not
+// recovered: those descriptors are closed (and Receive's connection, so the
+// sender fails), then the panic goes on to the caller.
 type ReceiveCallback func(fd int, meta io.Reader) error
 
 // DefaultMaxFds bounds the descriptors of one transfer unless
@@ -138,6 +140,13 @@ func (c *Client) ReceiveAllFrom(conn net.Conn, cb ReceiveCallback) error {
 func (c *Client) receive(ctx context.Context, conn net.Conn, cb ReceiveCallback, all bool) (int, error) {
 	if err := checkPeer(conn, c.Allow); err != nil {
 		return 0, err
+	}
+	if cb == nil {
+		// Without a callback no descriptor is wanted: refuse, not panic.
+		cb = func(fd int, _ io.Reader) error {
+			unix.Close(fd)
+			return errors.New("no callback for descriptors")
+		}
 	}
 	r, err := c.newReceiver(ctx, conn)
 	if err != nil {
