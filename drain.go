@@ -1,0 +1,171 @@
+package graceful
+
+import (
+	"context"
+	"errors"
+	"net"
+	"net/http"
+	"sync"
+	"time"
+)
+
+// DefaultIdleGrace is how long [Drainer.Drain] waits for idle keep-alive
+// connections to send one more request when [Drainer.IdleGrace] is 0.
+const DefaultIdleGrace = 5 * time.Second
+
+// A Drainer serves an [http.Server] on a listener that a successor shares,
+// and drains it after the hand-over without losing a request. Its zero value
+// is ready to use; a Drainer serves one server once.
+//
+// Calling [http.Server.Shutdown] right after the hand-over loses requests,
+// for two reasons in net/http. First, a connection accepted just before
+// Shutdown whose request is read after Shutdown began is closed without an
+// answer (conn.serve checks shuttingDown right after reading a request).
+// Second, Shutdown and SetKeepAlivesEnabled(false) close idle keep-alive
+// connections, and a client that is sending a request on one at that moment
+// loses it; clients retry only idempotent requests, so a POST fails. Drain
+// therefore stops accepting and lets Serve return before anything else,
+// answers every request from then on with "Connection: close", so that each
+// connection closes cleanly after its next response, and waits for the
+// connections to close that way. It calls Shutdown only once they have, or
+// once IdleGrace has passed: only a connection that stays idle that long can
+// still lose a request, which HTTP/1.1 gives a server no way to prevent.
+type Drainer struct {
+	// IdleGrace bounds how long Drain waits for every connection to close
+	// after its next response; 0 means DefaultIdleGrace.
+	IdleGrace time.Duration
+
+	mu       sync.Mutex
+	srv      *http.Server
+	ln       net.Listener
+	conns    map[net.Conn]struct{}
+	draining bool
+	served   chan struct{} // closed when Serve has returned
+	changed  chan struct{} // closed and replaced when a connection closes
+}
+
+// Serve serves srv on ln until Drain, after which it returns
+// [http.ErrServerClosed]. It sets srv.ConnState and srv.Handler to track
+// connections and mark responses during the drain; they call what srv had
+// (http.DefaultServeMux for a nil Handler), so set those fields before the
+// call, not after. Serve takes ownership of ln and closes it when Drain
+// starts; a successor keeps accepting on its own copy of the socket. ln is
+// not closed when Serve is called after Drain or a second time.
+func (d *Drainer) Serve(srv *http.Server, ln net.Listener) error {
+	d.mu.Lock()
+	if d.draining {
+		d.mu.Unlock()
+		ln.Close()
+		return http.ErrServerClosed
+	}
+	if d.srv != nil {
+		d.mu.Unlock()
+		ln.Close()
+		return errors.New("graceful: Drainer.Serve called twice")
+	}
+	d.srv, d.ln = srv, ln
+	d.conns = make(map[net.Conn]struct{})
+	d.served = make(chan struct{})
+	d.changed = make(chan struct{})
+	d.install(srv)
+	d.mu.Unlock()
+
+	err := srv.Serve(ln)
+	d.mu.Lock()
+	draining := d.draining
+	close(d.served)
+	d.mu.Unlock()
+	if draining {
+		return http.ErrServerClosed
+	}
+	return err
+}
+
+// install wraps the hooks of srv; d.mu is held.
+func (d *Drainer) install(srv *http.Server) {
+	hook := srv.ConnState
+	srv.ConnState = func(c net.Conn, st http.ConnState) {
+		d.mu.Lock()
+		switch st {
+		case http.StateNew:
+			d.conns[c] = struct{}{}
+		case http.StateClosed, http.StateHijacked:
+			delete(d.conns, c)
+			close(d.changed)
+			d.changed = make(chan struct{})
+		}
+		d.mu.Unlock()
+		if hook != nil {
+			hook(c, st)
+		}
+	}
+	h := srv.Handler
+	if h == nil {
+		h = http.DefaultServeMux
+	}
+	srv.Handler = http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		d.mu.Lock()
+		draining := d.draining
+		d.mu.Unlock()
+		if draining {
+			// net/http closes the connection after this response, and
+			// the client knows not to send on it again.
+			w.Header().Set("Connection", "close")
+		}
+		h.ServeHTTP(w, r)
+	})
+}
+
+// Drain stops accepting, waits until every connection has closed after a
+// response marked "Connection: close" or IdleGrace has passed, and then
+// shuts the server down with [http.Server.Shutdown], which closes the
+// connections still idle and waits for the active ones. When ctx is done
+// first, it closes every connection ([http.Server.Close]) and returns ctx's
+// error. Give ctx more time than IdleGrace, so requests in flight can finish.
+// Drain before Serve makes Serve return at once.
+func (d *Drainer) Drain(ctx context.Context) error {
+	d.mu.Lock()
+	d.draining = true
+	srv, ln, served := d.srv, d.ln, d.served
+	d.mu.Unlock()
+	if srv == nil {
+		return nil
+	}
+	// Every connection Serve accepted is tracked by the time it returns
+	// (net/http reports StateNew before it accepts again).
+	ln.Close()
+	select {
+	case <-served:
+	case <-ctx.Done():
+		srv.Close()
+		return ctx.Err()
+	}
+
+	grace := d.IdleGrace
+	if grace <= 0 {
+		grace = DefaultIdleGrace
+	}
+	timer := time.NewTimer(grace)
+	defer timer.Stop()
+wait:
+	for {
+		d.mu.Lock()
+		n, changed := len(d.conns), d.changed
+		d.mu.Unlock()
+		if n == 0 {
+			break
+		}
+		select {
+		case <-changed:
+		case <-timer.C:
+			break wait
+		case <-ctx.Done():
+			break wait
+		}
+	}
+	if err := srv.Shutdown(ctx); err != nil {
+		srv.Close()
+		return err
+	}
+	return nil
+}

@@ -1,0 +1,520 @@
+package main
+
+import (
+	"bufio"
+	"bytes"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// The tests run the example as a real program: built once, run on a free
+// port of 127.0.0.1, restarted under load.
+
+var exampleBin string
+
+func TestMain(m *testing.M) {
+	dir, err := os.MkdirTemp("", "graceful-example")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	exampleBin = filepath.Join(dir, "example")
+	args := []string{"build", "-o", exampleBin}
+	if raceEnabled {
+		args = append(args, "-race")
+	}
+	cmd := exec.Command("go", append(args, ".")...)
+	cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
+	if err := cmd.Run(); err != nil {
+		fmt.Fprintln(os.Stderr, "building the example:", err)
+		os.RemoveAll(dir)
+		os.Exit(1)
+	}
+	code := m.Run()
+	os.RemoveAll(dir)
+	os.Exit(code)
+}
+
+// A cluster is the succession of instances that share one set of flags, and
+// their common log.
+type cluster struct {
+	t                  *testing.T
+	addr, sock, pidFil string
+	args               []string
+	logW               *os.File
+	logDone            chan struct{}
+
+	mu      sync.Mutex
+	lines   []string
+	changed chan struct{}
+	cmds    []*exec.Cmd // the instances the test started itself
+}
+
+func newCluster(t *testing.T, extra ...string) *cluster {
+	t.Helper()
+	// A short directory: socket paths are limited to 107 bytes.
+	dir, err := os.MkdirTemp("", "gex")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	c := &cluster{
+		t:       t,
+		addr:    freeAddr(t),
+		sock:    filepath.Join(dir, "handover.sock"),
+		pidFil:  filepath.Join(dir, "example.pid"),
+		logDone: make(chan struct{}),
+		changed: make(chan struct{}),
+	}
+	c.args = append([]string{"-listen", c.addr, "-socket", c.sock, "-pid-file", c.pidFil}, extra...)
+	r, w, err := os.Pipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.logW = w
+	go c.readLog(r)
+	t.Cleanup(func() {
+		// Whatever failed, leave no process behind.
+		for _, cmd := range c.cmds {
+			if cmd.ProcessState == nil {
+				cmd.Process.Kill()
+				cmd.Wait()
+			}
+		}
+		for _, pid := range c.pids() {
+			syscall.Kill(pid, syscall.SIGKILL)
+		}
+		c.logW.Close()
+		if t.Failed() {
+			c.mu.Lock()
+			t.Logf("log of the instances:\n%s", strings.Join(c.lines, "\n"))
+			c.mu.Unlock()
+		}
+	})
+	return c
+}
+
+// freeAddr returns an address of 127.0.0.1 with a port free at the moment.
+func freeAddr(t *testing.T) string {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	return ln.Addr().String()
+}
+
+func (c *cluster) readLog(r *os.File) {
+	defer close(c.logDone)
+	defer r.Close()
+	sc := bufio.NewScanner(r)
+	for sc.Scan() {
+		c.mu.Lock()
+		c.lines = append(c.lines, sc.Text())
+		close(c.changed)
+		c.changed = make(chan struct{})
+		c.mu.Unlock()
+	}
+}
+
+// waitLog waits for a log line of pid that contains s and returns it.
+func (c *cluster) waitLog(pid int, s string) string {
+	c.t.Helper()
+	tag := fmt.Sprintf(" example[%d] ", pid)
+	timeout := time.After(30 * time.Second)
+	for {
+		c.mu.Lock()
+		for _, l := range c.lines {
+			if strings.Contains(l, tag) && strings.Contains(l, s) {
+				c.mu.Unlock()
+				return l
+			}
+		}
+		changed := c.changed
+		c.mu.Unlock()
+		select {
+		case <-changed:
+		case <-timeout:
+			c.t.Fatalf("no log line of pid %d with %q", pid, s)
+		}
+	}
+}
+
+// pids returns every pid that logged a line.
+func (c *cluster) pids() []int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	seen := map[int]bool{}
+	var pids []int
+	for _, l := range c.lines {
+		i := strings.Index(l, " example[")
+		j := strings.Index(l, "] ")
+		if i < 0 || j < i {
+			continue
+		}
+		if pid, err := strconv.Atoi(l[i+len(" example["):j]); err == nil && !seen[pid] {
+			seen[pid] = true
+			pids = append(pids, pid)
+		}
+	}
+	return pids
+}
+
+// start starts an instance with the cluster's flags and env added to the
+// environment.
+func (c *cluster) start(env ...string) *exec.Cmd {
+	c.t.Helper()
+	cmd := exec.Command(exampleBin, c.args...)
+	// Under -race a process sleeps a second at exit unless told not to.
+	cmd.Env = append(os.Environ(), "GORACE=atexit_sleep_ms=0")
+	cmd.Env = append(cmd.Env, env...)
+	cmd.Stdout, cmd.Stderr = c.logW, c.logW
+	if err := cmd.Start(); err != nil {
+		c.t.Fatal(err)
+	}
+	c.cmds = append(c.cmds, cmd)
+	return cmd
+}
+
+// servingPid waits until the pid file names a pid other than old, which
+// the instance writes once it serves HTTP and its hand-over socket.
+func (c *cluster) servingPid(old int) int {
+	c.t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		b, err := os.ReadFile(c.pidFil)
+		if err == nil {
+			pid, err := strconv.Atoi(strings.TrimSpace(string(b)))
+			if err != nil {
+				c.t.Fatalf("pid file holds %q", b)
+			}
+			if pid != old {
+				return pid
+			}
+		} else if !errors.Is(err, os.ErrNotExist) {
+			c.t.Fatal(err)
+		}
+		if time.Now().After(deadline) {
+			c.t.Fatalf("the pid file still names %d", old)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+// stop sends SIGTERM to the serving instance and checks that every
+// instance exited cleanly and left no process, socket file or pid file.
+func (c *cluster) stop(pid int) {
+	c.t.Helper()
+	if err := syscall.Kill(pid, syscall.SIGTERM); err != nil {
+		c.t.Fatal(err)
+	}
+	c.waitLog(pid, "exited")
+	for _, cmd := range c.cmds {
+		if cmd.ProcessState != nil {
+			continue // waited for by the test
+		}
+		if err := cmd.Wait(); err != nil {
+			c.t.Errorf("instance %d: %v", cmd.Process.Pid, err)
+		}
+	}
+	// Every process that holds the log pipe is an instance still running.
+	c.logW.Close()
+	select {
+	case <-c.logDone:
+	case <-time.After(30 * time.Second):
+		c.t.Fatal("instances still running 30s after the last exited")
+	}
+	for _, pid := range c.pids() {
+		if alive(pid) {
+			c.t.Errorf("pid %d still running", pid)
+		}
+	}
+	for _, f := range []string{c.sock, c.pidFil} {
+		if _, err := os.Lstat(f); !errors.Is(err, os.ErrNotExist) {
+			c.t.Errorf("%s left behind (%v)", f, err)
+		}
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for _, l := range c.lines {
+		if strings.Contains(l, " exited") && !strings.HasSuffix(l, " exited") && !strings.Contains(l, "before taking over") {
+			c.t.Errorf("unclean exit: %s", l)
+		}
+	}
+}
+
+// alive reports whether pid runs; a zombie has exited.
+func alive(pid int) bool {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return false
+	}
+	i := bytes.LastIndexByte(b, ')')
+	return i < 0 || i+2 >= len(b) || b[i+2] != 'Z'
+}
+
+// A load drives HTTP requests at an address until stopped: on a new
+// connection each, and on keep-alive connections, GETs and POSTs.
+type load struct {
+	url  string
+	stop chan struct{}
+	wg   sync.WaitGroup
+
+	mu     sync.Mutex
+	ok     map[string]int // by kind
+	failed map[string]int
+	errs   []string
+	pids   map[int]int
+}
+
+const maxRequestsPerWorker = 50000
+
+func startLoad(t *testing.T, addr string) *load {
+	l := &load{
+		url:    "http://" + addr + "/",
+		stop:   make(chan struct{}),
+		ok:     map[string]int{},
+		failed: map[string]int{},
+		pids:   map[int]int{},
+	}
+	kinds := []string{"new-conn GET", "new-conn GET", "keep-alive GET", "keep-alive POST", "keep-alive POST", "keep-alive slow GET"}
+	for _, kind := range kinds {
+		l.wg.Add(1)
+		go l.worker(kind)
+	}
+	t.Cleanup(l.finish)
+	return l
+}
+
+func (l *load) worker(kind string) {
+	defer l.wg.Done()
+	tr := &http.Transport{DisableKeepAlives: strings.HasPrefix(kind, "new-conn")}
+	defer tr.CloseIdleConnections()
+	client := &http.Client{Transport: tr, Timeout: 20 * time.Second}
+	body := strings.Repeat("x", 1000)
+	for i := 0; i < maxRequestsPerWorker; i++ {
+		select {
+		case <-l.stop:
+			return
+		default:
+		}
+		var resp *http.Response
+		var err error
+		switch kind {
+		case "keep-alive POST":
+			resp, err = client.Post(l.url, "text/plain", strings.NewReader(body))
+		case "keep-alive slow GET":
+			resp, err = client.Get(l.url + "?delay=20ms")
+		default:
+			resp, err = client.Get(l.url)
+		}
+		if err == nil {
+			err = checkResponse(resp, kind, l)
+		}
+		l.mu.Lock()
+		if err != nil {
+			l.failed[kind]++
+			if len(l.errs) < 20 {
+				l.errs = append(l.errs, kind+": "+err.Error())
+			}
+		} else {
+			l.ok[kind]++
+		}
+		l.mu.Unlock()
+		time.Sleep(time.Millisecond)
+	}
+}
+
+func checkResponse(resp *http.Response, kind string, l *load) error {
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if err != nil {
+		return err
+	}
+	if resp.StatusCode != http.StatusOK {
+		return fmt.Errorf("status %s: %s", resp.Status, b)
+	}
+	var pid, n int
+	var method string
+	if _, err := fmt.Sscanf(string(b), "pid=%d method=%s body=%d", &pid, &method, &n); err != nil {
+		return fmt.Errorf("answer %q: %v", b, err)
+	}
+	if wantN := map[bool]int{true: 1000, false: 0}[strings.HasSuffix(kind, "POST")]; n != wantN {
+		return fmt.Errorf("answer %q, want body=%d", b, wantN)
+	}
+	l.mu.Lock()
+	l.pids[pid]++
+	l.mu.Unlock()
+	return nil
+}
+
+// waitPid waits until a request was answered by pid.
+func (l *load) waitPid(t *testing.T, pid int) {
+	t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		l.mu.Lock()
+		n := l.pids[pid]
+		l.mu.Unlock()
+		if n > 0 {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no request answered by pid %d", pid)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+func (l *load) finish() {
+	select {
+	case <-l.stop:
+	default:
+		close(l.stop)
+	}
+	l.wg.Wait()
+}
+
+// check stops the load and fails the test for any failed request.
+func (l *load) check(t *testing.T) {
+	t.Helper()
+	l.finish()
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	total := 0
+	for kind, n := range l.ok {
+		total += n
+		t.Logf("%-20s %6d answered, %d failed", kind, n, l.failed[kind])
+	}
+	t.Logf("%d requests answered by %d instances", total, len(l.pids))
+	for kind, n := range l.failed {
+		t.Errorf("%d %s requests failed", n, kind)
+	}
+	for _, e := range l.errs {
+		t.Log(e)
+	}
+	if total == 0 {
+		t.Error("no request answered")
+	}
+}
+
+// TestRestartUnderLoad restarts the example 20 times under load, by SIGHUP
+// and by starting a second instance in turn, and checks that no request
+// failed and that every instance served and exited cleanly.
+func TestRestartUnderLoad(t *testing.T) {
+	c := newCluster(t)
+	c.start()
+	pid := c.servingPid(0)
+	l := startLoad(t, c.addr)
+	l.waitPid(t, pid)
+	const restarts = 20
+	for i := 0; i < restarts; i++ {
+		old := pid
+		if i%2 == 0 {
+			if err := syscall.Kill(old, syscall.SIGHUP); err != nil {
+				t.Fatal(err)
+			}
+		} else {
+			c.start()
+		}
+		pid = c.servingPid(old)
+		c.waitLog(old, "handed over to pid "+strconv.Itoa(pid))
+		l.waitPid(t, pid)
+	}
+	l.check(t)
+	if n := len(l.pids); n != restarts+1 {
+		t.Errorf("%d pids served, want %d", n, restarts+1)
+	}
+	c.stop(pid)
+	if t.Failed() {
+		return
+	}
+	if n := len(c.pids()); n != restarts+1 {
+		t.Errorf("%d instances logged, want %d", n, restarts+1)
+	}
+}
+
+// TestFailedSuccessor makes successors crash or hang while they take over,
+// and checks that the old instance serves on and that a good restart after
+// them works.
+func TestFailedSuccessor(t *testing.T) {
+	c := newCluster(t, "-handover-timeout", "1s")
+	// The first instance has nobody to take over from, so the fault stays
+	// dormant in it; the successors it starts on SIGHUP inherit it.
+	first := c.start(faultEnv + "=crash")
+	pid := first.Process.Pid
+	if got := c.servingPid(0); got != pid {
+		t.Fatalf("pid file names %d, want %d", got, pid)
+	}
+	l := startLoad(t, c.addr)
+	l.waitPid(t, pid)
+
+	// A successor started by SIGHUP crashes once it has the listener.
+	if err := syscall.Kill(pid, syscall.SIGHUP); err != nil {
+		t.Fatal(err)
+	}
+	c.waitLog(pid, "hand-over failed")
+	c.waitLog(pid, "exited before taking over (exit status 3); serving on")
+
+	// A second instance crashes once it has the listener.
+	crash := c.start(faultEnv + "=crash")
+	if err := crash.Wait(); err == nil || crash.ProcessState.ExitCode() != 3 {
+		t.Fatalf("crashing instance: %v", err)
+	}
+	c.waitLog(pid, "hand-over failed: graceful: serving pid "+strconv.Itoa(crash.Process.Pid))
+
+	// A second instance hangs with the listener until the old one gives up.
+	hang := c.start(faultEnv + "=hang")
+	c.waitLog(pid, "hand-over failed: graceful: serving pid "+strconv.Itoa(hang.Process.Pid))
+	hang.Process.Kill()
+	hang.Wait()
+
+	// The old instance served all along.
+	l.mu.Lock()
+	before := l.pids[pid]
+	l.mu.Unlock()
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		l.mu.Lock()
+		n := l.pids[pid]
+		l.mu.Unlock()
+		if n > before {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the old instance stopped serving")
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	if got := c.servingPid(0); got != pid {
+		t.Fatalf("pid file names %d, want %d", got, pid)
+	}
+
+	// Good restarts: a second instance, then SIGHUP to it.
+	good := c.start()
+	next := c.servingPid(pid)
+	if next != good.Process.Pid {
+		t.Fatalf("pid file names %d, want %d", next, good.Process.Pid)
+	}
+	c.waitLog(pid, "exited")
+	l.waitPid(t, next)
+	if err := syscall.Kill(next, syscall.SIGHUP); err != nil {
+		t.Fatal(err)
+	}
+	last := c.servingPid(next)
+	l.waitPid(t, last)
+	l.check(t)
+	c.stop(last)
+}
