@@ -164,7 +164,7 @@ func (c *cluster) pids() []int {
 		if i < 0 || j < i {
 			continue
 		}
-		if pid, err := strconv.Atoi(l[i+len(" example["):j]); err == nil && !seen[pid] {
+		if pid, err := strconv.Atoi(l[i+len(" example[") : j]); err == nil && !seen[pid] {
 			seen[pid] = true
 			pids = append(pids, pid)
 		}
