@@ -220,22 +220,27 @@ func TestSocketFileMode(t *testing.T) {
 			if tc.gid < 0 {
 				t.Skip("no group nogroup on this system")
 			}
-			addr := sockPath(t)
-			old := syscall.Umask(0)
-			errc := make(chan error, 1)
-			go func() { errc <- tc.srv.ListenAndServe(addr) }()
-			waitSocket(t, addr)
-			syscall.Umask(old)
-			var st unix.Stat_t
-			if err := unix.Lstat(addr, &st); err != nil {
-				t.Fatal(err)
-			}
-			if st.Mode&unix.S_IFMT != unix.S_IFSOCK || fs.FileMode(st.Mode&0o7777) != tc.mode || int(st.Gid) != tc.gid {
-				t.Errorf("socket file mode %o gid %d, want socket %o gid %d", st.Mode, st.Gid, tc.mode, tc.gid)
-			}
-			tc.srv.Close()
-			if err := <-errc; !errors.Is(err, ErrServerClosed) {
-				t.Fatal(err)
+			// A umask that would let everyone in, and one that would
+			// keep the group out.
+			for _, umask := range []int{0, 0o077} {
+				addr := sockPath(t)
+				old := syscall.Umask(umask)
+				srv := &Server{Mode: tc.srv.Mode, Group: tc.srv.Group}
+				errc := make(chan error, 1)
+				go func() { errc <- srv.ListenAndServe(addr) }()
+				waitSocket(t, addr)
+				syscall.Umask(old)
+				var st unix.Stat_t
+				if err := unix.Lstat(addr, &st); err != nil {
+					t.Fatal(err)
+				}
+				if st.Mode&unix.S_IFMT != unix.S_IFSOCK || fs.FileMode(st.Mode&0o7777) != tc.mode || int(st.Gid) != tc.gid {
+					t.Errorf("umask %o: socket file mode %o gid %d, want socket %o gid %d", umask, st.Mode, st.Gid, tc.mode, tc.gid)
+				}
+				srv.Close()
+				if err := <-errc; !errors.Is(err, ErrServerClosed) {
+					t.Fatal(err)
+				}
 			}
 		})
 	}
@@ -342,6 +347,53 @@ func TestAddressNeverStolen(t *testing.T) {
 		t.Fatal(err)
 	}
 	p.checkClosed(t)
+}
+
+// TestModeThroughSymlink races ListenAndServe's setting of the socket
+// file's mode and group against someone who may write the directory and
+// keeps swapping the path for a symlink to a victim file. The victim must
+// never change: an attacker must not turn a root server into a chmod of
+// their choosing. On code that follows the link, a few thousand rounds hit
+// the window many times over.
+func TestModeThroughSymlink(t *testing.T) {
+	noLeaks(t)
+	gid := os.Getegid() + 1
+	dir := t.TempDir()
+	victim := filepath.Join(dir, "victim")
+	if err := os.WriteFile(victim, []byte("secret"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	var want unix.Stat_t
+	unix.Stat(victim, &want)
+	addr := filepath.Join(dir, "s")
+	stop := make(chan struct{})
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		tmp := filepath.Join(dir, "tmp")
+		for {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			os.Remove(tmp)
+			os.Symlink(victim, tmp)
+			os.Rename(tmp, addr)
+		}
+	}()
+	for i := 0; i < 3000; i++ {
+		os.Remove(addr)
+		if ln, err := listenUnix(addr, 0o606, gid); err == nil {
+			ln.Close()
+		}
+	}
+	close(stop)
+	<-done
+	var st unix.Stat_t
+	if err := unix.Stat(victim, &st); err != nil || st.Mode != want.Mode || st.Gid != want.Gid {
+		t.Fatalf("the victim file went from mode %o gid %d to %o gid %d (%v)", want.Mode, want.Gid, st.Mode, st.Gid, err)
+	}
 }
 
 // nobodyCmd returns a command that runs a copy of the test binary as the

@@ -6,6 +6,7 @@ import (
 	"io/fs"
 	"net"
 	"os"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -142,6 +143,11 @@ func listenUnix(addr string, mode fs.FileMode, gid int) (net.Listener, error) {
 	opErr := func(op string, err error) error {
 		return &net.OpError{Op: "listen", Net: "unix", Addr: &net.UnixAddr{Name: addr, Net: "unix"}, Err: os.NewSyscallError(op, err)}
 	}
+	// bind creates the file with the socket's mode less the umask: never
+	// more than mode.
+	if err := unix.Fchmod(fd, uint32(mode.Perm())); err != nil {
+		return nil, fmt.Errorf("graceful: %w", opErr("fchmod", err))
+	}
 	sa := &unix.SockaddrUnix{Name: addr}
 	for try := 0; ; try++ {
 		err = unix.Bind(fd, sa)
@@ -155,19 +161,14 @@ func listenUnix(addr string, mode fs.FileMode, gid int) (net.Listener, error) {
 	if err != nil {
 		return nil, fmt.Errorf("graceful: %w", opErr("bind", err))
 	}
-	var st unix.Stat_t
-	err = unix.Chmod(addr, uint32(mode.Perm()))
-	if err == nil && gid >= 0 {
-		err = unix.Chown(addr, -1, gid)
-	}
-	if err == nil {
-		err = unix.Stat(addr, &st)
-	}
+	st, err := setMode(addr, mode, gid)
 	if err == nil {
 		err = unix.Listen(fd, unix.SOMAXCONN)
 	}
 	if err != nil {
-		unix.Unlink(addr)
+		if st.Mode&unix.S_IFMT == unix.S_IFSOCK {
+			unix.Unlink(addr)
+		}
 		return nil, fmt.Errorf("graceful: %w", opErr("listen", err))
 	}
 	ln, err := net.FileListener(f)
@@ -178,6 +179,38 @@ func listenUnix(addr string, mode fs.FileMode, gid int) (net.Listener, error) {
 	ul := ln.(*net.UnixListener)
 	ul.SetUnlinkOnClose(false)
 	return &fileListener{UnixListener: ul, path: addr, dev: uint64(st.Dev), ino: uint64(st.Ino)}, nil
+}
+
+// setMode gives the socket file at path the exact mode (the umask may have
+// taken bits off) and the group gid unless it is -1. It works through a
+// handle that does not follow symlinks: whoever may write the directory can
+// swap the path for a link, and must not make this process change the
+// file it points to.
+func setMode(path string, mode fs.FileMode, gid int) (unix.Stat_t, error) {
+	var st unix.Stat_t
+	fd, err := unix.Open(path, unix.O_PATH|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return st, os.NewSyscallError("open", err)
+	}
+	defer unix.Close(fd)
+	if err := unix.Fstat(fd, &st); err != nil {
+		return st, os.NewSyscallError("fstat", err)
+	}
+	if st.Mode&unix.S_IFMT != unix.S_IFSOCK {
+		return st, fmt.Errorf("%s was replaced by a file that is not a socket: %w", path, unix.EADDRINUSE)
+	}
+	if st.Mode&0o7777 != uint32(mode.Perm()) {
+		// The descriptor's entry in /proc names the socket file itself.
+		if err := unix.Chmod("/proc/self/fd/"+strconv.Itoa(fd), uint32(mode.Perm())); err != nil {
+			return st, os.NewSyscallError("chmod", err)
+		}
+	}
+	if gid >= 0 {
+		if err := unix.Fchownat(fd, "", -1, gid, unix.AT_EMPTY_PATH); err != nil {
+			return st, os.NewSyscallError("fchownat", err)
+		}
+	}
+	return st, nil
 }
 
 // removeStale removes the socket file at path if no server listens on it.
