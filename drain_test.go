@@ -1,0 +1,252 @@
+package graceful
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"testing"
+	"time"
+)
+
+// drainServer serves h through a Drainer on a fresh port of 127.0.0.1 and
+// reports each connection state on the returned channel.
+type drainServer struct {
+	d      *Drainer
+	addr   string
+	states chan http.ConnState
+	served chan error
+}
+
+func startDrainServer(t *testing.T, grace time.Duration, h http.HandlerFunc) *drainServer {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := &drainServer{
+		d:      &Drainer{IdleGrace: grace},
+		addr:   ln.Addr().String(),
+		states: make(chan http.ConnState, 100),
+		served: make(chan error, 1),
+	}
+	srv := &http.Server{Handler: h, ConnState: func(_ net.Conn, st http.ConnState) { s.states <- st }}
+	go func() { s.served <- s.d.Serve(srv, ln) }()
+	t.Cleanup(func() {
+		s.d.Drain(context.Background())
+		<-s.served
+	})
+	return s
+}
+
+// state waits for the next connection state.
+func (s *drainServer) state(t *testing.T, want http.ConnState) {
+	t.Helper()
+	if got := <-s.states; got != want {
+		t.Fatalf("connection state %v, want %v", got, want)
+	}
+}
+
+// drain starts Drain and waits until Serve has returned.
+func (s *drainServer) drain(t *testing.T, ctx context.Context) chan error {
+	t.Helper()
+	drained := make(chan error, 1)
+	go func() { drained <- s.d.Drain(ctx) }()
+	if err := <-s.served; err != http.ErrServerClosed {
+		t.Fatalf("Serve: %v", err)
+	}
+	s.served <- nil // for the cleanup
+	return drained
+}
+
+func okHandler(w http.ResponseWriter, r *http.Request) {
+	io.Copy(io.Discard, r.Body)
+	fmt.Fprint(w, "ok")
+}
+
+// request writes a POST on conn and reads the answer.
+func request(t *testing.T, conn net.Conn, br *bufio.Reader) *http.Response {
+	t.Helper()
+	if _, err := io.WriteString(conn, "POST / HTTP/1.1\r\nHost: test\r\nContent-Length: 4\r\n\r\nbody"); err != nil {
+		t.Fatal(err)
+	}
+	resp, err := http.ReadResponse(br, nil)
+	if err != nil {
+		t.Fatalf("no answer: %v", err)
+	}
+	b, err := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if err != nil || resp.StatusCode != http.StatusOK || string(b) != "ok" {
+		t.Fatalf("answer %s %q, %v", resp.Status, b, err)
+	}
+	return resp
+}
+
+func dialDrain(t *testing.T, addr string) (net.Conn, *bufio.Reader) {
+	t.Helper()
+	conn, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	return conn, bufio.NewReader(conn)
+}
+
+// expectClosed checks that the server closed conn. The bound only turns a
+// hang into a failure.
+func expectClosed(t *testing.T, conn net.Conn, br *bufio.Reader) {
+	t.Helper()
+	conn.SetReadDeadline(time.Now().Add(10 * time.Second))
+	if b, err := br.ReadByte(); err == nil || errors.Is(err, os.ErrDeadlineExceeded) {
+		t.Fatalf("read %q, %v after the last answer, want the end of the connection", b, err)
+	}
+}
+
+// waitDrained waits for Drain to return nil. The bound only turns a hang into
+// a failure.
+func waitDrained(t *testing.T, drained chan error) {
+	t.Helper()
+	select {
+	case err := <-drained:
+		if err != nil {
+			t.Fatalf("Drain: %v", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("Drain still waits after every connection closed")
+	}
+}
+
+// TestDrainNewConnection is the case that Shutdown gets wrong: a connection
+// accepted before the drain whose request arrives after it began must be
+// answered, not closed.
+func TestDrainNewConnection(t *testing.T) {
+	checkFds(t)
+	// A grace this long would fail the test by its timeout if the drain
+	// waited for it instead of for the connection.
+	s := startDrainServer(t, time.Hour, okHandler)
+	conn, br := dialDrain(t, s.addr)
+	s.state(t, http.StateNew)
+	drained := s.drain(t, context.Background())
+
+	resp := request(t, conn, br)
+	if !resp.Close {
+		t.Error("the answer during the drain lacks Connection: close")
+	}
+	expectClosed(t, conn, br)
+	waitDrained(t, drained)
+}
+
+// TestDrainIdleConnection checks that a keep-alive connection idle when the
+// drain begins gets its next request answered, with Connection: close.
+func TestDrainIdleConnection(t *testing.T) {
+	checkFds(t)
+	s := startDrainServer(t, time.Hour, okHandler)
+	conn, br := dialDrain(t, s.addr)
+	if resp := request(t, conn, br); resp.Close {
+		t.Fatal("Connection: close before the drain")
+	}
+	s.state(t, http.StateNew)
+	s.state(t, http.StateActive)
+	s.state(t, http.StateIdle)
+	drained := s.drain(t, context.Background())
+
+	if resp := request(t, conn, br); !resp.Close {
+		t.Error("the answer during the drain lacks Connection: close")
+	}
+	expectClosed(t, conn, br)
+	waitDrained(t, drained)
+}
+
+// TestDrainInFlight checks that a request in flight when the drain begins
+// completes, and that its connection is answered once more.
+func TestDrainInFlight(t *testing.T) {
+	checkFds(t)
+	started, release := make(chan struct{}), make(chan struct{})
+	s := startDrainServer(t, time.Hour, func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/slow" {
+			close(started)
+			<-release
+		}
+		okHandler(w, r)
+	})
+	conn, br := dialDrain(t, s.addr)
+	if _, err := io.WriteString(conn, "GET /slow HTTP/1.1\r\nHost: test\r\n\r\n"); err != nil {
+		t.Fatal(err)
+	}
+	<-started
+	drained := s.drain(t, context.Background())
+	close(release)
+	resp, err := http.ReadResponse(br, nil)
+	if err != nil {
+		t.Fatalf("no answer: %v", err)
+	}
+	io.Copy(io.Discard, resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		t.Fatalf("answer %s", resp.Status)
+	}
+	if resp := request(t, conn, br); !resp.Close {
+		t.Error("the answer during the drain lacks Connection: close")
+	}
+	expectClosed(t, conn, br)
+	waitDrained(t, drained)
+}
+
+// TestDrainIdleGrace checks that a connection that stays idle is closed
+// once IdleGrace has passed.
+func TestDrainIdleGrace(t *testing.T) {
+	checkFds(t)
+	s := startDrainServer(t, 10*time.Millisecond, okHandler)
+	conn, br := dialDrain(t, s.addr)
+	request(t, conn, br)
+	drained := s.drain(t, context.Background())
+	waitDrained(t, drained)
+	expectClosed(t, conn, br)
+}
+
+// TestDrainDeadline checks that a handler that does not finish in time is
+// cut off when ctx is done, and that Drain says so.
+func TestDrainDeadline(t *testing.T) {
+	checkFds(t)
+	started := make(chan struct{})
+	s := startDrainServer(t, time.Hour, func(w http.ResponseWriter, r *http.Request) {
+		close(started)
+		<-r.Context().Done()
+	})
+	conn, br := dialDrain(t, s.addr)
+	if _, err := io.WriteString(conn, "GET / HTTP/1.1\r\nHost: test\r\n\r\n"); err != nil {
+		t.Fatal(err)
+	}
+	<-started
+	ctx, cancel := context.WithCancel(context.Background())
+	drained := s.drain(t, ctx)
+	cancel()
+	if err := <-drained; !errors.Is(err, context.Canceled) {
+		t.Fatalf("Drain: %v, want context.Canceled", err)
+	}
+	expectClosed(t, conn, br)
+}
+
+// TestDrainBeforeServe checks that Serve after Drain returns at once and
+// closes its listener.
+func TestDrainBeforeServe(t *testing.T) {
+	checkFds(t)
+	var d Drainer
+	if err := d.Drain(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := d.Serve(&http.Server{}, ln); err != http.ErrServerClosed {
+		t.Fatalf("Serve: %v", err)
+	}
+	if _, err := ln.Accept(); !errors.Is(err, net.ErrClosed) {
+		t.Fatalf("Accept on the listener: %v, want net.ErrClosed", err)
+	}
+}
