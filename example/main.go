@@ -166,8 +166,12 @@ loop:
 	defer cancel()
 	err = dr.Drain(ctx)
 	<-httpDone
-	if stopped && cfg.pidFile != "" {
-		removePidFile(cfg.pidFile)
+	if cfg.pidFile != "" {
+		if stopped {
+			removePidFile(cfg.pidFile)
+		} else if !waitPidFile(cfg.pidFile, cfg.handoverTimeout) {
+			logger.Printf("the pid file still names this process")
+		}
 	}
 	if err != nil {
 		return fmt.Errorf("draining: %w", err)
@@ -315,10 +319,29 @@ func writePidFile(path string) error {
 	return err
 }
 
+// namesMe reports whether the pid file names this process.
+func namesMe(path string) bool {
+	b, err := os.ReadFile(path)
+	return err == nil && string(b) == strconv.Itoa(os.Getpid())+"\n"
+}
+
 // removePidFile removes the pid file if it still names this process.
 func removePidFile(path string) {
-	b, err := os.ReadFile(path)
-	if err == nil && string(b) == strconv.Itoa(os.Getpid())+"\n" {
+	if namesMe(path) {
 		os.Remove(path)
 	}
+}
+
+// waitPidFile waits until the successor has written its pid, for at most
+// timeout. A supervisor that reads the pid file when its main process exits
+// (systemd with PIDFile=) then finds the successor there.
+func waitPidFile(path string, timeout time.Duration) bool {
+	deadline := time.Now().Add(timeout)
+	for namesMe(path) {
+		if time.Now().After(deadline) {
+			return false
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	return true
 }

@@ -289,7 +289,12 @@ func startLoad(t *testing.T, addr string) *load {
 		failed: map[string]int{},
 		pids:   map[int]int{},
 	}
-	kinds := []string{"new-conn GET", "new-conn GET", "keep-alive GET", "keep-alive POST", "keep-alive POST", "keep-alive slow GET"}
+	kinds := []string{
+		"new-conn GET", "new-conn GET", "new-conn GET",
+		"keep-alive GET", "keep-alive GET",
+		"keep-alive POST", "keep-alive POST", "keep-alive POST",
+		"keep-alive slow GET",
+	}
 	for _, kind := range kinds {
 		l.wg.Add(1)
 		go l.worker(kind)
@@ -333,7 +338,6 @@ func (l *load) worker(kind string) {
 			l.ok[kind]++
 		}
 		l.mu.Unlock()
-		time.Sleep(time.Millisecond)
 	}
 }
 
@@ -360,7 +364,11 @@ func checkResponse(resp *http.Response, kind string, l *load) error {
 	return nil
 }
 
-// waitPid waits until a request was answered by pid.
+// answersPerInstance is how many requests the test lets each instance
+// answer before it restarts it.
+const answersPerInstance = 50
+
+// waitPid waits until pid has answered answersPerInstance requests.
 func (l *load) waitPid(t *testing.T, pid int) {
 	t.Helper()
 	deadline := time.Now().Add(30 * time.Second)
@@ -368,7 +376,7 @@ func (l *load) waitPid(t *testing.T, pid int) {
 		l.mu.Lock()
 		n := l.pids[pid]
 		l.mu.Unlock()
-		if n > 0 {
+		if n >= answersPerInstance {
 			return
 		}
 		if time.Now().After(deadline) {
@@ -376,6 +384,16 @@ func (l *load) waitPid(t *testing.T, pid int) {
 		}
 		time.Sleep(5 * time.Millisecond)
 	}
+}
+
+func (l *load) failures() int {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	n := 0
+	for _, f := range l.failed {
+		n += f
+	}
+	return n
 }
 
 func (l *load) finish() {
@@ -420,19 +438,25 @@ func TestRestartUnderLoad(t *testing.T) {
 	l := startLoad(t, c.addr)
 	l.waitPid(t, pid)
 	const restarts = 20
+	failed := map[string]int{} // by restart path, counted up to the new pid's first answer
 	for i := 0; i < restarts; i++ {
 		old := pid
+		before := l.failures()
+		path := "SIGHUP"
 		if i%2 == 0 {
 			if err := syscall.Kill(old, syscall.SIGHUP); err != nil {
 				t.Fatal(err)
 			}
 		} else {
+			path = "second instance"
 			c.start()
 		}
 		pid = c.servingPid(old)
 		c.waitLog(old, "handed over to pid "+strconv.Itoa(pid))
 		l.waitPid(t, pid)
+		failed[path] += l.failures() - before
 	}
+	t.Logf("failed requests by restart path over %d restarts: %v", restarts, failed)
 	l.check(t)
 	if n := len(l.pids); n != restarts+1 {
 		t.Errorf("%d pids served, want %d", n, restarts+1)
