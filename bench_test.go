@@ -28,6 +28,9 @@ import (
 //	B/op, allocs/op  the sender's allocations in that window
 //	floor-ns/fd      the floor's window per descriptor, same iteration
 //	x-floor          ns/fd / floor-ns/fd
+//	cpu-ns/fd        CPU time, user and system, of both processes over
+//	floor-cpu-ns/fd  the window, per descriptor: less sensitive than time
+//	x-floor-cpu      to other load on the machine
 //	recv-allocs/fd   the receiving process's allocations per descriptor
 //	recv-B/fd        (dial, library and callback's MetaFrom included)
 //	recv-rss-MB      the receiving process's peak resident memory
@@ -36,8 +39,7 @@ import (
 //	x-floor+maps     ns/fd / (floor-ns/fd + maps-ns/fd)
 //
 // ns/op is the window, not the wall time of an iteration, which includes
-// starting the processes; so run with -benchtime=Nx or the default, not a
-// long duration. For more descriptors than RLIMIT_NOFILE allows, the same
+// starting the processes and which sets how many iterations run. For more descriptors than RLIMIT_NOFILE allows, the same
 // set (at most benchBase pipe ends) is sent again: each SCM_RIGHTS entry is
 // a reference of its own, and the kernel's work per descriptor is the same.
 //
@@ -96,15 +98,15 @@ func benchHandover(b *testing.B, n int, withMeta bool) {
 	}
 	addr := sockPath(b)
 	b.ReportAllocs()
-	var lib, floor, maps time.Duration
+	var lib, floor, maps, floorCPU time.Duration
 	var mallocs, bytes uint64
 	var recv recvStats
-	b.ResetTimer()
 	for range b.N {
 		var fl recvStats
 		floor += runHandover(b, addr, "floor", n, withMeta, func(conn net.Conn) error {
 			return floorSend(conn, fds, n)
 		}, &fl)
+		floorCPU += time.Duration(fl.cpu)
 
 		var m0, m1 runtime.MemStats
 		var rs recvStats
@@ -141,6 +143,9 @@ func benchHandover(b *testing.B, n int, withMeta bool) {
 	b.ReportMetric(perFd(lib), "ns/fd")
 	b.ReportMetric(perFd(floor), "floor-ns/fd")
 	b.ReportMetric(perFd(lib)/perFd(floor), "x-floor")
+	b.ReportMetric(perFd(time.Duration(recv.cpu)), "cpu-ns/fd")
+	b.ReportMetric(perFd(floorCPU), "floor-cpu-ns/fd")
+	b.ReportMetric(float64(recv.cpu)/float64(floorCPU), "x-floor-cpu")
 	b.ReportMetric(float64(recv.mallocs)/float64(b.N*n), "recv-allocs/fd")
 	b.ReportMetric(float64(recv.bytes)/float64(b.N*n), "recv-B/fd")
 	b.ReportMetric(float64(recv.maxRSS)/1024, "recv-rss-MB")
@@ -154,7 +159,7 @@ func benchHandover(b *testing.B, n int, withMeta bool) {
 type recvStats struct {
 	fds, mallocs, bytes uint64
 	maxRSS              uint64 // KiB, the largest seen
-	ns                  uint64
+	ns, cpu             uint64 // wall and CPU (user and system) time
 }
 
 func (s *recvStats) add(o recvStats) {
@@ -163,24 +168,24 @@ func (s *recvStats) add(o recvStats) {
 	s.bytes += o.bytes
 	s.maxRSS = max(s.maxRSS, o.maxRSS)
 	s.ns += o.ns
+	s.cpu += o.cpu
 }
 
 func (s *recvStats) String() string {
-	return fmt.Sprintf("%d %d %d %d %d", s.fds, s.mallocs, s.bytes, s.maxRSS, s.ns)
+	return fmt.Sprintf("%d %d %d %d %d %d", s.fds, s.mallocs, s.bytes, s.maxRSS, s.ns, s.cpu)
 }
 
 func parseRecvStats(line string) (recvStats, error) {
 	var s recvStats
-	_, err := fmt.Sscanf(line, "%d %d %d %d %d", &s.fds, &s.mallocs, &s.bytes, &s.maxRSS, &s.ns)
+	_, err := fmt.Sscanf(line, "%d %d %d %d %d %d", &s.fds, &s.mallocs, &s.bytes, &s.maxRSS, &s.ns, &s.cpu)
 	return s, err
 }
 
 // runHandover starts a child of the given kind that dials addr, and times
-// send on the accepted connection; the child's report goes to stats.
+// send on the accepted connection. The child's report goes to stats, with
+// the CPU time of both processes over the transfer.
 func runHandover(b *testing.B, addr, kind string, n int, withMeta bool, send func(net.Conn) error, stats *recvStats) time.Duration {
 	b.Helper()
-	b.StopTimer()
-	defer b.StartTimer()
 	ln, err := net.Listen("unix", addr)
 	if err != nil {
 		b.Fatal(err)
@@ -191,11 +196,11 @@ func runHandover(b *testing.B, addr, kind string, n int, withMeta bool, send fun
 	if err != nil {
 		b.Fatal(err)
 	}
-	b.StartTimer()
+	cpu0 := processCPU()
 	t0 := time.Now()
 	err = send(conn)
 	d := time.Since(t0)
-	b.StopTimer()
+	cpu := processCPU() - cpu0
 	conn.Close()
 	if err != nil {
 		b.Fatalf("%s: %v; child's stderr:\n%s", kind, err, c.stderr.String())
@@ -205,6 +210,7 @@ func runHandover(b *testing.B, addr, kind string, n int, withMeta bool, send fun
 	if *stats, err = parseRecvStats(line); err != nil || stats.fds != uint64(n) {
 		b.Fatalf("%s: child reported %q (%v), want %d descriptors", kind, line, err, n)
 	}
+	stats.cpu += uint64(cpu) // both processes'
 	return d
 }
 
@@ -253,6 +259,7 @@ func init() {
 		withMeta := args[3] == "true"
 		var m0, m1 runtime.MemStats
 		runtime.ReadMemStats(&m0)
+		cpu0 := processCPU()
 		t0 := time.Now()
 		var got int
 		switch kind {
@@ -283,6 +290,7 @@ func init() {
 			err = fmt.Errorf("unknown kind %q", kind)
 		}
 		ns := time.Since(t0)
+		cpu := processCPU() - cpu0
 		runtime.ReadMemStats(&m1)
 		if err != nil {
 			return err
@@ -295,6 +303,7 @@ func init() {
 			bytes:   m1.TotalAlloc - m0.TotalAlloc,
 			maxRSS:  uint64(ru.Maxrss),
 			ns:      uint64(ns),
+			cpu:     uint64(cpu),
 		}
 		fmt.Println(s.String())
 		return nil
@@ -341,8 +350,6 @@ func floorReceive(addr string, n int) (int, error) {
 // of the benchmark's meta must: one string for the bytes and one map each.
 func buildMaps(b *testing.B, n int) time.Duration {
 	b.Helper()
-	b.StopTimer()
-	defer b.StartTimer()
 	c := startChild(b, "bench-maps", strconv.Itoa(n))
 	s, err := parseRecvStats(c.line())
 	c.wait()
@@ -413,11 +420,9 @@ func BenchmarkStartup(b *testing.B) {
 	var total recvStats
 	b.ResetTimer()
 	for range b.N {
-		b.StopTimer()
 		c := startChild(b, "bench-startup", addr)
 		line := c.line()
 		c.wait()
-		b.StartTimer()
 		s, err := parseRecvStats(line)
 		if err != nil {
 			b.Fatalf("child reported %q: %v", line, err)
@@ -521,3 +526,10 @@ func BenchmarkMeta(b *testing.B) {
 	})
 }
 
+// processCPU returns the CPU time, user and system, that this process has
+// used so far.
+func processCPU() time.Duration {
+	var ru unix.Rusage
+	unix.Getrusage(unix.RUSAGE_SELF, &ru)
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+}

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"slices"
+	"strings"
 )
 
 // Meta is a set of key-value pairs to send with a descriptor. It implements
@@ -31,24 +32,26 @@ func (m Meta) AppendBinary(b []byte) ([]byte, error) {
 	if len(m) == 0 {
 		return b, nil
 	}
-	// Small maps sort their keys on the stack.
-	var stack [16]string
-	keys := stack[:0]
-	for k := range m {
-		keys = append(keys, k)
+	// Small maps gather and sort their pairs on the stack, in one pass
+	// over the map.
+	var stack [16]metaPair
+	pairs := stack[:0]
+	for k, v := range m {
+		pairs = append(pairs, metaPair{k, v})
 	}
-	slices.Sort(keys)
+	slices.SortFunc(pairs, func(a, b metaPair) int { return strings.Compare(a.k, b.k) })
 	b = append(b, metaVersion)
-	b = binary.AppendUvarint(b, uint64(len(keys)))
-	for _, k := range keys {
-		v := m[k]
-		b = binary.AppendUvarint(b, uint64(len(k)))
-		b = append(b, k...)
-		b = binary.AppendUvarint(b, uint64(len(v)))
-		b = append(b, v...)
+	b = binary.AppendUvarint(b, uint64(len(pairs)))
+	for _, p := range pairs {
+		b = binary.AppendUvarint(b, uint64(len(p.k)))
+		b = append(b, p.k...)
+		b = binary.AppendUvarint(b, uint64(len(p.v)))
+		b = append(b, p.v...)
 	}
 	return b, nil
 }
+
+type metaPair struct{ k, v string }
 
 // MarshalBinary returns the encoding of m.
 func (m Meta) MarshalBinary() ([]byte, error) {
@@ -84,7 +87,10 @@ func (m *Meta) ReadFrom(r io.Reader) (int64, error) {
 
 // MetaFrom decodes a Meta from the meta reader given to a [ReceiveCallback]
 // (or any reader, which it reads to its end, at most [DefaultMaxMetaSize]
-// bytes). A nil reader gives a nil Meta, which reads as empty.
+// bytes). A nil reader gives a nil Meta, which reads as empty. From a
+// callback's reader, the Metas of descriptors that arrived together share
+// the memory of their strings, in chunks of a few KiB: decoding costs the
+// allocations of the map alone, and a Meta kept alive keeps its chunk.
 func MetaFrom(r io.Reader) (Meta, error) {
 	if r == nil {
 		return nil, nil
@@ -92,7 +98,11 @@ func MetaFrom(r io.Reader) (Meta, error) {
 	if mr, ok := r.(*metaReader); ok {
 		// The callback's reader: decode its bytes in place.
 		b := mr.b[mr.off:]
+		whole := mr.off == 0
 		mr.off = len(mr.b)
+		if whole && mr.strs != nil {
+			return decodeMetaString(mr.strs.get(mr.at, mr.at+len(b)))
+		}
 		return decodeMeta(b)
 	}
 	b, err := readMeta(r)
@@ -117,13 +127,21 @@ func decodeMeta(b []byte) (Meta, error) {
 	if len(b) == 0 {
 		return nil, nil
 	}
-	if b[0] != metaVersion {
-		return nil, fmt.Errorf("%w: meta version %d, want %d", ErrProtocol, b[0], metaVersion)
-	}
 	// One string holds every key and value, so decoding costs one
-	// allocation for the bytes and one for the map.
-	s := string(b[1:])
-	n, p, err := metaUvarint(s, 0)
+	// allocation for the bytes and those of the map.
+	return decodeMetaString(string(b))
+}
+
+// decodeMetaString decodes the encoding s, whose keys and values become
+// substrings of s.
+func decodeMetaString(s string) (Meta, error) {
+	if len(s) == 0 {
+		return nil, nil
+	}
+	if s[0] != metaVersion {
+		return nil, fmt.Errorf("%w: meta version %d, want %d", ErrProtocol, s[0], metaVersion)
+	}
+	n, p, err := metaUvarint(s, 1)
 	if err != nil {
 		return nil, err
 	}
@@ -133,7 +151,7 @@ func decodeMeta(b []byte) (Meta, error) {
 	}
 	// Each pair takes at least two bytes, which bounds the map's size hint.
 	if n > uint64(len(s)-p)/2 {
-		return nil, fmt.Errorf("%w: meta announces %d pairs in %d bytes", ErrProtocol, n, len(s))
+		return nil, fmt.Errorf("%w: meta announces %d pairs in %d bytes", ErrProtocol, n, len(s)-1)
 	}
 	m := make(Meta, n)
 	prev := ""
@@ -190,6 +208,30 @@ func metaString(s string, p int) (string, int, error) {
 type metaReader struct {
 	b   []byte
 	off int
+	// strs, if set, holds the frame body that b is part of, at offset at.
+	strs *metaStrings
+	at   int
+}
+
+// metaStrings cuts the strings of the Metas decoded from one frame body out
+// of shared copies of the body, chunks of at least metaChunk bytes: a frame
+// of small metas then costs a few allocations for their bytes rather than
+// one each, which counts in a process that has just started. A Meta kept
+// alive keeps its chunk alive, at most metaChunk bytes beyond its own.
+type metaStrings struct {
+	body []byte
+	s    string // a copy of body[at:at+len(s)]
+	at   int
+}
+
+const metaChunk = 2 << 10
+
+// get returns body[lo:hi] as a string.
+func (c *metaStrings) get(lo, hi int) string {
+	if lo < c.at || hi > c.at+len(c.s) {
+		c.s, c.at = string(c.body[lo:min(len(c.body), max(hi, lo+metaChunk))]), lo
+	}
+	return c.s[lo-c.at : hi-c.at]
 }
 
 func (r *metaReader) Read(p []byte) (int, error) {

@@ -188,6 +188,7 @@ type receiver struct {
 	fds  []int32
 	next int
 	meta metaReader
+	strs metaStrings // the strings of the frame's metas
 }
 
 func (c *Client) newReceiver(ctx context.Context, conn net.Conn) (*receiver, error) {
@@ -348,13 +349,14 @@ func (r *receiver) checkBody(bodyLen int) error {
 // deliver gives the frame's descriptors to the callback with their meta.
 func (r *receiver) deliver(cb ReceiveCallback, bodyLen int) error {
 	body := r.body[:bodyLen]
+	r.strs = metaStrings{body: body}
 	for r.next < len(r.fds) {
 		fd := int(r.fds[r.next])
 		var meta io.Reader
 		if bodyLen > 0 {
 			n := binary.BigEndian.Uint32(body)
 			if n > 0 {
-				r.meta = metaReader{b: body[4 : 4+n]}
+				r.meta = metaReader{b: body[4 : 4+n], strs: &r.strs, at: bodyLen - len(body) + 4}
 				meta = &r.meta
 			}
 			body = body[4+n:]
