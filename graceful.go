@@ -131,8 +131,9 @@ const (
 	statusRefused = 1
 )
 
-// oobSpace is the control buffer that holds a full batch.
-var oobSpace = unix.CmsgSpace(maxBatch * 4)
+// oobSpace is the control buffer that holds a full batch, and the
+// credentials the kernel adds before it on a socket with SO_PASSCRED.
+var oobSpace = unix.CmsgSpace(maxBatch*4) + unix.CmsgSpace(unix.SizeofUcred)
 
 func putHeader(b []byte, flags byte, nfds, bodyLen int) {
 	b[0] = version
