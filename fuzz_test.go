@@ -100,7 +100,7 @@ func FuzzReceive(f *testing.F) {
 		delivered := 0
 		err := client.ReceiveAllFrom(b, func(fd int, meta io.Reader) error {
 			delivered++
-			MetaFrom(meta)
+			checkCallbackMeta(t, meta)
 			return unix.Close(fd)
 		})
 		b.Close()
@@ -118,4 +118,20 @@ func FuzzReceive(f *testing.F) {
 			t.Fatalf("%d descriptors open before, %d after", before, after)
 		}
 	})
+}
+
+// checkCallbackMeta decodes a callback's meta as an application would, and
+// checks that the receiver's own way of decoding it gives what decoding a
+// copy of its bytes gives.
+func checkCallbackMeta(t *testing.T, meta io.Reader) {
+	t.Helper()
+	var raw []byte
+	if mr, ok := meta.(*metaReader); ok {
+		raw = bytes.Clone(mr.b[mr.off:])
+	}
+	m, err := MetaFrom(meta)
+	want, werr := MetaFrom(bytes.NewReader(raw))
+	if (err == nil) != (werr == nil) || !maps.Equal(m, want) {
+		t.Fatalf("meta %x: decoded %q, %v in the callback; %q, %v from a copy", raw, m, err, want, werr)
+	}
 }
