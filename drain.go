@@ -29,7 +29,9 @@ const DefaultIdleGrace = 5 * time.Second
 // connection closes cleanly after its next response, and waits for the
 // connections to close that way. It calls Shutdown only once they have, or
 // once IdleGrace has passed: only a connection that stays idle that long can
-// still lose a request, which HTTP/1.1 gives a server no way to prevent.
+// still lose a request, which HTTP/1.1 gives a server no way to prevent. (An
+// HTTP/2 connection stays open until Shutdown, whose GOAWAY sends its client
+// elsewhere.)
 type Drainer struct {
 	// IdleGrace bounds how long Drain waits for every connection to close
 	// after its next response; 0 means DefaultIdleGrace.
@@ -49,8 +51,8 @@ type Drainer struct {
 // connections and mark responses during the drain; they call what srv had
 // (http.DefaultServeMux for a nil Handler), so set those fields before the
 // call, not after. Serve takes ownership of ln and closes it when Drain
-// starts; a successor keeps accepting on its own copy of the socket. ln is
-// not closed when Serve is called after Drain or a second time.
+// starts; a successor keeps accepting on its own copy of the socket. Called
+// after Drain, or a second time, Serve closes ln and returns at once.
 func (d *Drainer) Serve(srv *http.Server, ln net.Listener) error {
 	d.mu.Lock()
 	if d.draining {

@@ -28,7 +28,8 @@ import (
 )
 
 // faultEnv makes an instance fail while it takes over, for the tests only:
-// "crash" exits as soon as the listener arrives, "hang" sleeps an hour then.
+// once the listener arrives, "crash" exits, "hang" sleeps three hand-over
+// timeouts and "refuse" refuses it.
 const faultEnv = "GRACEFUL_EXAMPLE_FAULT"
 
 type config struct {
@@ -192,7 +193,10 @@ func takeOver(cfg config) (ln net.Listener, tookOver bool, err error) {
 			case "crash":
 				os.Exit(3)
 			case "hang":
-				time.Sleep(time.Hour)
+				time.Sleep(3 * cfg.handoverTimeout)
+			case "refuse":
+				unix.Close(fd)
+				return errors.New("refused for the test")
 			}
 			if ln != nil {
 				unix.Close(fd)

@@ -59,7 +59,8 @@ type cluster struct {
 	mu      sync.Mutex
 	lines   []string
 	changed chan struct{}
-	cmds    []*exec.Cmd // the instances the test started itself
+	cmds    []*exec.Cmd  // the instances the test started itself
+	faulty  map[int]bool // instances made to fail
 }
 
 func newCluster(t *testing.T, extra ...string) *cluster {
@@ -77,6 +78,7 @@ func newCluster(t *testing.T, extra ...string) *cluster {
 		pidFil:  filepath.Join(dir, "example.pid"),
 		logDone: make(chan struct{}),
 		changed: make(chan struct{}),
+		faulty:  map[int]bool{},
 	}
 	c.args = append([]string{"-listen", c.addr, "-socket", c.sock, "-pid-file", c.pidFil}, extra...)
 	r, w, err := os.Pipe()
@@ -94,7 +96,10 @@ func newCluster(t *testing.T, extra ...string) *cluster {
 			}
 		}
 		for _, pid := range c.pids() {
-			syscall.Kill(pid, syscall.SIGKILL)
+			// Only if the pid is still an instance, not a reused one.
+			if cmdline, _ := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid)); bytes.HasPrefix(cmdline, []byte(exampleBin+"\x00")) {
+				syscall.Kill(pid, syscall.SIGKILL)
+			}
 		}
 		c.logW.Close()
 		if t.Failed() {
@@ -159,17 +164,23 @@ func (c *cluster) pids() []int {
 	seen := map[int]bool{}
 	var pids []int
 	for _, l := range c.lines {
-		i := strings.Index(l, " example[")
-		j := strings.Index(l, "] ")
-		if i < 0 || j < i {
-			continue
-		}
-		if pid, err := strconv.Atoi(l[i+len(" example[") : j]); err == nil && !seen[pid] {
+		if pid, ok := linePid(l); ok && !seen[pid] {
 			seen[pid] = true
 			pids = append(pids, pid)
 		}
 	}
 	return pids
+}
+
+// linePid returns the pid of the instance that logged l.
+func linePid(l string) (int, bool) {
+	i := strings.Index(l, " example[")
+	j := strings.Index(l, "] ")
+	if i < 0 || j < i {
+		return 0, false
+	}
+	pid, err := strconv.Atoi(l[i+len(" example[") : j])
+	return pid, err == nil
 }
 
 // start starts an instance with the cluster's flags and env added to the
@@ -185,6 +196,11 @@ func (c *cluster) start(env ...string) *exec.Cmd {
 		c.t.Fatal(err)
 	}
 	c.cmds = append(c.cmds, cmd)
+	for _, e := range env {
+		if strings.HasPrefix(e, faultEnv+"=") {
+			c.faulty[cmd.Process.Pid] = true
+		}
+	}
 	return cmd
 }
 
@@ -249,7 +265,8 @@ func (c *cluster) stop(pid int) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	for _, l := range c.lines {
-		if strings.Contains(l, " exited") && !strings.HasSuffix(l, " exited") && !strings.Contains(l, "before taking over") {
+		pid, _ := linePid(l)
+		if strings.Contains(l, "] exited") && !strings.HasSuffix(l, "] exited") && !c.faulty[pid] {
 			c.t.Errorf("unclean exit: %s", l)
 		}
 	}
@@ -470,9 +487,9 @@ func TestRestartUnderLoad(t *testing.T) {
 	}
 }
 
-// TestFailedSuccessor makes successors crash or hang while they take over,
-// and checks that the old instance serves on and that a good restart after
-// them works.
+// TestFailedSuccessor makes successors crash, refuse or hang while they take
+// over, and checks that the old instance serves on and that good restarts
+// after them work.
 func TestFailedSuccessor(t *testing.T) {
 	c := newCluster(t, "-handover-timeout", "1s")
 	// The first instance has nobody to take over from, so the fault stays
@@ -498,6 +515,13 @@ func TestFailedSuccessor(t *testing.T) {
 		t.Fatalf("crashing instance: %v", err)
 	}
 	c.waitLog(pid, "hand-over failed: graceful: serving pid "+strconv.Itoa(crash.Process.Pid))
+
+	// A second instance refuses the listener.
+	refuse := c.start(faultEnv + "=refuse")
+	if err := refuse.Wait(); err == nil {
+		t.Fatal("the refusing instance exited with status 0")
+	}
+	c.waitLog(pid, "hand-over failed: graceful: serving pid "+strconv.Itoa(refuse.Process.Pid)+": graceful: refused by receiver")
 
 	// A second instance hangs with the listener until the old one gives up.
 	hang := c.start(faultEnv + "=hang")
