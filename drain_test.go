@@ -96,6 +96,23 @@ func dialDrain(t *testing.T, addr string) (net.Conn, *bufio.Reader) {
 	return conn, bufio.NewReader(conn)
 }
 
+// lastRequest sends a request during the drain and checks that the answer
+// says Connection: close and that the server then closes the connection.
+func lastRequest(t *testing.T, conn net.Conn, br *bufio.Reader) {
+	t.Helper()
+	if resp := request(t, conn, br); !resp.Close {
+		t.Error("the answer during the drain lacks Connection: close")
+	}
+	expectClosed(t, conn, br)
+}
+
+func writeGet(t *testing.T, conn net.Conn, path string) {
+	t.Helper()
+	if _, err := io.WriteString(conn, "GET "+path+" HTTP/1.1\r\nHost: test\r\n\r\n"); err != nil {
+		t.Fatal(err)
+	}
+}
+
 // expectClosed checks that the server closed conn. The bound only turns a
 // hang into a failure.
 func expectClosed(t *testing.T, conn net.Conn, br *bufio.Reader) {
@@ -132,11 +149,7 @@ func TestDrainNewConnection(t *testing.T) {
 	s.state(t, http.StateNew)
 	drained := s.drain(t, context.Background())
 
-	resp := request(t, conn, br)
-	if !resp.Close {
-		t.Error("the answer during the drain lacks Connection: close")
-	}
-	expectClosed(t, conn, br)
+	lastRequest(t, conn, br)
 	waitDrained(t, drained)
 }
 
@@ -154,10 +167,7 @@ func TestDrainIdleConnection(t *testing.T) {
 	s.state(t, http.StateIdle)
 	drained := s.drain(t, context.Background())
 
-	if resp := request(t, conn, br); !resp.Close {
-		t.Error("the answer during the drain lacks Connection: close")
-	}
-	expectClosed(t, conn, br)
+	lastRequest(t, conn, br)
 	waitDrained(t, drained)
 }
 
@@ -174,9 +184,7 @@ func TestDrainInFlight(t *testing.T) {
 		okHandler(w, r)
 	})
 	conn, br := dialDrain(t, s.addr)
-	if _, err := io.WriteString(conn, "GET /slow HTTP/1.1\r\nHost: test\r\n\r\n"); err != nil {
-		t.Fatal(err)
-	}
+	writeGet(t, conn, "/slow")
 	<-started
 	drained := s.drain(t, context.Background())
 	close(release)
@@ -189,10 +197,7 @@ func TestDrainInFlight(t *testing.T) {
 	if resp.StatusCode != http.StatusOK {
 		t.Fatalf("answer %s", resp.Status)
 	}
-	if resp := request(t, conn, br); !resp.Close {
-		t.Error("the answer during the drain lacks Connection: close")
-	}
-	expectClosed(t, conn, br)
+	lastRequest(t, conn, br)
 	waitDrained(t, drained)
 }
 
@@ -218,9 +223,7 @@ func TestDrainDeadline(t *testing.T) {
 		<-r.Context().Done()
 	})
 	conn, br := dialDrain(t, s.addr)
-	if _, err := io.WriteString(conn, "GET / HTTP/1.1\r\nHost: test\r\n\r\n"); err != nil {
-		t.Fatal(err)
-	}
+	writeGet(t, conn, "/")
 	<-started
 	ctx, cancel := context.WithCancel(context.Background())
 	drained := s.drain(t, ctx)
