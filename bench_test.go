@@ -37,13 +37,14 @@ import (
 //	recv-B/fd        (dial, library and callback's MetaFrom included)
 //	recv-rss-MB      the receiving process's peak resident memory
 //	maps-ns/fd       with meta: building the same maps alone in a fresh
-//	                 process (one string and one map each, as a decoder must)
+//	                 process: a map each, strings cut from a copy per frame
 //	x-floor+maps     ns/fd / (floor-ns/fd + maps-ns/fd)
 //
 // ns/op is the window, not the wall time of an iteration, which includes
-// starting the processes and which sets how many iterations run. For more descriptors than RLIMIT_NOFILE allows, the same
-// set (at most benchBase pipe ends) is sent again: each SCM_RIGHTS entry is
-// a reference of its own, and the kernel's work per descriptor is the same.
+// starting the processes and sets how many iterations run. For more
+// descriptors than RLIMIT_NOFILE allows, the same set (at most benchBase
+// pipe ends) is sent again: each SCM_RIGHTS entry is a reference of its own,
+// and the kernel's work per descriptor is the same.
 //
 // Reproduce the README's table with
 //
@@ -110,11 +111,9 @@ func benchHandover(b *testing.B, n int, withMeta bool) {
 		}, &fl)
 		floorCPU += time.Duration(fl.cpu)
 
-		var m0, m1 runtime.MemStats
 		var rs recvStats
 		lib += runHandover(b, addr, "lib", n, withMeta, func(conn net.Conn) error {
-			runtime.ReadMemStats(&m0)
-			err := transfer(b.Context(), conn, nil, DefaultTimeout, func(s *sender) error {
+			return transfer(b.Context(), conn, nil, DefaultTimeout, func(s *sender) error {
 				for i := range n {
 					j := i % len(fds)
 					var meta io.WriterTo
@@ -127,11 +126,9 @@ func benchHandover(b *testing.B, n int, withMeta bool) {
 				}
 				return nil
 			})
-			runtime.ReadMemStats(&m1)
-			return err
 		}, &rs)
-		mallocs += m1.Mallocs - m0.Mallocs
-		bytes += m1.TotalAlloc - m0.TotalAlloc
+		mallocs += rs.sendMallocs
+		bytes += rs.sendBytes
 		recv.add(rs)
 
 		if withMeta {
@@ -162,6 +159,9 @@ type recvStats struct {
 	fds, mallocs, bytes uint64
 	maxRSS              uint64 // KiB, the largest seen
 	ns, cpu             uint64 // wall and CPU (user and system) time
+
+	// Added by runHandover: the sender's allocations over the transfer.
+	sendMallocs, sendBytes uint64
 }
 
 func (s *recvStats) add(o recvStats) {
@@ -185,7 +185,8 @@ func parseRecvStats(line string) (recvStats, error) {
 
 // runHandover starts a child of the given kind that dials addr, and times
 // send on the accepted connection. The child's report goes to stats, with
-// the CPU time of both processes over the transfer.
+// the CPU time of both processes over the transfer and the sender's
+// allocations.
 func runHandover(b *testing.B, addr, kind string, n int, withMeta bool, send func(net.Conn) error, stats *recvStats) time.Duration {
 	b.Helper()
 	ln, err := net.Listen("unix", addr)
@@ -198,11 +199,14 @@ func runHandover(b *testing.B, addr, kind string, n int, withMeta bool, send fun
 	if err != nil {
 		b.Fatal(err)
 	}
+	var m0, m1 runtime.MemStats
+	runtime.ReadMemStats(&m0)
 	cpu0 := processCPU()
 	t0 := time.Now()
 	err = send(conn)
 	d := time.Since(t0)
 	cpu := processCPU() - cpu0
+	runtime.ReadMemStats(&m1)
 	conn.Close()
 	if err != nil {
 		b.Fatalf("%s: %v; child's stderr:\n%s", kind, err, c.stderr.String())
@@ -213,6 +217,7 @@ func runHandover(b *testing.B, addr, kind string, n int, withMeta bool, send fun
 		b.Fatalf("%s: child reported %q (%v), want %d descriptors", kind, line, err, n)
 	}
 	stats.cpu += uint64(cpu) // both processes'
+	stats.sendMallocs, stats.sendBytes = m1.Mallocs-m0.Mallocs, m1.TotalAlloc-m0.TotalAlloc
 	return d
 }
 
@@ -366,12 +371,11 @@ func buildMaps(b *testing.B, n int) time.Duration {
 var mapSink Meta
 
 // benchSplit builds the Meta of benchMeta's encoding e with the split
-// points known: the allocations and insertions alone, not a decoder.
-func benchSplit(e []byte) Meta {
-	s := string(e)
+// points known: the map's allocation and insertions alone, not a decoder.
+func benchSplit(e string) Meta {
 	m := make(Meta, 2)
-	m[s[3:5]] = s[6:13]
-	m[s[14:18]] = s[19:]
+	m[e[3:5]] = e[6:13]
+	m[e[14:18]] = e[19:]
 	return m
 }
 
@@ -381,20 +385,33 @@ func init() {
 		if err != nil {
 			return err
 		}
-		// The encodings are made first, as they would arrive; only the
-		// maps are timed.
-		encs := make([][]byte, min(n, benchBase))
-		for i := range encs {
-			encs[i], _ = benchMeta(i).MarshalBinary()
+		// The encodings arrive in frames of 253, each a copy of its bytes
+		// (the receive buffer is reused) that all its Metas share. They are
+		// laid out first, one after the other and wrapping around, so that
+		// any frame is contiguous; only the copies and maps are timed.
+		base := min(n, benchBase)
+		first, _ := benchMeta(0).MarshalBinary()
+		size := len(first)
+		var all []byte
+		for i := range base + maxBatch {
+			e, _ := benchMeta(i % base).MarshalBinary()
+			if len(e) != size {
+				return fmt.Errorf("benchMeta(%d) encodes in %d bytes, not %d", i, len(e), size)
+			}
+			all = append(all, e...)
 		}
-		if want := benchMeta(len(encs) - 1); !maps.Equal(benchSplit(encs[len(encs)-1]), want) {
+		last := base - 1
+		if want := benchMeta(last); !maps.Equal(benchSplit(string(all[last*size:(last+1)*size])), want) {
 			return fmt.Errorf("benchSplit does not match the encoding of %v", want)
 		}
 		runtime.GC()
 		t0 := time.Now()
-		for i := range n {
-			e := encs[i%len(encs)]
-			mapSink = benchSplit(e)
+		for i := 0; i < n; i += maxBatch {
+			j, k := i%base, min(maxBatch, n-i)
+			frame := string(all[j*size : (j+k)*size])
+			for ; frame != ""; frame = frame[size:] {
+				mapSink = benchSplit(frame[:size])
+			}
 		}
 		ns := time.Since(t0)
 		fmt.Println((&recvStats{fds: uint64(n), ns: uint64(ns)}).String())
