@@ -3,6 +3,7 @@ package graceful
 import (
 	"bufio"
 	"bytes"
+	"context"
 	"crypto/sha256"
 	"errors"
 	"fmt"
@@ -607,6 +608,69 @@ func init() {
 		srv.Close()
 		<-errc
 		return nil
+	}
+}
+
+// slowCloseListener holds Close until release is closed.
+type slowCloseListener struct {
+	net.Listener
+	entered, release chan struct{}
+	once             sync.Once
+}
+
+func (l *slowCloseListener) Close() error {
+	l.once.Do(func() { close(l.entered) })
+	<-l.release
+	return l.Listener.Close()
+}
+
+// TestOnceWhileShuttingDown checks that Once keeps its promise while another
+// goroutine, started by the callback as an application does, is closing the
+// listener: Receive returns only after the listener is closed.
+func TestOnceWhileShuttingDown(t *testing.T) {
+	checkFds(t)
+	addr := sockPath(t)
+	inner, err := listenUnix(addr, 0o600, -1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln := &slowCloseListener{Listener: inner, entered: make(chan struct{}), release: make(chan struct{})}
+	f, err := os.Open(os.DevNull)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	srv := &Server{Once: true}
+	shutdown := make(chan error, 1)
+	srv.Handler = SequenceHandler(FileHandler(f, nil), CallbackHandler(func() {
+		go func() { shutdown <- srv.Shutdown(context.Background()) }()
+		<-ln.entered
+	}))
+	served := make(chan error, 1)
+	go func() { served <- srv.Serve(ln) }()
+	received := make(chan error, 1)
+	go func() {
+		received <- Receive(addr, func(fd int, _ io.Reader) error { return unix.Close(fd) })
+	}()
+	// The bound only gives a wrong Receive the time to return.
+	select {
+	case err := <-received:
+		close(ln.release)
+		t.Fatalf("Receive returned (%v) while the listener was still open", err)
+	case <-time.After(100 * time.Millisecond):
+	}
+	close(ln.release)
+	if err := <-received; err != nil {
+		t.Fatalf("Receive: %v", err)
+	}
+	if err := <-shutdown; err != nil {
+		t.Fatalf("Shutdown: %v", err)
+	}
+	if err := <-served; !errors.Is(err, ErrServerClosed) {
+		t.Fatalf("Serve: %v", err)
+	}
+	if _, err := os.Lstat(addr); !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("socket file: %v", err)
 	}
 }
 

@@ -145,6 +145,9 @@ type Server struct {
 	wg     sync.WaitGroup // one count per active connection
 	onceMu sync.Mutex     // serializes transfers when Once is set
 	served bool
+	// closeMu is held while the listener closes, so that no caller of
+	// closeListener returns before it is closed (Once's promise).
+	closeMu sync.Mutex
 }
 
 // ListenAndServe listens on the Unix socket addr and serves h with a
@@ -329,6 +332,8 @@ func (s *Server) logf(format string, args ...any) {
 // closeListener marks the server closed and closes its listener, which
 // removes the socket file of ListenAndServe.
 func (s *Server) closeListener() {
+	s.closeMu.Lock()
+	defer s.closeMu.Unlock()
 	s.mu.Lock()
 	s.closed = true
 	ln := s.ln
