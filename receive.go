@@ -122,7 +122,8 @@ func (c *Client) ReceiveContext(ctx context.Context, addr string, cb ReceiveCall
 // read before the call. For its timeout ReceiveFrom interrupts a stuck call
 // by setting a past deadline on conn, after which conn is of no further use;
 // otherwise it leaves conn's deadlines as the caller set them, and they
-// apply.
+// apply. After any error other than io.EOF, the rest of the failed transfer
+// may still be queued on conn: close it rather than receive from it again.
 func (c *Client) ReceiveFrom(conn net.Conn, cb ReceiveCallback) error {
 	_, err := c.receive(context.Background(), conn, cb, false)
 	return err
