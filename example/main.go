@@ -32,6 +32,11 @@ import (
 // timeouts and "refuse" refuses it.
 const faultEnv = "GRACEFUL_EXAMPLE_FAULT"
 
+// drainEnv set to "shutdown" drains with http.Server.Shutdown right after the
+// hand-over, the common pattern that fails requests, for the benchmark that
+// compares it with graceful.Drainer.
+const drainEnv = "GRACEFUL_EXAMPLE_DRAIN"
+
 type config struct {
 	listen, socket, pidFile string
 	drainTimeout            time.Duration
@@ -86,7 +91,14 @@ func run(cfg config, logger *log.Logger) error {
 	hs := &http.Server{Handler: http.HandlerFunc(serveHTTP), ReadHeaderTimeout: 10 * time.Second}
 	dr := &graceful.Drainer{IdleGrace: min(graceful.DefaultIdleGrace, cfg.drainTimeout/2)}
 	httpDone := make(chan error, 1)
-	go func() { httpDone <- dr.Serve(hs, ln) }()
+	naive := os.Getenv(drainEnv) == "shutdown"
+	go func() {
+		if naive {
+			httpDone <- hs.Serve(ln)
+			return
+		}
+		httpDone <- dr.Serve(hs, ln)
+	}()
 
 	// Hand the listener to the next instance that connects, once, and
 	// learn its pid once it holds the listener.
@@ -165,7 +177,11 @@ loop:
 	cancel()
 	ctx, cancel = context.WithTimeout(context.Background(), cfg.drainTimeout)
 	defer cancel()
-	err = dr.Drain(ctx)
+	if naive {
+		err = hs.Shutdown(ctx)
+	} else {
+		err = dr.Drain(ctx)
+	}
 	<-httpDone
 	if cfg.pidFile != "" {
 		if stopped {

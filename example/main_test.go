@@ -50,7 +50,7 @@ func TestMain(m *testing.M) {
 // A cluster is the succession of instances that share one set of flags, and
 // their common log.
 type cluster struct {
-	t                  *testing.T
+	t                  testing.TB
 	addr, sock, pidFil string
 	args               []string
 	logW               *os.File
@@ -61,9 +61,10 @@ type cluster struct {
 	changed chan struct{}
 	cmds    []*exec.Cmd  // the instances the test started itself
 	faulty  map[int]bool // instances made to fail
+	env     []string     // for every instance the test starts
 }
 
-func newCluster(t *testing.T, extra ...string) *cluster {
+func newCluster(t testing.TB, extra ...string) *cluster {
 	t.Helper()
 	// A short directory: socket paths are limited to 107 bytes.
 	dir, err := os.MkdirTemp("", "gex")
@@ -112,7 +113,7 @@ func newCluster(t *testing.T, extra ...string) *cluster {
 }
 
 // freeAddr returns an address of 127.0.0.1 with a port free at the moment.
-func freeAddr(t *testing.T) string {
+func freeAddr(t testing.TB) string {
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -190,7 +191,7 @@ func (c *cluster) start(env ...string) *exec.Cmd {
 	cmd := exec.Command(exampleBin, c.args...)
 	// Under -race a process sleeps a second at exit unless told not to.
 	cmd.Env = append(os.Environ(), "GORACE=atexit_sleep_ms=0")
-	cmd.Env = append(cmd.Env, env...)
+	cmd.Env = append(append(cmd.Env, c.env...), env...)
 	cmd.Stdout, cmd.Stderr = c.logW, c.logW
 	if err := cmd.Start(); err != nil {
 		c.t.Fatal(err)
@@ -298,7 +299,7 @@ type load struct {
 
 const maxRequestsPerWorker = 50000
 
-func startLoad(t *testing.T, addr string) *load {
+func startLoad(t testing.TB, addr string) *load {
 	l := &load{
 		url:    "http://" + addr + "/",
 		stop:   make(chan struct{}),
@@ -386,7 +387,7 @@ func checkResponse(resp *http.Response, kind string, l *load) error {
 const answersPerInstance = 50
 
 // waitPid waits until pid has answered answersPerInstance requests.
-func (l *load) waitPid(t *testing.T, pid int) {
+func (l *load) waitPid(t testing.TB, pid int) {
 	t.Helper()
 	deadline := time.Now().Add(30 * time.Second)
 	for {
@@ -445,6 +446,26 @@ func (l *load) check(t *testing.T) {
 	}
 }
 
+// restart restarts the serving instance pid, by SIGHUP when i is even and by
+// a second instance when it is odd, and waits until the successor has served
+// its share of requests.
+func (c *cluster) restart(l *load, pid, i int) (next int, path string) {
+	c.t.Helper()
+	if i%2 == 0 {
+		path = "SIGHUP"
+		if err := syscall.Kill(pid, syscall.SIGHUP); err != nil {
+			c.t.Fatal(err)
+		}
+	} else {
+		path = "second instance"
+		c.start()
+	}
+	next = c.servingPid(pid)
+	c.waitLog(pid, "handed over to pid "+strconv.Itoa(next))
+	l.waitPid(c.t, next)
+	return next, path
+}
+
 // TestRestartUnderLoad restarts the example 20 times under load, by SIGHUP
 // and by starting a second instance in turn, and checks that no request
 // failed and that every instance served and exited cleanly.
@@ -455,22 +476,11 @@ func TestRestartUnderLoad(t *testing.T) {
 	l := startLoad(t, c.addr)
 	l.waitPid(t, pid)
 	const restarts = 20
-	failed := map[string]int{} // by restart path, counted up to the new pid's first answer
+	failed := map[string]int{} // by restart path
 	for i := 0; i < restarts; i++ {
-		old := pid
 		before := l.failures()
-		path := "SIGHUP"
-		if i%2 == 0 {
-			if err := syscall.Kill(old, syscall.SIGHUP); err != nil {
-				t.Fatal(err)
-			}
-		} else {
-			path = "second instance"
-			c.start()
-		}
-		pid = c.servingPid(old)
-		c.waitLog(old, "handed over to pid "+strconv.Itoa(pid))
-		l.waitPid(t, pid)
+		var path string
+		pid, path = c.restart(l, pid, i)
 		failed[path] += l.failures() - before
 	}
 	t.Logf("failed requests by restart path over %d restarts: %v", restarts, failed)
@@ -565,4 +575,36 @@ func TestFailedSuccessor(t *testing.T) {
 	l.waitPid(t, last)
 	l.check(t)
 	c.stop(last)
+}
+
+// BenchmarkRestart restarts the example b.N times under the tests' load,
+// draining with graceful.Drainer and with http.Server.Shutdown right after the
+// hand-over, and reports the requests that failed per restart. The README's
+// figures come from -benchtime 20x.
+func BenchmarkRestart(b *testing.B) {
+	for _, drain := range []string{"drainer", "shutdown"} {
+		b.Run("drain="+drain, func(b *testing.B) {
+			c := newCluster(b)
+			c.env = []string{drainEnv + "=" + drain}
+			c.start()
+			pid := c.servingPid(0)
+			l := startLoad(b, c.addr)
+			l.waitPid(b, pid)
+			b.ResetTimer()
+			for i := 0; i < b.N; i++ {
+				pid, _ = c.restart(l, pid, i)
+			}
+			b.StopTimer()
+			l.finish()
+			total := 0
+			for _, n := range l.ok {
+				total += n
+			}
+			n := float64(b.N)
+			b.ReportMetric(float64(total+l.failures())/n, "requests/restart")
+			b.ReportMetric(float64(l.failures())/n, "failed/restart")
+			b.ReportMetric(float64(l.failed["keep-alive POST"])/n, "keepalive-POST-failed/restart")
+			c.stop(pid)
+		})
+	}
 }
