@@ -142,8 +142,8 @@ func waitDrained(t *testing.T, drained chan error) {
 // answered, not closed.
 func TestDrainNewConnection(t *testing.T) {
 	checkFds(t)
-	// A grace this long would fail the test by its timeout if the drain
-	// waited for it instead of for the connection.
+	// With a grace this long, waitDrained fails if the drain waits for the
+	// grace instead of for the connection.
 	s := startDrainServer(t, time.Hour, okHandler)
 	conn, br := dialDrain(t, s.addr)
 	s.state(t, http.StateNew)
