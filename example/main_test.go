@@ -50,11 +50,11 @@ func TestMain(m *testing.M) {
 // A cluster is the succession of instances that share one set of flags, and
 // their common log.
 type cluster struct {
-	t                  testing.TB
-	addr, sock, pidFil string
-	args               []string
-	logW               *os.File
-	logDone            chan struct{}
+	t                   testing.TB
+	addr, sock, pidFile string
+	args                []string
+	logW                *os.File
+	logDone             chan struct{}
 
 	mu      sync.Mutex
 	lines   []string
@@ -76,12 +76,12 @@ func newCluster(t testing.TB, extra ...string) *cluster {
 		t:       t,
 		addr:    freeAddr(t),
 		sock:    filepath.Join(dir, "handover.sock"),
-		pidFil:  filepath.Join(dir, "example.pid"),
+		pidFile: filepath.Join(dir, "example.pid"),
 		logDone: make(chan struct{}),
 		changed: make(chan struct{}),
 		faulty:  map[int]bool{},
 	}
-	c.args = append([]string{"-listen", c.addr, "-socket", c.sock, "-pid-file", c.pidFil}, extra...)
+	c.args = append([]string{"-listen", c.addr, "-socket", c.sock, "-pid-file", c.pidFile}, extra...)
 	r, w, err := os.Pipe()
 	if err != nil {
 		t.Fatal(err)
@@ -211,7 +211,7 @@ func (c *cluster) servingPid(old int) int {
 	c.t.Helper()
 	deadline := time.Now().Add(30 * time.Second)
 	for {
-		b, err := os.ReadFile(c.pidFil)
+		b, err := os.ReadFile(c.pidFile)
 		if err == nil {
 			pid, err := strconv.Atoi(strings.TrimSpace(string(b)))
 			if err != nil {
@@ -258,7 +258,7 @@ func (c *cluster) stop(pid int) {
 			c.t.Errorf("pid %d still running", pid)
 		}
 	}
-	for _, f := range []string{c.sock, c.pidFil} {
+	for _, f := range []string{c.sock, c.pidFile} {
 		if _, err := os.Lstat(f); !errors.Is(err, os.ErrNotExist) {
 			c.t.Errorf("%s left behind (%v)", f, err)
 		}
