@@ -34,6 +34,7 @@ import (
 //	cpu-ns/fd        CPU time, user and system, of both processes over
 //	floor-cpu-ns/fd  the window, per descriptor: less sensitive than time
 //	x-floor-cpu      to other load on the machine
+//	recv-cpu-ns/fd   the receiving process's part of cpu-ns/fd
 //	recv-allocs/fd   the receiving process's allocations per descriptor
 //	recv-B/fd        (dial, library and callback's MetaFrom included)
 //	recv-rss-MB      the receiving process's peak resident memory
@@ -110,7 +111,7 @@ func benchHandover(b *testing.B, n int, withMeta bool) {
 		floor += runHandover(b, addr, "floor", n, withMeta, func(conn net.Conn) error {
 			return floorSend(conn, fds, n)
 		}, &fl)
-		floorCPU += time.Duration(fl.cpu)
+		floorCPU += time.Duration(fl.cpu + fl.sendCPU)
 
 		var rs recvStats
 		lib += runHandover(b, addr, "lib", n, withMeta, func(conn net.Conn) error {
@@ -143,9 +144,11 @@ func benchHandover(b *testing.B, n int, withMeta bool) {
 	b.ReportMetric(perFd(lib), "ns/fd")
 	b.ReportMetric(perFd(floor), "floor-ns/fd")
 	b.ReportMetric(perFd(lib)/perFd(floor), "x-floor")
-	b.ReportMetric(perFd(time.Duration(recv.cpu)), "cpu-ns/fd")
+	cpu := time.Duration(recv.cpu + recv.sendCPU)
+	b.ReportMetric(perFd(cpu), "cpu-ns/fd")
+	b.ReportMetric(perFd(time.Duration(recv.cpu)), "recv-cpu-ns/fd")
 	b.ReportMetric(perFd(floorCPU), "floor-cpu-ns/fd")
-	b.ReportMetric(float64(recv.cpu)/float64(floorCPU), "x-floor-cpu")
+	b.ReportMetric(perFd(cpu)/perFd(floorCPU), "x-floor-cpu")
 	b.ReportMetric(float64(recv.mallocs)/float64(b.N*n), "recv-allocs/fd")
 	b.ReportMetric(float64(recv.bytes)/float64(b.N*n), "recv-B/fd")
 	b.ReportMetric(float64(recv.maxRSS)/1024, "recv-rss-MB")
@@ -161,8 +164,9 @@ type recvStats struct {
 	maxRSS              uint64 // KiB, the largest seen
 	ns, cpu             uint64 // wall and CPU (user and system) time
 
-	// Added by runHandover: the sender's allocations over the transfer.
-	sendMallocs, sendBytes uint64
+	// Added by runHandover: the sender's CPU time and allocations over the
+	// transfer.
+	sendCPU, sendMallocs, sendBytes uint64
 }
 
 func (s *recvStats) add(o recvStats) {
@@ -172,6 +176,7 @@ func (s *recvStats) add(o recvStats) {
 	s.maxRSS = max(s.maxRSS, o.maxRSS)
 	s.ns += o.ns
 	s.cpu += o.cpu
+	s.sendCPU += o.sendCPU
 }
 
 func (s *recvStats) String() string {
@@ -186,8 +191,7 @@ func parseRecvStats(line string) (recvStats, error) {
 
 // runHandover starts a child of the given kind that dials addr, and times
 // send on the accepted connection. The child's report goes to stats, with
-// the CPU time of both processes over the transfer and the sender's
-// allocations.
+// the sender's CPU time and allocations over the transfer.
 func runHandover(b *testing.B, addr, kind string, n int, withMeta bool, send func(net.Conn) error, stats *recvStats) time.Duration {
 	b.Helper()
 	ln, err := net.Listen("unix", addr)
@@ -217,7 +221,7 @@ func runHandover(b *testing.B, addr, kind string, n int, withMeta bool, send fun
 	if *stats, err = parseRecvStats(line); err != nil || stats.fds != uint64(n) {
 		b.Fatalf("%s: child reported %q (%v), want %d descriptors", kind, line, err, n)
 	}
-	stats.cpu += uint64(cpu) // both processes'
+	stats.sendCPU = uint64(cpu)
 	stats.sendMallocs, stats.sendBytes = m1.Mallocs-m0.Mallocs, m1.TotalAlloc-m0.TotalAlloc
 	return d
 }
