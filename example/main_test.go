@@ -253,7 +253,12 @@ func (c *cluster) stop(pid int) {
 	case <-time.After(30 * time.Second):
 		c.t.Fatal("instances still running 30s after the last exited")
 	}
+	// A process closes its descriptors a moment before it is gone.
+	deadline := time.Now().Add(10 * time.Second)
 	for _, pid := range c.pids() {
+		for alive(pid) && time.Now().Before(deadline) {
+			time.Sleep(time.Millisecond)
+		}
 		if alive(pid) {
 			c.t.Errorf("pid %d still running", pid)
 		}
