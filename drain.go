@@ -29,9 +29,9 @@ const DefaultIdleGrace = 5 * time.Second
 // connection closes cleanly after its next response, and waits for the
 // connections to close that way. It calls Shutdown only once they have, or
 // once IdleGrace has passed: only a connection that stays idle that long can
-// still lose a request, which HTTP/1.1 gives a server no way to prevent. (An
-// HTTP/2 connection stays open until Shutdown, whose GOAWAY sends its client
-// elsewhere.)
+// still lose a request, which HTTP/1.1 gives a server no way to prevent.
+// (net/http's HTTP/2 server takes "Connection: close" for a GOAWAY, so its
+// connections drain the same way.)
 type Drainer struct {
 	// IdleGrace bounds how long Drain waits for every connection to close
 	// after its next response; 0 means DefaultIdleGrace.
