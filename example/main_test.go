@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -74,14 +73,14 @@ func newCluster(t testing.TB, extra ...string) *cluster {
 	t.Cleanup(func() { os.RemoveAll(dir) })
 	c := &cluster{
 		t:       t,
-		addr:    freeAddr(t),
 		sock:    filepath.Join(dir, "handover.sock"),
 		pidFile: filepath.Join(dir, "example.pid"),
 		logDone: make(chan struct{}),
 		changed: make(chan struct{}),
 		faulty:  map[int]bool{},
 	}
-	c.args = append([]string{"-listen", c.addr, "-socket", c.sock, "-pid-file", c.pidFile}, extra...)
+	// Port 0: the first instance picks a free port, the others take it over.
+	c.args = append([]string{"-listen", "127.0.0.1:0", "-socket", c.sock, "-pid-file", c.pidFile}, extra...)
 	r, w, err := os.Pipe()
 	if err != nil {
 		t.Fatal(err)
@@ -110,16 +109,6 @@ func newCluster(t testing.TB, extra ...string) *cluster {
 		}
 	})
 	return c
-}
-
-// freeAddr returns an address of 127.0.0.1 with a port free at the moment.
-func freeAddr(t testing.TB) string {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	return ln.Addr().String()
 }
 
 func (c *cluster) readLog(r *os.File) {
@@ -202,6 +191,15 @@ func (c *cluster) start(env ...string) *exec.Cmd {
 			c.faulty[cmd.Process.Pid] = true
 		}
 	}
+	return cmd
+}
+
+// startFirst starts the first instance and learns the address it serves.
+func (c *cluster) startFirst(env ...string) *exec.Cmd {
+	c.t.Helper()
+	cmd := c.start(env...)
+	l := c.waitLog(cmd.Process.Pid, " listening on http://")
+	c.addr = strings.Fields(l[strings.Index(l, "http://")+len("http://"):])[0]
 	return cmd
 }
 
@@ -476,7 +474,7 @@ func (c *cluster) restart(l *load, pid, i int) (next int, path string) {
 // failed and that every instance served and exited cleanly.
 func TestRestartUnderLoad(t *testing.T) {
 	c := newCluster(t)
-	c.start()
+	c.startFirst()
 	pid := c.servingPid(0)
 	l := startLoad(t, c.addr)
 	l.waitPid(t, pid)
@@ -509,7 +507,7 @@ func TestFailedSuccessor(t *testing.T) {
 	c := newCluster(t, "-handover-timeout", "1s")
 	// The first instance has nobody to take over from, so the fault stays
 	// dormant in it; the successors it starts on SIGHUP inherit it.
-	first := c.start(faultEnv + "=crash")
+	first := c.startFirst(faultEnv + "=crash")
 	pid := first.Process.Pid
 	if got := c.servingPid(0); got != pid {
 		t.Fatalf("pid file names %d, want %d", got, pid)
@@ -591,7 +589,7 @@ func BenchmarkRestart(b *testing.B) {
 		b.Run("drain="+drain, func(b *testing.B) {
 			c := newCluster(b)
 			c.env = []string{drainEnv + "=" + drain}
-			c.start()
+			c.startFirst()
 			pid := c.servingPid(0)
 			l := startLoad(b, c.addr)
 			l.waitPid(b, pid)
