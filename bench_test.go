@@ -50,7 +50,7 @@ import (
 //
 // Reproduce the README's table with
 //
-//	go test -run '^$' -bench . -count 6 | tee bench.txt
+//	go test -run '^$' -bench . -count 8 | tee bench.txt
 func BenchmarkHandover(b *testing.B) {
 	for _, n := range []int{1, 253, 10_000, 100_000} {
 		for _, meta := range []string{"nil", "two"} {
@@ -101,6 +101,7 @@ func benchHandover(b *testing.B, n int, withMeta bool) {
 			metas = append(metas, benchMeta(i))
 		}
 	}
+	oobs := floorRights(fds, n)
 	addr := sockPath(b)
 	b.ReportAllocs()
 	var lib, floor, maps, floorCPU time.Duration
@@ -108,26 +109,28 @@ func benchHandover(b *testing.B, n int, withMeta bool) {
 	var recv recvStats
 	for range b.N {
 		var fl recvStats
-		floor += runHandover(b, addr, "floor", n, withMeta, func(conn net.Conn) error {
-			return floorSend(conn, fds, n)
+		floor += runHandover(b, addr, "floor", n, withMeta, func(conn net.Conn) (func() error, error) {
+			return floorSender(conn, oobs)
 		}, &fl)
 		floorCPU += time.Duration(fl.cpu + fl.sendCPU)
 
 		var rs recvStats
-		lib += runHandover(b, addr, "lib", n, withMeta, func(conn net.Conn) error {
-			return transfer(b.Context(), conn, nil, DefaultTimeout, func(s *sender) error {
-				for i := range n {
-					j := i % len(fds)
-					var meta io.WriterTo
-					if metas != nil {
-						meta = metas[j]
+		lib += runHandover(b, addr, "lib", n, withMeta, func(conn net.Conn) (func() error, error) {
+			return func() error {
+				return transfer(b.Context(), conn, nil, DefaultTimeout, func(s *sender) error {
+					for i := range n {
+						j := i % len(fds)
+						var meta io.WriterTo
+						if metas != nil {
+							meta = metas[j]
+						}
+						if err := s.Write(fds[j], meta); err != nil {
+							return err
+						}
 					}
-					if err := s.Write(fds[j], meta); err != nil {
-						return err
-					}
-				}
-				return nil
-			})
+					return nil
+				})
+			}, nil
 		}, &rs)
 		mallocs += rs.sendMallocs
 		bytes += rs.sendBytes
@@ -190,9 +193,10 @@ func parseRecvStats(line string) (recvStats, error) {
 }
 
 // runHandover starts a child of the given kind that dials addr, and times
-// send on the accepted connection. The child's report goes to stats, with
-// the sender's CPU time and allocations over the transfer.
-func runHandover(b *testing.B, addr, kind string, n int, withMeta bool, send func(net.Conn) error, stats *recvStats) time.Duration {
+// the send that prepare returns for the accepted connection. The child's
+// report goes to stats, with the sender's CPU time and allocations over the
+// transfer.
+func runHandover(b *testing.B, addr, kind string, n int, withMeta bool, prepare func(net.Conn) (send func() error, err error), stats *recvStats) time.Duration {
 	b.Helper()
 	ln, err := net.Listen("unix", addr)
 	if err != nil {
@@ -204,11 +208,16 @@ func runHandover(b *testing.B, addr, kind string, n int, withMeta bool, send fun
 	if err != nil {
 		b.Fatal(err)
 	}
+	defer conn.Close()
+	send, err := prepare(conn)
+	if err != nil {
+		b.Fatal(err)
+	}
 	var m0, m1 runtime.MemStats
 	runtime.ReadMemStats(&m0)
 	cpu0 := processCPU()
 	t0 := time.Now()
-	err = send(conn)
+	err = send()
 	d := time.Since(t0)
 	cpu := processCPU() - cpu0
 	runtime.ReadMemStats(&m1)
@@ -226,18 +235,9 @@ func runHandover(b *testing.B, addr, kind string, n int, withMeta bool, send fun
 	return d
 }
 
-// floorSend sends n descriptors from fds (again from the start when they
-// run out) with bare sendmsg, batches of 253 with one byte each, then waits
-// for a one-byte acknowledgement.
-func floorSend(conn net.Conn, fds []int, n int) error {
-	f, err := conn.(*net.UnixConn).File() // a blocking descriptor
-	if err != nil {
-		return err
-	}
-	defer f.Close()
-	fd := int(f.Fd())
-	// The control messages are built before the clock starts: the floor
-	// is the kernel's work alone.
+// floorRights returns the control messages that send n descriptors from fds
+// (again from the start when they run out) in batches of 253.
+func floorRights(fds []int, n int) [][]byte {
 	var oobs [][]byte
 	batch := make([]int, 0, maxBatch)
 	for i := range n {
@@ -247,16 +247,37 @@ func floorSend(conn net.Conn, fds []int, n int) error {
 			batch = batch[:0]
 		}
 	}
-	one := []byte{0}
-	for _, oob := range oobs {
-		if err := unix.Sendmsg(fd, one, oob, nil, unix.MSG_NOSIGNAL); err != nil {
-			return err
+	return oobs
+}
+
+// floorSender returns the floor's send on conn: bare sendmsg of each of
+// oobs with one byte, on a blocking descriptor, then a wait for a one-byte
+// acknowledgement. The descriptor is conn's own, which stays open.
+func floorSender(conn net.Conn, oobs [][]byte) (func() error, error) {
+	rc, err := conn.(*net.UnixConn).SyscallConn()
+	if err != nil {
+		return nil, err
+	}
+	var fd int
+	var serr error
+	if err := rc.Control(func(s uintptr) {
+		fd, serr = int(s), unix.SetNonblock(int(s), false)
+	}); err != nil {
+		return nil, err
+	}
+	if serr != nil {
+		return nil, serr
+	}
+	return func() error {
+		one := []byte{0}
+		for _, oob := range oobs {
+			if err := unix.Sendmsg(fd, one, oob, nil, unix.MSG_NOSIGNAL); err != nil {
+				return err
+			}
 		}
-	}
-	if _, err := unix.Read(fd, one); err != nil {
+		_, err := unix.Read(fd, one)
 		return err
-	}
-	return nil
+	}, nil
 }
 
 func init() {
