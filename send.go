@@ -35,7 +35,8 @@ type sender struct {
 	meta bool   // whether any queued descriptor has meta
 	oob  []byte
 	ack  [ackLen]byte
-	err  error // once a frame failed, the stream is broken for good
+	sync [hdrLen]byte // a frame of its own, for catchUp
+	err  error        // once a frame failed, the stream is broken for good
 	done bool
 }
 
@@ -148,6 +149,19 @@ func (s *sender) send(flags byte) error {
 	oobn := putRights(s.oob, s.fds)
 	s.wd.arm()
 	err := s.wd.disarm(s.mc.sendmsg(s.buf[:hdrLen+body], s.oob[:oobn]))
+	if errors.Is(err, unix.ETOOMANYREFS) {
+		// The kernel lets a user other than root have no more descriptors
+		// in flight than its RLIMIT_NOFILE, which a large transfer reaches
+		// when the receiver lags. Nothing was sent: wait until the
+		// receiver has taken every frame so far, then send again.
+		if cerr := s.catchUp(); cerr != nil {
+			s.fds, s.buf, s.meta = s.fds[:0], s.buf[:hdrLen], false
+			s.err = cerr
+			return cerr
+		}
+		s.wd.arm()
+		err = s.wd.disarm(s.mc.sendmsg(s.buf[:hdrLen+body], s.oob[:oobn]))
+	}
 	s.fds, s.buf, s.meta = s.fds[:0], s.buf[:hdrLen], false
 	if err != nil {
 		s.err = ioError("sending descriptors", err)
@@ -160,6 +174,17 @@ func (s *sender) send(flags byte) error {
 		}
 	}
 	return s.err
+}
+
+// catchUp sends a sync frame without descriptors and waits for its
+// acknowledgement.
+func (s *sender) catchUp() error {
+	putHeader(s.sync[:], flagSync, 0, 0)
+	s.wd.arm()
+	if err := s.wd.disarm(s.mc.sendmsg(s.sync[:], nil)); err != nil {
+		return ioError("sending descriptors", err)
+	}
+	return s.readAck()
 }
 
 func (s *sender) readAck() error {

@@ -1,0 +1,118 @@
+package graceful
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"strconv"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// TestInFlightLimit hands a receiver that lags more descriptors than the
+// sender's RLIMIT_NOFILE. The kernel refuses (ETOOMANYREFS) to let a user
+// other than root have more descriptors in flight than that limit; the
+// sender must wait for the receiver to catch up instead of failing.
+func TestInFlightLimit(t *testing.T) {
+	checkFds(t)
+	a, b := socketPair(t)
+	defer a.Close()
+	f, err := b.File()
+	b.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	const n = 4 * maxBatch
+	cmd := nobodyCmd(t, strconv.Itoa(n))
+	cmd.ExtraFiles = []*os.File{f} // descriptor 3
+	c := startChildCmd(t, cmd, "send-many")
+	f.Close()
+
+	// The receiver starts only once the sender has more in flight than its
+	// limit allows and waits: two frames are queued, the second its
+	// request to catch up. A sender that fails instead exits.
+	for i := 0; i < 1000 && queued(t, a) < 2*hdrLen; i++ {
+		time.Sleep(10 * time.Millisecond)
+	}
+	got := 0
+	client := &Client{Allow: allowNobody}
+	err = client.ReceiveFrom(a, func(fd int, _ io.Reader) error {
+		got++
+		return unix.Close(fd)
+	})
+	if err != nil {
+		t.Fatalf("receive: %v; sender's stderr:\n%s", err, c.stderr.String())
+	}
+	if got != n {
+		t.Fatalf("received %d descriptors, want %d", got, n)
+	}
+	c.expect("sent")
+	c.wait()
+}
+
+// queued returns the bytes waiting to be read on conn.
+func queued(t *testing.T, conn *net.UnixConn) int {
+	t.Helper()
+	rc, err := conn.SyscallConn()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var n int
+	var ierr error
+	if err := rc.Control(func(fd uintptr) {
+		n, ierr = unix.IoctlGetInt(int(fd), unix.SIOCINQ)
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if ierr != nil {
+		t.Fatal(ierr)
+	}
+	return n
+}
+
+func init() {
+	// send-many n: sends n descriptors (one pipe end again and again) as
+	// one transfer on descriptor 3, with a soft RLIMIT_NOFILE far below n.
+	children["send-many"] = func(args []string) error {
+		n, err := strconv.Atoi(args[0])
+		if err != nil {
+			return err
+		}
+		var lim unix.Rlimit
+		if err := unix.Getrlimit(unix.RLIMIT_NOFILE, &lim); err != nil {
+			return err
+		}
+		lim.Cur = 64
+		if err := unix.Setrlimit(unix.RLIMIT_NOFILE, &lim); err != nil {
+			return err
+		}
+		f := os.NewFile(3, "conn")
+		conn, err := net.FileConn(f)
+		f.Close()
+		if err != nil {
+			return err
+		}
+		defer conn.Close()
+		var p [2]int
+		if err := unix.Pipe2(p[:], unix.O_CLOEXEC); err != nil {
+			return err
+		}
+		err = transfer(context.Background(), conn, nil, DefaultTimeout, func(s *sender) error {
+			for range n {
+				if err := s.Write(p[0], nil); err != nil {
+					return err
+				}
+			}
+			return nil
+		})
+		if err != nil {
+			return err
+		}
+		fmt.Println("sent")
+		return nil
+	}
+}
