@@ -254,30 +254,21 @@ func TestHandOverKinds(t *testing.T) {
 	c := startChild(t, "kinds", addr)
 	c.expect("received tcp udp unix file pipe conn")
 
-	// TCP listener: the child accepts one connection and answers.
-	tc, err := net.Dial("tcp", tcpLn.Addr().String())
-	if err != nil {
-		t.Fatal(err)
+	// The listeners accept one connection each and the UDP socket answers
+	// one datagram, in the child.
+	for _, o := range []struct{ network, addr, name string }{
+		{"tcp", tcpLn.Addr().String(), "tcp"},
+		{"udp", udp.LocalAddr().String(), "udp"},
+		{"unix", addr + ".app", "unix"},
+	} {
+		oc, err := net.Dial(o.network, o.addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer oc.Close()
+		expectReply(t, oc, o.name+" child")
+		c.expect(o.name + " done")
 	}
-	defer tc.Close()
-	expectReply(t, tc, "tcp child")
-	c.expect("tcp done")
-	// UDP socket: the child answers one datagram.
-	uc, err := net.Dial("udp", udp.LocalAddr().String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer uc.Close()
-	expectReply(t, uc, "udp child")
-	c.expect("udp done")
-	// Unix listener.
-	xc, err := net.Dial("unix", addr+".app")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer xc.Close()
-	expectReply(t, xc, "unix child")
-	c.expect("unix done")
 	// File: the child read it through its descriptor.
 	c.expect("file file contents")
 	// Pipe: written here, read there.
