@@ -541,11 +541,7 @@ func init() {
 func TestOnce(t *testing.T) {
 	checkFds(t)
 	addr := sockPath(t)
-	f, err := os.Open(os.DevNull)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
+	f := devNull(t)
 	drained := make(chan struct{})
 	srv := &Server{Once: true, Handler: SequenceHandler(
 		FileHandler(f, nil),
@@ -626,11 +622,7 @@ func TestOnceWhileShuttingDown(t *testing.T) {
 		t.Fatal(err)
 	}
 	ln := &slowCloseListener{Listener: inner, entered: make(chan struct{}), release: make(chan struct{})}
-	f, err := os.Open(os.DevNull)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
+	f := devNull(t)
 	srv := &Server{Once: true}
 	shutdown := make(chan error, 1)
 	srv.Handler = SequenceHandler(FileHandler(f, nil), CallbackHandler(func() {
@@ -670,11 +662,7 @@ func TestOnceWhileShuttingDown(t *testing.T) {
 func TestCallbackAfterAck(t *testing.T) {
 	checkFds(t)
 	addr := sockPath(t)
-	f, err := os.Open(os.DevNull)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
+	f := devNull(t)
 	var called sync.Mutex // locked while the callback has not run
 	called.Lock()
 	srv := &Server{Handler: SequenceHandler(
@@ -686,7 +674,7 @@ func TestCallbackAfterAck(t *testing.T) {
 	waitSocket(t, addr)
 
 	refusal := errors.New("not today")
-	err = Receive(addr, func(fd int, meta io.Reader) error {
+	err := Receive(addr, func(fd int, meta io.Reader) error {
 		unix.Close(fd)
 		return refusal
 	})
@@ -760,4 +748,15 @@ func TestDeadlinesLeftAlone(t *testing.T) {
 		a.Close()
 		b.Close()
 	}
+}
+
+// devNull opens /dev/null for a test to send, closed when the test ends.
+func devNull(t testing.TB) *os.File {
+	t.Helper()
+	f, err := os.Open(os.DevNull)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { f.Close() })
+	return f
 }
