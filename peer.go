@@ -1,0 +1,51 @@
+package graceful
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"os"
+)
+
+// Peer is the process at the other end of a connection, as the kernel
+// recorded it when the connection was made (SO_PEERCRED).
+type Peer struct {
+	PID, UID, GID int
+}
+
+// SameUser is the default policy of both ends: it allows a peer of this
+// process's user, or root, and refuses any other.
+func SameUser(p Peer) error {
+	if p.UID == 0 || p.UID == os.Geteuid() {
+		return nil
+	}
+	return fmt.Errorf("%w: uid %d (pid %d) is not uid %d", ErrPeerRefused, p.UID, p.PID, os.Geteuid())
+}
+
+// checkPeer applies allow, or SameUser if nil, to the peer of conn.
+func checkPeer(conn net.Conn, allow func(Peer) error) error {
+	if allow == nil {
+		allow = SameUser
+	}
+	rc, err := rawConn(conn)
+	if err != nil {
+		return err
+	}
+	var p Peer
+	var cerr error
+	if err := rc.Control(func(fd uintptr) {
+		p, cerr = peerCred(int(fd))
+	}); err != nil {
+		return fmt.Errorf("graceful: %w", err)
+	}
+	if cerr != nil {
+		return fmt.Errorf("graceful: peer credentials: %w", cerr)
+	}
+	if err := allow(p); err != nil {
+		if !errors.Is(err, ErrPeerRefused) {
+			err = fmt.Errorf("%w: %w", ErrPeerRefused, err)
+		}
+		return err
+	}
+	return nil
+}
