@@ -47,7 +47,7 @@ type Drainer struct {
 }
 
 // Serve serves srv on ln until Drain, after which it returns
-// [http.ErrServerClosed]. It sets srv.ConnState and srv.Handler to track
+// [ErrServerClosed] (which also matches [http.ErrServerClosed]). It sets srv.ConnState and srv.Handler to track
 // connections and mark responses during the drain; they call what srv had
 // (http.DefaultServeMux for a nil Handler), so set those fields before the
 // call, not after. Serve takes ownership of ln and closes it when Drain
@@ -58,7 +58,7 @@ func (d *Drainer) Serve(srv *http.Server, ln net.Listener) error {
 	if d.draining {
 		d.mu.Unlock()
 		ln.Close()
-		return http.ErrServerClosed
+		return ErrServerClosed
 	}
 	if d.srv != nil {
 		d.mu.Unlock()
@@ -78,7 +78,7 @@ func (d *Drainer) Serve(srv *http.Server, ln net.Listener) error {
 	close(d.served)
 	d.mu.Unlock()
 	if draining {
-		return http.ErrServerClosed
+		return ErrServerClosed
 	}
 	return err
 }

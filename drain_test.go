@@ -56,7 +56,7 @@ func (s *drainServer) drain(t *testing.T, ctx context.Context) chan error {
 	t.Helper()
 	drained := make(chan error, 1)
 	go func() { drained <- s.d.Drain(ctx) }()
-	if err := <-s.served; err != http.ErrServerClosed {
+	if err := <-s.served; !errors.Is(err, http.ErrServerClosed) {
 		t.Fatalf("Serve: %v", err)
 	}
 	s.served <- nil // for the cleanup
@@ -246,7 +246,7 @@ func TestDrainBeforeServe(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := d.Serve(&http.Server{}, ln); err != http.ErrServerClosed {
+	if err := d.Serve(&http.Server{}, ln); !errors.Is(err, ErrServerClosed) || !errors.Is(err, http.ErrServerClosed) {
 		t.Fatalf("Serve: %v", err)
 	}
 	if _, err := ln.Accept(); !errors.Is(err, net.ErrClosed) {

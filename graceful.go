@@ -47,8 +47,24 @@
 //
 // # Wire protocol
 //
-// A transfer is a sequence of frames from sender to receiver, each sent with
-// one sendmsg(2) call that carries up to 253 descriptors (SCM_MAX_FD) as
+// Every transfer opens with the receiver's hello, 8 bytes that keep their
+// layout in every version of the protocol:
+//
+//	"GRFL" | lowest version(1) | highest version(1) | reserved(2) = 0
+//
+// The sender answers with the highest version both sides speak,
+//
+//	version(1) | status(1) = 0 | 0(2)
+//
+// or, when they speak none in common, with version 0, status 1 and the
+// length and text of its reason; both sides then fail with [ErrIncompatible]
+// and carry on as before. A newer library thus takes over from an older one
+// as long as it still speaks the older one's version. The sender waits for
+// the hello before it commits anything to a receiver, so a client that
+// connects and stalls holds nothing. This library speaks version 1.
+//
+// A transfer is then a sequence of frames from sender to receiver, each sent
+// with one sendmsg(2) call that carries up to 253 descriptors (SCM_MAX_FD) as
 // SCM_RIGHTS ancillary data on its first byte. A frame is an 8-byte header
 //
 //	version(1) = 1 | flags(1) | nfds(2, big endian) | body length(4, big endian)
@@ -62,55 +78,79 @@
 //
 //	version(1) = 1 | status(1) | message length(2, big endian)
 //
-// status 0 meaning accepted and 1 refused, followed by the refusal's message.
-// A transfer that ends without an end frame is an error for the receiver,
-// never a partial success; frames with descriptors missing, unexpected
-// descriptors, unknown flags or another version are protocol errors.
+// status 0 meaning accepted and 1 rejected, followed by the rejection's
+// reason. A transfer that ends without an end frame is an error for the
+// receiver, never a partial success; frames with descriptors missing,
+// unexpected descriptors, unknown flags or another version are protocol
+// errors. The next transfer on the same connection opens with a hello again;
+// a sender that has nothing more to send closes the connection instead.
 package graceful
 
 import (
 	"errors"
 	"fmt"
 	"io"
+	"net/http"
+	"syscall"
 	"time"
 )
 
 // Errors returned by the package. They are wrapped with details; test them
 // with [errors.Is].
 var (
-	// ErrNoServer means nothing serves at the address: no socket file, or a
-	// stale one. An application takes it as "I am the first instance".
+	// ErrNoServer means nothing serves at the address: no socket file in
+	// an existing directory, or a socket file nobody listens on (left by a
+	// process that died). An application takes it as "I am the first
+	// instance". A path that is not a socket, or whose directory is
+	// missing, is another error.
 	ErrNoServer = errors.New("graceful: no server at the address")
 	// ErrProtocol means the peer sent something that does not follow the
-	// protocol: bad framing, wrong version, descriptors that do not match
-	// their frame.
+	// protocol: bad framing, descriptors that do not match their frame.
 	ErrProtocol = errors.New("graceful: protocol violation")
+	// ErrIncompatible means the two sides speak no protocol version in
+	// common: one was built with a library too old or too new for the
+	// other. Both sides stay as they were.
+	ErrIncompatible = errors.New("graceful: no protocol version in common")
 	// ErrLimit means the peer exceeded a limit of the receiving [Client].
 	ErrLimit = errors.New("graceful: limit exceeded")
 	// ErrTruncated means the kernel dropped descriptors in transit
 	// (MSG_CTRUNC), usually because the receiver's descriptor table is full.
 	ErrTruncated = errors.New("graceful: descriptors truncated")
-	// ErrRefused means the receiver did not accept a transfer: its callback
-	// returned an error.
-	ErrRefused = errors.New("graceful: refused by receiver")
-	// ErrPeerRefused means the peer's credentials did not pass the Allow
-	// policy of this side.
-	ErrPeerRefused = errors.New("graceful: peer not allowed")
+	// ErrRejected means the receiver did not accept a transfer: its
+	// callback returned an error, or the sender exceeded one of its limits.
+	// The error carries the receiver's reason.
+	ErrRejected = errors.New("graceful: transfer rejected by the receiver")
+	// ErrPeerNotAllowed means the process at the other end did not pass
+	// this side's Allow policy (by default [SameUser]); nothing was sent or
+	// taken.
+	ErrPeerNotAllowed = errors.New("graceful: peer not allowed")
 	// ErrServerClosed is returned by [Server.Serve] and
-	// [Server.ListenAndServe] after [Server.Close] or [Server.Shutdown].
-	ErrServerClosed = errors.New("graceful: server closed")
+	// [Server.ListenAndServe] after [Server.Close] or [Server.Shutdown],
+	// and by [Drainer.Serve] after [Drainer.Drain]. It also matches
+	// [http.ErrServerClosed], which code written for net/http tests for.
+	ErrServerClosed error = serverClosed{}
 )
+
+type serverClosed struct{}
+
+func (serverClosed) Error() string { return "graceful: server closed" }
+
+func (serverClosed) Is(target error) bool { return target == http.ErrServerClosed }
 
 // DefaultTimeout is how long either side waits for its peer to make
 // progress (the next bytes, an acknowledgement) when no other timeout is
 // set.
 const DefaultTimeout = 10 * time.Second
 
-// ioError describes a failed read or write on the connection; a stream that
-// ends early is io.ErrUnexpectedEOF.
+// ioError describes a failed read or write on the connection. A stream that
+// ends early, or a peer that went away (the connection reset, the pipe
+// broken), is io.ErrUnexpectedEOF; the system's error stays in the chain.
 func ioError(op string, err error) error {
-	if err == io.EOF {
+	switch {
+	case err == io.EOF:
 		err = io.ErrUnexpectedEOF
+	case errors.Is(err, syscall.ECONNRESET) || errors.Is(err, syscall.EPIPE):
+		return fmt.Errorf("graceful: %s: %w (%w)", op, io.ErrUnexpectedEOF, err)
 	}
 	return fmt.Errorf("graceful: %s: %w", op, err)
 }

@@ -577,7 +577,7 @@ func init() {
 			return err
 		}
 		fmt.Println("received", n)
-		srv := &Server{}
+		srv := &Server{Handler: SequenceHandler()}
 		errc := make(chan error, 1)
 		go func() { errc <- srv.ListenAndServe(args[0]) }()
 		for i := 0; ; i++ {
@@ -708,7 +708,7 @@ func TestNoServer(t *testing.T) {
 	if err := Receive(addr, cb); !errors.Is(err, ErrNoServer) {
 		t.Fatalf("stale socket: %v", err)
 	}
-	srv := &Server{}
+	srv := &Server{Handler: SequenceHandler()}
 	errc := make(chan error, 1)
 	go func() { errc <- srv.ListenAndServe(addr) }()
 	waitSocket(t, addr)

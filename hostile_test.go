@@ -108,6 +108,20 @@ func rawSend(t testing.TB, c *net.UnixConn, data []byte, fds ...int) {
 	}
 }
 
+// answer is a sender's answer to the hello: version 1 picked.
+func answer() []byte {
+	b := make([]byte, ackLen)
+	putAck(b, version, statusOK, 0)
+	return b
+}
+
+// hello is a receiver's hello.
+func hello() []byte {
+	b := make([]byte, helloLen)
+	putHello(b)
+	return b
+}
+
 // header returns a frame header.
 func header(flags byte, nfds, bodyLen int) []byte {
 	b := make([]byte, hdrLen)
@@ -225,7 +239,7 @@ func TestSocketFileMode(t *testing.T) {
 			for _, umask := range []int{0, 0o077} {
 				addr := sockPath(t)
 				old := syscall.Umask(umask)
-				srv := &Server{Mode: tc.srv.Mode, Group: tc.srv.Group}
+				srv := &Server{Mode: tc.srv.Mode, Group: tc.srv.Group, Handler: SequenceHandler()}
 				errc := make(chan error, 1)
 				go func() { errc <- srv.ListenAndServe(addr) }()
 				waitSocket(t, addr)
@@ -246,7 +260,7 @@ func TestSocketFileMode(t *testing.T) {
 	}
 	t.Run("unknown group", func(t *testing.T) {
 		addr := sockPath(t)
-		err := (&Server{Group: "no-such-group-graceful"}).ListenAndServe(addr)
+		err := (&Server{Group: "no-such-group-graceful", Handler: SequenceHandler()}).ListenAndServe(addr)
 		if err == nil {
 			t.Fatal("ListenAndServe with an unknown group succeeded")
 		}
@@ -314,7 +328,7 @@ func TestAddressNeverStolen(t *testing.T) {
 			t.Fatal(err)
 		}
 		before, _ := os.Lstat(addr)
-		if err := (&Server{}).ListenAndServe(addr); !errors.Is(err, syscall.EADDRINUSE) {
+		if err := (&Server{Handler: SequenceHandler()}).ListenAndServe(addr); !errors.Is(err, syscall.EADDRINUSE) {
 			t.Errorf("ListenAndServe on a %s: %v, want EADDRINUSE", kind, err)
 		}
 		after, err := os.Lstat(addr)
@@ -335,7 +349,7 @@ func TestAddressNeverStolen(t *testing.T) {
 	ln.SetUnlinkOnClose(false)
 	ln.Close()
 	os.Chmod(addr, 0o777)
-	srv := &Server{}
+	srv := &Server{Handler: SequenceHandler()}
 	errc := make(chan error, 1)
 	go func() { errc <- srv.ListenAndServe(addr) }()
 	waitSocket(t, addr)
@@ -441,7 +455,7 @@ func errKind(err error) string {
 	switch {
 	case err == nil:
 		return "nil"
-	case errors.Is(err, ErrPeerRefused):
+	case errors.Is(err, ErrPeerNotAllowed):
 		return "peer-refused"
 	case errors.Is(err, ErrTruncated):
 		return "truncated"
@@ -494,7 +508,7 @@ func TestStrangerClient(t *testing.T) {
 	c.expect("received 0 unexpected-eof")
 	c.wait()
 	shutdown(t, srv)
-	if !strings.Contains(lb.String(), ErrPeerRefused.Error()) {
+	if !strings.Contains(lb.String(), ErrPeerNotAllowed.Error()) {
 		t.Errorf("server log does not say it refused the peer:\n%s", lb.String())
 	}
 
@@ -515,8 +529,8 @@ func TestStrangerServer(t *testing.T) {
 	c := startChildCmd(t, nobodyCmd(t, addr), "serve")
 	c.expect("listening")
 	var got closer
-	if err := Receive(addr, got.cb); !errors.Is(err, ErrPeerRefused) || got.count() != 0 {
-		t.Fatalf("Receive from nobody: %d descriptors, %v; want ErrPeerRefused", got.count(), err)
+	if err := Receive(addr, got.cb); !errors.Is(err, ErrPeerNotAllowed) || got.count() != 0 {
+		t.Fatalf("Receive from nobody: %d descriptors, %v; want ErrPeerNotAllowed", got.count(), err)
 	}
 	var uid string
 	err := (&Client{Allow: allowNobody}).Receive(addr, func(fd int, meta io.Reader) error {
@@ -573,8 +587,8 @@ func TestLimits(t *testing.T) {
 			if !errors.Is(err, ErrLimit) || got.count() > max(tc.client.MaxFds, 0) {
 				t.Errorf("receiver: %d descriptors, %v; want ErrLimit", got.count(), err)
 			}
-			if err := <-sent; !errors.Is(err, ErrRefused) {
-				t.Errorf("sender: %v, want ErrRefused", err)
+			if err := <-sent; !errors.Is(err, ErrRejected) {
+				t.Errorf("sender: %v, want ErrRejected", err)
 			}
 			a.Close()
 			p.checkClosed(t)
@@ -597,8 +611,8 @@ func TestLimits(t *testing.T) {
 		if !errors.Is(err, ErrLimit) || got.count() != 0 {
 			t.Errorf("receiver: %d descriptors, %v; want ErrLimit before any", got.count(), err)
 		}
-		if err := <-sent; !errors.Is(err, ErrRefused) {
-			t.Errorf("sender: %v, want ErrRefused", err)
+		if err := <-sent; !errors.Is(err, ErrRejected) {
+			t.Errorf("sender: %v, want ErrRejected", err)
 		}
 		a.Close()
 		p.checkClosed(t)
@@ -675,6 +689,7 @@ func TestNoHang(t *testing.T) {
 			a, b := socketPair(t)
 			defer a.Close()
 			defer b.Close()
+			rawSend(t, a, answer())
 			tc.speak(a)
 			var got closer
 			err := short.ReceiveFrom(b, got.cb)
@@ -707,11 +722,13 @@ func TestServerNoHang(t *testing.T) {
 	p := newProbe(t)
 	big := Meta{"pad": strings.Repeat("x", 1000)}
 	for _, tc := range []struct {
-		name string
-		srv  *Server
-		read bool // whether the stuck receiver reads what comes
+		name  string
+		srv   *Server
+		read  bool // whether the stuck receiver reads what comes
+		quiet bool // whether it says no hello
 	}{
-		{"never acknowledges", &Server{Timeout: 50 * time.Millisecond, Handler: FdHandler(p.w, nil)}, true},
+		{"never says hello", &Server{Timeout: 50 * time.Millisecond, Handler: FdHandler(p.w, nil)}, false, true},
+		{"never acknowledges", &Server{Timeout: 50 * time.Millisecond, Handler: FdHandler(p.w, nil)}, true, false},
 		{"never reads", &Server{Timeout: 50 * time.Millisecond, Handler: HandlerFunc(func(_ net.Conn, w ResponseWriter) error {
 			for i := 0; i < 5000; i++ {
 				if err := w.Write(p.w, big); err != nil {
@@ -719,8 +736,8 @@ func TestServerNoHang(t *testing.T) {
 				}
 			}
 			return nil
-		})}, false},
-		{"Shutdown", &Server{Timeout: -1, Handler: FdHandler(p.w, nil)}, true},
+		})}, false, false},
+		{"Shutdown", &Server{Timeout: -1, Handler: FdHandler(p.w, nil)}, true, false},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			addr := sockPath(t)
@@ -730,7 +747,12 @@ func TestServerNoHang(t *testing.T) {
 				t.Fatal(err)
 			}
 			defer c.Close()
-			hdr := make([]byte, hdrLen)
+			if !tc.quiet {
+				if _, err := c.Write(hello()); err != nil {
+					t.Fatal(err)
+				}
+			}
+			hdr := make([]byte, ackLen+hdrLen)
 			if tc.read {
 				// Now the server waits for the acknowledgement. A plain read
 				// takes no descriptors: the kernel closes them.
@@ -789,15 +811,18 @@ func TestBadInput(t *testing.T) {
 		client Client
 		all    bool // ReceiveAllFrom rather than ReceiveFrom
 		passCr bool // SO_PASSCRED on the receiver's socket
-		peer   func(t *testing.T, c *net.UnixConn, p *probe)
-		want   error
-		got    int // descriptors the callback gets before the error
+		// noAnswer leaves the answer to the hello to the peer function.
+		noAnswer bool
+		peer     func(t *testing.T, c *net.UnixConn, p *probe)
+		want     error
+		got      int // descriptors the callback gets before the error
 	}{
 		{name: "random bytes", peer: func(t *testing.T, c *net.UnixConn, p *probe) {
 			rawSend(t, c, random, p.fds(3)...)
 		}, want: ErrProtocol},
 		{name: "garbage after a transfer", all: true, peer: func(t *testing.T, c *net.UnixConn, p *probe) {
 			rawSend(t, c, header(flagEnd, 0, 0))
+			rawSend(t, c, answer())
 			rawSend(t, c, append(header(flagEnd, 0, 0), random[:100]...), p.fds(1)...)
 		}, want: ErrProtocol},
 		{name: "garbage body", peer: func(t *testing.T, c *net.UnixConn, p *probe) {
@@ -855,6 +880,28 @@ func TestBadInput(t *testing.T) {
 			rawSend(t, c, header(0, 2, 0), p.fds(2)...)
 			c.CloseWrite()
 		}, want: io.ErrUnexpectedEOF, got: 3},
+		{name: "answer picks an unknown version", noAnswer: true, peer: func(t *testing.T, c *net.UnixConn, p *probe) {
+			b := answer()
+			b[0] = maxVersion + 1
+			rawSend(t, c, append(b, header(flagEnd, 1, 0)...), p.fds(1)...)
+		}, want: ErrProtocol},
+		{name: "answer refuses", noAnswer: true, peer: func(t *testing.T, c *net.UnixConn, p *probe) {
+			b := make([]byte, ackLen)
+			putAck(b, 0, statusRefused, 5)
+			rawSend(t, c, append(b, "vexed"...))
+		}, want: ErrIncompatible},
+		{name: "answer with descriptors", noAnswer: true, peer: func(t *testing.T, c *net.UnixConn, p *probe) {
+			rawSend(t, c, append(answer(), header(flagEnd, 0, 0)...), p.fds(2)...)
+		}, want: ErrProtocol},
+		{name: "answer with a message", noAnswer: true, peer: func(t *testing.T, c *net.UnixConn, p *probe) {
+			b := answer()
+			b[3] = 3
+			rawSend(t, c, append(b, "abc"...))
+		}, want: ErrProtocol},
+		{name: "answer cut short", noAnswer: true, peer: func(t *testing.T, c *net.UnixConn, p *probe) {
+			rawSend(t, c, answer()[:2])
+			c.CloseWrite()
+		}, want: io.ErrUnexpectedEOF},
 		// Not bad input: a full batch on a socket whose credentials
 		// messages take room in the control buffer.
 		{name: "full batch with credentials", passCr: true, peer: func(t *testing.T, c *net.UnixConn, p *probe) {
@@ -870,6 +917,9 @@ func TestBadInput(t *testing.T) {
 			if tc.passCr {
 				passCred(t, b)
 			}
+			if !tc.noAnswer {
+				rawSend(t, a, answer())
+			}
 			tc.peer(t, a, p)
 			var got closer
 			var err error
@@ -884,8 +934,8 @@ func TestBadInput(t *testing.T) {
 			if errors.Is(err, ErrLimit) {
 				// The peer is told why.
 				a.SetReadDeadline(time.Now().Add(10 * time.Second))
-				ack := make([]byte, ackLen)
-				if _, err := io.ReadFull(a, ack); err != nil || ack[1] != statusRefused {
+				ack := make([]byte, helloLen+ackLen)
+				if _, err := io.ReadFull(a, ack); err != nil || ack[helloLen+1] != statusRefused {
 					t.Errorf("peer read %v, %v; want a refusal", ack, err)
 				}
 			}
@@ -898,6 +948,7 @@ func TestBadInput(t *testing.T) {
 		// 16 MiB announced, within the limits, and 4 bytes sent.
 		p := newProbe(t)
 		a, b := socketPair(t)
+		rawSend(t, a, answer())
 		rawSend(t, a, append(header(flagEnd, maxBatch, maxBatch*(4+DefaultMaxMetaSize)), 0, 0, 0, 1), p.fds(maxBatch)...)
 		a.CloseWrite()
 		var before, after runtime.MemStats
@@ -917,6 +968,7 @@ func TestBadInput(t *testing.T) {
 	t.Run("no callback", func(t *testing.T) {
 		p := newProbe(t)
 		a, b := socketPair(t)
+		rawSend(t, a, answer())
 		rawSend(t, a, header(flagEnd, 1, 0), p.fds(1)...)
 		if err := ReceiveFrom(b, nil); err == nil {
 			t.Error("descriptors for a nil callback were taken")
@@ -1101,7 +1153,7 @@ func TestCallbackFails(t *testing.T) {
 				t.Fatalf("Receive: %v, panic %v, after %d descriptors", err, recovered, n)
 			}
 			shutdown(t, srv)
-			if !panics && !strings.Contains(lb.String(), ErrRefused.Error()) {
+			if !panics && !strings.Contains(lb.String(), ErrRejected.Error()) {
 				t.Errorf("the sender was not told it was refused; its log:\n%s", lb.String())
 			}
 			if panics && lb.String() == "" {

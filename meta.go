@@ -22,8 +22,7 @@ type Meta map[string]string
 const metaVersion = 1
 
 // DefaultMaxMetaSize bounds the meta of one descriptor on the receiving side
-// unless [Client.MaxMetaSize] says otherwise, and the input [MetaFrom] reads
-// from a plain [io.Reader].
+// unless [Client.MaxMetaSize] says otherwise.
 const DefaultMaxMetaSize = 64 << 10
 
 // AppendBinary appends the encoding of m to b. It implements
@@ -75,8 +74,9 @@ func (m Meta) WriteTo(w io.Writer) (int64, error) {
 	return int64(n), err
 }
 
-// ReadFrom reads r to its end, at most [DefaultMaxMetaSize] bytes, and
-// replaces the contents of *m with the pairs decoded from it.
+// ReadFrom reads r to its end and replaces the contents of *m with the
+// pairs decoded from it. Like [io.ReadAll] it reads as much as r yields:
+// bound a reader you do not trust with [io.LimitReader].
 func (m *Meta) ReadFrom(r io.Reader) (int64, error) {
 	b, err := readMeta(r)
 	if err != nil {
@@ -85,25 +85,20 @@ func (m *Meta) ReadFrom(r io.Reader) (int64, error) {
 	return int64(len(b)), m.UnmarshalBinary(b)
 }
 
-// MetaFrom decodes a Meta from the meta reader given to a [ReceiveCallback]
-// (or any reader, which it reads to its end, at most [DefaultMaxMetaSize]
-// bytes). A nil reader gives a nil Meta, which reads as empty. From a
-// callback's reader, the Metas of descriptors that arrived together share
-// the memory of their strings, in chunks of a few KiB: decoding costs the
-// allocations of the map alone, and a Meta kept alive keeps its chunk.
+// MetaFrom decodes a Meta from the meta reader given to a [ReceiveCallback],
+// or from any reader, which it reads to its end (the callback's reader holds
+// at most [Client.MaxMetaSize] bytes; bound another reader you do not trust
+// with [io.LimitReader]). A nil reader gives a nil Meta, which reads as
+// empty. From a callback's reader, the Metas of descriptors that arrived
+// together share the memory of their strings, in chunks of a few KiB:
+// decoding costs the allocations of the map alone, and a Meta kept alive
+// keeps its chunk.
 func MetaFrom(r io.Reader) (Meta, error) {
 	if r == nil {
 		return nil, nil
 	}
-	if mr, ok := r.(*metaReader); ok {
-		// The callback's reader: decode its bytes in place.
-		b := mr.b[mr.off:]
-		whole := mr.off == 0
-		mr.off = len(mr.b)
-		if whole && mr.strs != nil {
-			return decodeMetaString(mr.strs.get(mr.at, mr.at+len(b)))
-		}
-		return decodeMeta(b)
+	if d, ok := r.(metaDecoder); ok {
+		return d.decodeMeta()
 	}
 	b, err := readMeta(r)
 	if err != nil {
@@ -112,13 +107,16 @@ func MetaFrom(r io.Reader) (Meta, error) {
 	return decodeMeta(b)
 }
 
+// metaDecoder is a reader that decodes the Meta it holds without the copy
+// that reading it would make: the meta reader a callback gets.
+type metaDecoder interface {
+	decodeMeta() (Meta, error)
+}
+
 func readMeta(r io.Reader) ([]byte, error) {
-	b, err := io.ReadAll(io.LimitReader(r, DefaultMaxMetaSize+1))
+	b, err := io.ReadAll(r)
 	if err != nil {
 		return b, fmt.Errorf("graceful: reading meta: %w", err)
-	}
-	if len(b) > DefaultMaxMetaSize {
-		return b, fmt.Errorf("%w: meta over %d bytes", ErrLimit, DefaultMaxMetaSize)
 	}
 	return b, nil
 }
@@ -201,54 +199,3 @@ func metaString(s string, p int) (string, int, error) {
 	}
 	return s[p : p+int(n)], p + int(n), nil
 }
-
-// metaReader is the meta given to a callback. It reads from the receive
-// buffer, so [MetaFrom] decodes it without a copy; it is valid only until
-// the callback returns.
-type metaReader struct {
-	b   []byte
-	off int
-	// strs, if set, holds the frame body that b is part of, at offset at.
-	strs *metaStrings
-	at   int
-}
-
-// metaStrings cuts the strings of the Metas decoded from one frame body out
-// of shared copies of the body, chunks of at least metaChunk bytes: a frame
-// of small metas then costs a few allocations for their bytes rather than
-// one each, which counts in a process that has just started. A Meta kept
-// alive keeps its chunk alive, at most metaChunk bytes beyond its own.
-type metaStrings struct {
-	body []byte
-	s    string // a copy of body[at:at+len(s)]
-	at   int
-}
-
-const metaChunk = 2 << 10
-
-// get returns body[lo:hi] as a string.
-func (c *metaStrings) get(lo, hi int) string {
-	if lo < c.at || hi > c.at+len(c.s) {
-		c.s, c.at = string(c.body[lo:min(len(c.body), max(hi, lo+metaChunk))]), lo
-	}
-	return c.s[lo-c.at : hi-c.at]
-}
-
-func (r *metaReader) Read(p []byte) (int, error) {
-	if r.off >= len(r.b) {
-		return 0, io.EOF
-	}
-	n := copy(p, r.b[r.off:])
-	r.off += n
-	return n, nil
-}
-
-// WriteTo lets io.Copy and bytes.Buffer.ReadFrom take the bytes in one call.
-func (r *metaReader) WriteTo(w io.Writer) (int64, error) {
-	n, err := w.Write(r.b[r.off:])
-	r.off += n
-	return int64(n), err
-}
-
-// Len reports the unread meta bytes.
-func (r *metaReader) Len() int { return len(r.b) - r.off }

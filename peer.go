@@ -19,7 +19,7 @@ func SameUser(p Peer) error {
 	if p.UID == 0 || p.UID == os.Geteuid() {
 		return nil
 	}
-	return fmt.Errorf("%w: uid %d (pid %d) is not uid %d", ErrPeerRefused, p.UID, p.PID, os.Geteuid())
+	return fmt.Errorf("%w: uid %d (pid %d) is not uid %d", ErrPeerNotAllowed, p.UID, p.PID, os.Geteuid())
 }
 
 // checkPeer applies allow, or SameUser if nil, to the peer of conn.
@@ -42,8 +42,8 @@ func checkPeer(conn net.Conn, allow func(Peer) error) error {
 		return fmt.Errorf("graceful: peer credentials: %w", cerr)
 	}
 	if err := allow(p); err != nil {
-		if !errors.Is(err, ErrPeerRefused) {
-			err = fmt.Errorf("%w: %w", ErrPeerRefused, err)
+		if !errors.Is(err, ErrPeerNotAllowed) {
+			err = fmt.Errorf("%w: %w", ErrPeerNotAllowed, err)
 		}
 		return err
 	}

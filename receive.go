@@ -6,7 +6,11 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"net"
+	"os"
+	"path/filepath"
+	"syscall"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -93,10 +97,7 @@ func (c *Client) ReceiveContext(ctx context.Context, addr string, cb ReceiveCall
 	}
 	conn, err := d.DialContext(ctx, "unix", addr)
 	if err != nil {
-		if errors.Is(err, unix.ENOENT) || errors.Is(err, unix.ECONNREFUSED) {
-			return fmt.Errorf("%w: %w", ErrNoServer, err)
-		}
-		return fmt.Errorf("graceful: %w", err)
+		return dialError(addr, err)
 	}
 	defer conn.Close()
 	if c.ReadBuffer > 0 {
@@ -134,6 +135,28 @@ func (c *Client) ReceiveFrom(conn net.Conn, cb ReceiveCallback) error {
 func (c *Client) ReceiveAllFrom(conn net.Conn, cb ReceiveCallback) error {
 	_, err := c.receive(context.Background(), conn, cb, true)
 	return err
+}
+
+// dialError tells a server that is not there (ErrNoServer) from an address
+// that is wrong: connect(2) says ENOENT for a missing directory as for a
+// missing socket, and ECONNREFUSED for a file or a directory as for a
+// socket nobody listens on.
+func dialError(addr string, err error) error {
+	switch {
+	case errors.Is(err, syscall.ENOENT):
+		dir := filepath.Dir(addr)
+		if fi, serr := os.Stat(dir); serr != nil || !fi.IsDir() {
+			return fmt.Errorf("graceful: %w (the directory %s is missing)", err, dir)
+		}
+	case errors.Is(err, syscall.ECONNREFUSED):
+		// The file may be gone by now: then nothing served there either.
+		if fi, serr := os.Lstat(addr); serr == nil && fi.Mode().Type() != fs.ModeSocket {
+			return fmt.Errorf("graceful: %w (%s is not a socket)", err, addr)
+		}
+	default:
+		return fmt.Errorf("graceful: %w", err)
+	}
+	return fmt.Errorf("%w: %w", ErrNoServer, err)
 }
 
 // receive runs one transfer, or all until a clean end of stream, and counts
@@ -182,6 +205,7 @@ type receiver struct {
 	maxFds  int
 	maxMeta int
 	hdr     [hdrLen]byte
+	ver     byte // the version of the transfer under way
 	body    []byte
 	oob     []byte
 	// fds holds the descriptors of the current frame; those from next on
@@ -222,9 +246,12 @@ func (r *receiver) close() {
 
 // transfer receives one transfer, io.EOF if the stream ends before it.
 func (r *receiver) transfer(cb ReceiveCallback) error {
+	if err := r.greet(); err != nil {
+		return err
+	}
 	total := 0
-	for first := true; ; first = false {
-		flags, bodyLen, err := r.readFrame(first)
+	for {
+		flags, bodyLen, err := r.readFrame()
 		if err != nil {
 			return err
 		}
@@ -245,9 +272,69 @@ func (r *receiver) transfer(cb ReceiveCallback) error {
 	}
 }
 
+// greet opens a transfer: it sends the hello, which names the versions this
+// side speaks, and reads the sender's answer. It returns io.EOF when the
+// sender closed the connection instead: it has nothing (more) to send.
+func (r *receiver) greet() error {
+	putHello(r.hdr[:])
+	r.wd.arm()
+	err := r.wd.disarm(r.mc.sendmsg(r.hdr[:helloLen], nil))
+	if errors.Is(err, syscall.EPIPE) || errors.Is(err, syscall.ECONNRESET) {
+		// Gone before the hello: the end of the stream, read as such.
+		err = nil
+	}
+	if err != nil {
+		return ioError("sending hello", err)
+	}
+	n, err := r.readFull(r.hdr[:ackLen])
+	if err != nil {
+		if n == 0 && errors.Is(err, io.ErrUnexpectedEOF) {
+			return io.EOF
+		}
+		return err
+	}
+	if r.hdr[1] == statusRefused {
+		_, msgLen, err := parseAck(r.hdr[:ackLen], r.hdr[0])
+		if err != nil {
+			return err
+		}
+		msg := make([]byte, msgLen)
+		if _, err := r.readFull(msg); err != nil {
+			return err
+		}
+		return fmt.Errorf("%w: the sender says %q", ErrIncompatible, msg)
+	}
+	v := r.hdr[0]
+	if v < minVersion || v > maxVersion {
+		return fmt.Errorf("%w: the sender picked version %d of %d to %d", ErrProtocol, v, minVersion, maxVersion)
+	}
+	if _, _, err := parseAck(r.hdr[:ackLen], v); err != nil {
+		return err
+	}
+	r.ver = v
+	return nil
+}
+
+// readFull reads len(p) bytes, which must come without descriptors. The
+// count is of bytes read before an error.
+func (r *receiver) readFull(p []byte) (int, error) {
+	got := 0
+	for got < len(p) {
+		n, err := r.read(p[got:], false)
+		if err != nil {
+			return got, err
+		}
+		if n == 0 {
+			return got, ioError("receiving", io.EOF)
+		}
+		got += n
+	}
+	return got, nil
+}
+
 // readFrame reads a frame's header with its descriptors into r.fds, then its
 // body into r.body.
-func (r *receiver) readFrame(first bool) (flags byte, bodyLen int, err error) {
+func (r *receiver) readFrame() (flags byte, bodyLen int, err error) {
 	closeFds(r.fds[r.next:])
 	r.fds, r.next = r.fds[:0], 0
 	for got := 0; got < hdrLen; {
@@ -256,9 +343,6 @@ func (r *receiver) readFrame(first bool) (flags byte, bodyLen int, err error) {
 			return 0, 0, err
 		}
 		if n == 0 {
-			if got == 0 && first {
-				return 0, 0, io.EOF
-			}
 			return 0, 0, ioError("reading frame", io.EOF)
 		}
 		got += n
@@ -270,7 +354,8 @@ func (r *receiver) readFrame(first bool) (flags byte, bodyLen int, err error) {
 	if nfds != len(r.fds) {
 		return 0, 0, fmt.Errorf("%w: frame announces %d descriptors, %d arrived", ErrProtocol, nfds, len(r.fds))
 	}
-	if bodyLen > nfds*(4+r.maxMeta) {
+	// Meta lengths are 32-bit: a larger MaxMetaSize bounds nothing more.
+	if uint64(bodyLen) > uint64(nfds)*(4+min(uint64(r.maxMeta), 1<<32-1)) {
 		return 0, 0, r.refuse(fmt.Errorf("%w: frame body of %d bytes", ErrLimit, bodyLen))
 	}
 	// The body grows with what arrives, not with what the header announces.
@@ -333,7 +418,7 @@ func (r *receiver) checkBody(bodyLen int) error {
 			return fmt.Errorf("%w: frame body ends early", ErrProtocol)
 		}
 		n := binary.BigEndian.Uint32(body)
-		if n > uint32(r.maxMeta) {
+		if uint64(n) > uint64(r.maxMeta) {
 			return r.refuse(fmt.Errorf("%w: meta of %d bytes", ErrLimit, n))
 		}
 		if n > uint32(len(body)-4) {
@@ -387,7 +472,7 @@ func (r *receiver) reply(status byte, msg string) error {
 		b = make([]byte, ackLen, ackLen+len(msg))
 		b = append(b, msg...)
 	}
-	putAck(b, status, len(msg))
+	putAck(b, r.ver, status, len(msg))
 	r.wd.arm()
 	err := r.wd.disarm(r.mc.sendmsg(b, nil))
 	if err != nil {

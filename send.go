@@ -168,7 +168,7 @@ func (s *sender) send(flags byte) error {
 		if errors.Is(err, unix.EPIPE) || errors.Is(err, unix.ECONNRESET) {
 			// A receiver that refuses writes its reason before it closes:
 			// report that rather than the broken pipe it left.
-			if rerr := s.readAck(); errors.Is(rerr, ErrRefused) {
+			if rerr := s.readAck(); errors.Is(rerr, ErrRejected) {
 				s.err = rerr
 			}
 		}
@@ -191,24 +191,43 @@ func (s *sender) readAck() error {
 	if err := s.readFull(s.ack[:]); err != nil {
 		return err
 	}
-	if s.ack[0] != version {
-		return fmt.Errorf("%w: acknowledgement version %d", ErrProtocol, s.ack[0])
+	status, n, err := parseAck(s.ack[:], version)
+	if err != nil || status == statusOK {
+		return err
 	}
-	switch s.ack[1] {
-	case statusOK:
-		return nil
-	case statusRefused:
-		n := int(s.ack[2])<<8 | int(s.ack[3])
-		if n > maxRefusal {
-			return fmt.Errorf("%w: refusal of %d bytes", ErrProtocol, n)
-		}
-		msg := make([]byte, n)
-		if err := s.readFull(msg); err != nil {
-			return err
-		}
-		return fmt.Errorf("%w: %q", ErrRefused, msg)
+	msg := make([]byte, n)
+	if err := s.readFull(msg); err != nil {
+		return err
 	}
-	return fmt.Errorf("%w: acknowledgement status %d", ErrProtocol, s.ack[1])
+	return fmt.Errorf("%w: %q", ErrRejected, msg)
+}
+
+// answerHello reads the receiver's hello, which opens each transfer, and
+// answers it with the version to speak, or with a refusal when the two
+// sides speak none in common.
+func (s *sender) answerHello() error {
+	var hello [helloLen]byte
+	if err := s.readFull(hello[:]); err != nil {
+		return err
+	}
+	v, perr := pickVersion(hello[:])
+	if perr != nil && !errors.Is(perr, ErrIncompatible) {
+		return perr
+	}
+	b := s.ack[:]
+	if perr == nil {
+		putAck(b, v, statusOK, 0)
+	} else {
+		// The version field is 0: no version was picked.
+		msg := perr.Error()
+		b = append(make([]byte, ackLen, ackLen+len(msg)), msg...)
+		putAck(b, 0, statusRefused, len(msg))
+	}
+	s.wd.arm()
+	if err := s.wd.disarm(s.mc.sendmsg(b, nil)); err != nil {
+		return ioError("answering hello", err)
+	}
+	return perr
 }
 
 // readFull reads from the receiver, refusing any descriptor it sends.
@@ -217,7 +236,7 @@ func (s *sender) readFull(p []byte) error {
 		s.wd.arm()
 		n, oobn, _, err := s.mc.recvmsg(p, s.oob)
 		if err = s.wd.disarm(err); err != nil {
-			return ioError("reading acknowledgement", err)
+			return ioError("reading from the receiver", err)
 		}
 		if oobn > 0 {
 			var buf [maxBatch]int32
@@ -227,7 +246,7 @@ func (s *sender) readFull(p []byte) error {
 			}
 		}
 		if n == 0 {
-			return ioError("reading acknowledgement", io.EOF)
+			return ioError("reading from the receiver", io.EOF)
 		}
 		p = p[n:]
 	}
@@ -238,14 +257,34 @@ func (s *sender) readFull(p []byte) error {
 // write queue descriptors, ends the transfer unless write did, and waits for
 // the acknowledgement.
 func transfer(ctx context.Context, conn net.Conn, allow func(Peer) error, timeout time.Duration, write func(*sender) error) error {
-	if err := checkPeer(conn, allow); err != nil {
-		return err
-	}
-	s, err := newSender(ctx, conn, timeout)
+	s, err := openTransfer(ctx, conn, allow, timeout)
 	if err != nil {
 		return err
 	}
 	defer s.close()
+	return s.run(write)
+}
+
+// openTransfer checks the peer and answers its hello. The caller closes the
+// sender it returns.
+func openTransfer(ctx context.Context, conn net.Conn, allow func(Peer) error, timeout time.Duration) (*sender, error) {
+	if err := checkPeer(conn, allow); err != nil {
+		return nil, err
+	}
+	s, err := newSender(ctx, conn, timeout)
+	if err != nil {
+		return nil, err
+	}
+	if err := s.answerHello(); err != nil {
+		s.close()
+		return nil, err
+	}
+	return s, nil
+}
+
+// run lets write queue descriptors, ends the transfer unless write did, and
+// waits for the acknowledgement.
+func (s *sender) run(write func(*sender) error) error {
 	if err := write(s); err != nil || s.done {
 		return err
 	}

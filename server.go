@@ -58,6 +58,10 @@ type Server struct {
 	closeMu sync.Mutex
 }
 
+// errNoHandler is a Server's error when it has nothing to send: a
+// successor would take an empty transfer for a hand-over.
+var errNoHandler = errors.New("graceful: Server has no Handler")
+
 // ListenAndServe listens on the Unix socket addr and serves h with a
 // Server's defaults. See [Server.ListenAndServe].
 func ListenAndServe(addr string, h Handler) error {
@@ -75,6 +79,9 @@ func Serve(ln net.Listener, h Handler) error {
 // addr, the error satisfies errors.Is(err, syscall.EADDRINUSE) and that
 // server is left alone. The socket file is removed when the server closes.
 func (s *Server) ListenAndServe(addr string) error {
+	if s.Handler == nil {
+		return errNoHandler
+	}
 	mode, gid, err := s.fileMode()
 	if err != nil {
 		return err
@@ -113,6 +120,10 @@ func (s *Server) fileMode() (fs.FileMode, int, error) {
 // takes ownership of ln and closes it when it returns. It always returns an
 // error; after Close or Shutdown it is [ErrServerClosed].
 func (s *Server) Serve(ln net.Listener) error {
+	if s.Handler == nil {
+		ln.Close()
+		return errNoHandler
+	}
 	s.mu.Lock()
 	if s.closed {
 		s.mu.Unlock()
@@ -194,6 +205,18 @@ func (s *Server) serveConn(conn net.Conn) {
 			s.logf("graceful: panic serving %v: %v\n%s", conn.RemoteAddr(), p, buf)
 		}
 	}()
+	timeout := s.Timeout
+	if timeout == 0 {
+		timeout = DefaultTimeout
+	}
+	// A client earns its turn with its hello before it holds anything: one
+	// that connects and stalls costs its own connection only.
+	w, err := openTransfer(context.Background(), conn, s.Allow, timeout)
+	if err != nil {
+		s.logf("graceful: serving pid %s: %v", peerPID(conn), err)
+		return
+	}
+	defer w.close()
 	if s.Once {
 		s.onceMu.Lock()
 		defer s.onceMu.Unlock()
@@ -201,16 +224,8 @@ func (s *Server) serveConn(conn net.Conn) {
 			return
 		}
 	}
-	h := s.Handler
-	if h == nil {
-		h = SequenceHandler()
-	}
-	timeout := s.Timeout
-	if timeout == 0 {
-		timeout = DefaultTimeout
-	}
-	err := transfer(context.Background(), conn, s.Allow, timeout, func(w *sender) error {
-		return h.Handle(conn, w)
+	err = w.run(func(w *sender) error {
+		return s.Handler.Handle(conn, w)
 	})
 	if err != nil {
 		s.logf("graceful: serving pid %s: %v", peerPID(conn), err)

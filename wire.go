@@ -7,9 +7,18 @@ import (
 
 // The wire format; the package doc describes it.
 const (
+	// minVersion and maxVersion are the protocol versions this library
+	// speaks. A receiver names its range in its hello and the sender picks
+	// the highest version of both ranges, so a newer library takes over from
+	// an older one as long as it still speaks the older one's version.
+	minVersion = 1
+	maxVersion = 1
+	// version is the version whose frames this library writes and reads.
 	version = 1
-	hdrLen  = 8
-	ackLen  = 4
+
+	helloLen = 8
+	hdrLen   = 8
+	ackLen   = 4
 	// maxBatch is SCM_MAX_FD, the kernel's limit of descriptors per sendmsg.
 	maxBatch = 253
 	// maxRefusal bounds the message of a refusal on both sides.
@@ -21,6 +30,37 @@ const (
 	statusOK      = 0
 	statusRefused = 1
 )
+
+// helloMagic opens every hello. The hello and its answer keep their layout
+// in every version, so that any two versions can tell each other apart.
+const helloMagic = "GRFL"
+
+// putHello writes the receiver's hello: the magic, then the lowest and the
+// highest version it speaks, then two bytes reserved as zero.
+func putHello(b []byte) {
+	copy(b, helloMagic)
+	b[4] = minVersion
+	b[5] = maxVersion
+	b[6], b[7] = 0, 0
+}
+
+// pickVersion reads a receiver's hello and returns the version to speak: the
+// highest that both sides speak. The reserved bytes are ignored, so that a
+// later version may use them.
+func pickVersion(b []byte) (byte, error) {
+	if string(b[:4]) != helloMagic {
+		return 0, fmt.Errorf("%w: no hello: % x", ErrProtocol, b[:helloLen])
+	}
+	lo, hi := b[4], b[5]
+	if lo > hi || lo == 0 {
+		return 0, fmt.Errorf("%w: hello for versions %d to %d", ErrProtocol, lo, hi)
+	}
+	v := min(hi, maxVersion)
+	if v < lo || v < minVersion {
+		return 0, fmt.Errorf("%w: the receiver speaks versions %d to %d, the sender %d to %d", ErrIncompatible, lo, hi, minVersion, maxVersion)
+	}
+	return v, nil
+}
 
 func putHeader(b []byte, flags byte, nfds, bodyLen int) {
 	b[0] = version
@@ -48,8 +88,26 @@ func parseHeader(b []byte) (flags byte, nfds, bodyLen int, err error) {
 	return flags, nfds, bodyLen, nil
 }
 
-func putAck(b []byte, status byte, msgLen int) {
-	b[0] = version
+// putAck writes a reply: an acknowledgement, a refusal, or the answer to a
+// hello, whose version field is then the version picked.
+func putAck(b []byte, v, status byte, msgLen int) {
+	b[0] = v
 	b[1] = status
 	binary.BigEndian.PutUint16(b[2:], uint16(msgLen))
+}
+
+// parseAck reads a reply in version v and returns its status and the
+// length of the message that follows it.
+func parseAck(b []byte, v byte) (status byte, msgLen int, err error) {
+	if b[0] != v {
+		return 0, 0, fmt.Errorf("%w: reply in version %d, want %d", ErrProtocol, b[0], v)
+	}
+	msgLen = int(binary.BigEndian.Uint16(b[2:]))
+	if b[1] != statusOK && b[1] != statusRefused || b[1] == statusOK && msgLen != 0 {
+		return 0, 0, fmt.Errorf("%w: reply status %d with %d bytes", ErrProtocol, b[1], msgLen)
+	}
+	if msgLen > maxRefusal {
+		return 0, 0, fmt.Errorf("%w: refusal of %d bytes", ErrProtocol, msgLen)
+	}
+	return b[1], msgLen, nil
 }

@@ -534,7 +534,7 @@ func TestFailedSuccessor(t *testing.T) {
 	if err := refuse.Wait(); err == nil {
 		t.Fatal("the refusing instance exited with status 0")
 	}
-	c.waitLog(pid, "hand-over failed: graceful: serving pid "+strconv.Itoa(refuse.Process.Pid)+": graceful: refused by receiver")
+	c.waitLog(pid, "hand-over failed: graceful: serving pid "+strconv.Itoa(refuse.Process.Pid)+": graceful: transfer rejected by the receiver")
 
 	// A second instance hangs with the listener until the old one gives up.
 	hang := c.start(faultEnv + "=hang")
