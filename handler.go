@@ -61,7 +61,8 @@ func FdHandler(fd int, meta io.WriterTo) Handler {
 //
 // The handler does not wait for the receiver: descriptors queued by
 // consecutive handlers go out together, up to 253 in one frame, when a
-// [CallbackHandler] or the end of the transfer sends them. It blocks only
+// [CallbackHandler] or the end of the transfer sends them, so the server
+// holds at most a batch of duplicates at a time. The handler blocks only
 // when a full batch must be sent first, until the receiver takes it. Given
 // a ResponseWriter other than the server's (an application's wrapper), it
 // writes the duplicate, flushes, and closes the duplicate itself.

@@ -16,6 +16,8 @@ import (
 
 // A ResponseWriter sends descriptors to the receiver on behalf of a
 // [Handler]. It buffers descriptors and sends up to 253 in one system call.
+// Used after its transfer ended, it fails with an error that matches
+// net.ErrClosed.
 type ResponseWriter interface {
 	// Write queues fd with its meta (nil for none), which it encodes at
 	// once. The caller keeps ownership of fd, which must stay open until it
