@@ -617,8 +617,8 @@ func peakRSS() (uint64, error) {
 // process that stays up for the whole benchmark (ReceiveAllFrom), so the
 // two share the machine's state. Reported:
 //
-//	ns/op        the handlers' transfer, from its first frame to the
-//	             receiver's final acknowledgement
+//	ns/op        the handlers' transfer, from its start (the peer check)
+//	             to the receiver's final acknowledgement
 //	write-ns/op  the writes' transfer, timed the same way
 //	x-write      ns/op / write-ns/op
 func BenchmarkObjectHandlers(b *testing.B) {
