@@ -16,21 +16,34 @@ import (
 
 // A ResponseWriter sends descriptors to the receiver on behalf of a
 // [Handler]. It buffers descriptors and sends up to 253 in one system call.
+// Used after its transfer ended, it fails with an error that matches
+// net.ErrClosed.
 type ResponseWriter interface {
-	// Write queues fd with its meta (nil for none). The caller keeps
-	// ownership of fd, which must stay open until the next Flush returns or
-	// the handler returns; the receiver gets a descriptor of its own.
+	// Write queues fd with its meta (nil for none), which it encodes at
+	// once. The caller keeps ownership of fd, which must stay open until it
+	// is sent: until the next Flush returns or, without one, until the
+	// transfer ends, after the handler returns. The receiver gets a
+	// descriptor of its own. Write blocks only when a full batch must be
+	// sent first, until the receiver takes it.
 	Write(fd int, meta io.WriterTo) error
 	// Flush sends every queued descriptor and waits until the receiver has
 	// acknowledged all descriptors written so far.
 	Flush() error
 }
 
+// errEnded is the error of a ResponseWriter used after its transfer ended:
+// the writer is closed.
+var errEnded = fmt.Errorf("graceful: transfer already ended: %w", net.ErrClosed)
+
 // sender is the ResponseWriter of one transfer on a connection.
 type sender struct {
-	mc   msgConn
-	wd   *watchdog
-	fds  []int32
+	mc  msgConn
+	wd  *watchdog
+	fds []int32
+	// dups are the queued descriptors that the sender owns: duplicates
+	// of objects' descriptors, closed once their frame is sent or the
+	// transfer fails.
+	dups []int32
 	buf  []byte // a frame: header, then each queued descriptor's meta
 	meta bool   // whether any queued descriptor has meta
 	oob  []byte
@@ -69,7 +82,7 @@ func (s *sender) Write(fd int, meta io.WriterTo) error {
 		return s.err
 	}
 	if s.done {
-		return errors.New("graceful: Write after the transfer ended")
+		return errEnded
 	}
 	if fd < 0 || fd > 1<<31-1 {
 		return fmt.Errorf("graceful: invalid descriptor %d: %w", fd, unix.EBADF)
@@ -108,7 +121,7 @@ func (s *sender) Write(fd int, meta io.WriterTo) error {
 
 func (s *sender) Flush() error {
 	if s.done {
-		return errors.New("graceful: Flush after the transfer ended")
+		return errEnded
 	}
 	return s.roundTrip(flagSync)
 }
@@ -120,9 +133,38 @@ func (s *sender) end() error {
 	return err
 }
 
-// close ends the watch on the connection; the connection stays open.
+// writeDup queues fd, a duplicate that the sender then owns: it closes fd
+// on every path, once sent or when fd will not be sent.
+func (s *sender) writeDup(fd int, meta io.WriterTo) error {
+	queued := false
+	defer func() {
+		if !queued { // an error, or a panic in meta's WriteTo
+			unix.Close(fd)
+		}
+	}()
+	if err := s.Write(fd, meta); err != nil {
+		return err
+	}
+	s.dups = append(s.dups, int32(fd))
+	queued = true
+	return nil
+}
+
+// close closes the duplicates that were queued and will not be sent now
+// (the handler failed or panicked), and ends the watch on the connection,
+// which stays open.
 func (s *sender) close() {
+	s.clear()
 	s.wd.stop()
+}
+
+// clear empties the queue once its frame is sent or given up, and closes
+// the sender's duplicates: after sendmsg the kernel holds its own
+// references to the descriptors in flight.
+func (s *sender) clear() {
+	s.fds, s.buf, s.meta = s.fds[:0], s.buf[:hdrLen], false
+	closeFds(s.dups)
+	s.dups = s.dups[:0]
 }
 
 func (s *sender) roundTrip(flags byte) error {
@@ -155,14 +197,14 @@ func (s *sender) send(flags byte) error {
 		// when the receiver lags. Nothing was sent: wait until the
 		// receiver has taken every frame so far, then send again.
 		if cerr := s.catchUp(); cerr != nil {
-			s.fds, s.buf, s.meta = s.fds[:0], s.buf[:hdrLen], false
+			s.clear()
 			s.err = cerr
 			return cerr
 		}
 		s.wd.arm()
 		err = s.wd.disarm(s.mc.sendmsg(s.buf[:hdrLen+body], s.oob[:oobn]))
 	}
-	s.fds, s.buf, s.meta = s.fds[:0], s.buf[:hdrLen], false
+	s.clear()
 	if err != nil {
 		s.err = ioError("sending descriptors", err)
 		if errors.Is(err, unix.EPIPE) || errors.Is(err, unix.ECONNRESET) {
@@ -306,53 +348,86 @@ func SendTo(conn net.Conn, fd int, meta io.WriterTo) error {
 }
 
 // SendListenerTo sends the descriptor of ln with meta to the receiver at the
-// other end of conn, as [SendTo] does. ln stays open and keeps accepting;
-// both processes share the listening socket until one closes its copy.
+// other end of conn, as [SendTo] does. It sends a duplicate, which it makes
+// at the start (close-on-exec) and closes before it returns, so ln is
+// borrowed only for that moment: ln stays open and keeps accepting, and
+// another goroutine may close it while SendListenerTo waits for the
+// receiver, without waiting for it (closed before the duplicate is made, ln
+// makes SendListenerTo fail). Both processes share the listening socket
+// until each has closed its copy.
 func SendListenerTo(conn net.Conn, ln net.Listener, meta io.WriterTo) error {
 	return sendObjectTo(conn, ln, meta)
 }
 
-// SendFileTo sends the descriptor of f with meta, as [SendTo] does. f stays
-// open and unchanged (it is not switched to blocking mode).
+// SendFileTo sends the descriptor of f with meta, a duplicate as
+// [SendListenerTo] sends. f stays open and unchanged (it is not switched to
+// blocking mode), and closing it does not wait for the receiver.
 func SendFileTo(conn net.Conn, f *os.File, meta io.WriterTo) error {
 	return sendObjectTo(conn, f, meta)
 }
 
 // SendConnTo sends the descriptor of c to the receiver at the other end of
-// dst, as [SendTo] does. c stays open; data it has buffered in user space
-// (for example in a bufio.Reader) is not part of the descriptor.
+// dst, a duplicate as [SendListenerTo] sends. c stays open, and closing it
+// does not wait for the receiver; data it has buffered in user space (for
+// example in a bufio.Reader) is not part of the descriptor.
 func SendConnTo(dst net.Conn, c net.Conn, meta io.WriterTo) error {
 	return sendObjectTo(dst, c, meta)
 }
 
 // SendPacketConnTo sends the descriptor of pc to the receiver at the other
-// end of dst, as [SendTo] does. pc stays open.
+// end of dst, a duplicate as [SendListenerTo] sends. pc stays open, and
+// closing it does not wait for the receiver.
 func SendPacketConnTo(dst net.Conn, pc net.PacketConn, meta io.WriterTo) error {
 	return sendObjectTo(dst, pc, meta)
 }
 
 func sendObjectTo(conn net.Conn, obj any, meta io.WriterTo) error {
 	return transfer(context.Background(), conn, nil, DefaultTimeout, func(s *sender) error {
-		return writeObject(s, obj, meta, s.end)
+		return writeObject(s, obj, meta)
 	})
 }
 
-// writeObject queues the descriptor of obj and calls send, which must send
-// it: the descriptor is only borrowed through SyscallConn (Fd would switch
-// the object to blocking mode), and it is valid only during the borrow.
-func writeObject(w ResponseWriter, obj any, meta io.WriterTo, send func() error) error {
-	rc, err := rawConn(obj)
+// writeObject queues a duplicate of obj's descriptor. The library's sender
+// owns it from then on; another ResponseWriter (an application's wrapper)
+// gets it flushed and closed here, since a writer may hold a descriptor
+// until its next Flush.
+func writeObject(w ResponseWriter, obj any, meta io.WriterTo) error {
+	fd, err := dupObject(obj)
 	if err != nil {
 		return err
 	}
-	var werr error
+	if s, ok := w.(*sender); ok {
+		return s.writeDup(fd, meta)
+	}
+	defer unix.Close(fd)
+	if err := w.Write(fd, meta); err != nil {
+		return err
+	}
+	return w.Flush()
+}
+
+// dupObject returns a duplicate of obj's descriptor, close-on-exec. The
+// descriptor is borrowed through SyscallConn (Fd would switch obj to
+// blocking mode), for the fcntl call only: closing obj waits for such a
+// borrow to end.
+func dupObject(obj any) (int, error) {
+	rc, err := rawConn(obj)
+	if err != nil {
+		return -1, err
+	}
+	var dup int
+	var derr error
 	err = rc.Control(func(fd uintptr) {
-		if werr = w.Write(int(fd), meta); werr == nil {
-			werr = send()
-		}
+		// Above the standard descriptors, so that one closed by the
+		// application is not reused for a socket that the runtime would
+		// then write a crash report into.
+		dup, derr = unix.FcntlInt(fd, unix.F_DUPFD_CLOEXEC, 3)
 	})
 	if err != nil {
-		return fmt.Errorf("graceful: %w", err)
+		return -1, fmt.Errorf("graceful: %w", err)
 	}
-	return werr
+	if derr != nil {
+		return -1, fmt.Errorf("graceful: duplicating a descriptor to send: %w", os.NewSyscallError("fcntl", derr))
+	}
+	return dup, nil
 }
