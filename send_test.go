@@ -150,14 +150,14 @@ func init() {
 				unix.Close(fd)
 				return err
 			}
-			return answer(m["kind"], fd)
+			return answerThrough(m["kind"], fd)
 		})
 	}
 }
 
-// answer writes "child <kind>" through the received descriptor fd, and
+// answerThrough writes "child <kind>" through the received descriptor fd, and
 // closes it.
-func answer(kind string, fd int) error {
+func answerThrough(kind string, fd int) error {
 	reply := []byte("child " + kind + "\n")
 	switch kind {
 	case "listener":
@@ -346,7 +346,7 @@ func TestObjectsNoLeak(t *testing.T) {
 					t.Errorf("Receive: %v, want the refusal", err)
 				}
 			},
-			log: ErrRefused.Error(),
+			log: ErrRejected.Error(),
 		},
 		{
 			name: "receiver dies",
@@ -356,7 +356,7 @@ func TestObjectsNoLeak(t *testing.T) {
 				c.cmd.Process.Signal(syscall.SIGKILL)
 				c.cmd.Wait()
 			},
-			log: "reading acknowledgement",
+			log: "reading from the receiver",
 		},
 		{
 			name:    "handler fails",
