@@ -760,3 +760,55 @@ func devNull(t testing.TB) *os.File {
 	t.Cleanup(func() { f.Close() })
 	return f
 }
+
+func init() {
+	// Serve a TCP listener once at args[0], and exit as soon as the
+	// callback placed after it runs: a drain that takes no time.
+	children["exitincallback"] = func(args []string) error {
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			return err
+		}
+		srv := &Server{Once: true, Handler: SequenceHandler(
+			ListenerHandler(ln, Meta{"addr": ln.Addr().String()}),
+			CallbackHandler(func() { os.Exit(0) }),
+		)}
+		return srv.ListenAndServe(args[0])
+	}
+}
+
+// TestExitInCallback hands a listener over 100 times from a program that
+// exits in the CallbackHandler that follows it: the successor must hold
+// the listener and succeed every time, the transfer never cut short.
+func TestExitInCallback(t *testing.T) {
+	checkFds(t)
+	addr := sockPath(t)
+	lost := 0
+	for i := 0; i < 100; i++ {
+		c := startChild(t, "exitincallback", addr)
+		var ln net.Listener
+		var err error
+		for try := 0; try < 1000; try++ {
+			err = Receive(addr, func(fd int, meta io.Reader) error {
+				var err error
+				ln, err = FdListener(fd)
+				return err
+			})
+			if !errors.Is(err, ErrNoServer) {
+				break
+			}
+			time.Sleep(time.Millisecond)
+		}
+		if err != nil || ln == nil {
+			lost++
+			t.Errorf("hand-over %d: %v", i, err)
+		}
+		if ln != nil {
+			ln.Close()
+		}
+		c.wait()
+	}
+	if lost > 0 {
+		t.Errorf("%d of 100 hand-overs lost", lost)
+	}
+}

@@ -98,15 +98,20 @@ func objectHandler(obj any, meta io.WriterTo) Handler {
 	})
 }
 
-// CallbackHandler returns a Handler that sends every descriptor queued
-// before it, waits until the receiver has acknowledged them all (a Flush),
-// then calls f. Placed after the descriptors, f is where an application
-// starts to drain: it runs only once the successor holds the sockets, so a
-// successor that dies earlier leaves this instance serving. f runs while the
-// receiver still waits for the transfer to end, so it must not block: start
-// the drain, do not wait for it.
+// CallbackHandler returns a Handler that calls f once the receiver has
+// acknowledged every descriptor sent before it. Placed after the
+// descriptors, f is where an application starts to drain: it runs only once
+// the successor holds the sockets, so a successor that dies earlier leaves
+// this instance serving. Last in a transfer, f runs after the receiver has
+// acknowledged the end of the transfer, so a program that exits as soon as
+// its drain is done never cuts its successor's transfer short; anywhere
+// else it runs before the next descriptor is written. f must not block: it
+// holds up the connection, so start the drain, do not wait for it.
 func CallbackHandler(f func()) Handler {
 	return HandlerFunc(func(_ net.Conn, w ResponseWriter) error {
+		if s, ok := w.(*sender); ok {
+			return s.callAfter(f)
+		}
 		if err := w.Flush(); err != nil {
 			return err
 		}

@@ -51,6 +51,10 @@ type sender struct {
 	sync [hdrLen]byte // a frame of its own, for catchUp
 	err  error        // once a frame failed, the stream is broken for good
 	done bool
+	// after holds the functions of CallbackHandlers, to run once the
+	// receiver has acknowledged everything written before them: before
+	// the next Write or Flush, or after the end of the transfer.
+	after []func()
 }
 
 // bodyTarget is how much meta a frame gathers before it is sent early.
@@ -83,6 +87,9 @@ func (s *sender) Write(fd int, meta io.WriterTo) error {
 	}
 	if s.done {
 		return errEnded
+	}
+	if err := s.runAfter(); err != nil {
+		return err
 	}
 	if fd < 0 || fd > 1<<31-1 {
 		return fmt.Errorf("graceful: invalid descriptor %d: %w", fd, unix.EBADF)
@@ -123,14 +130,53 @@ func (s *sender) Flush() error {
 	if s.done {
 		return errEnded
 	}
-	return s.roundTrip(flagSync)
+	if err := s.roundTrip(flagSync); err != nil {
+		return err
+	}
+	return s.runAfter()
+}
+
+// callAfter arranges for f to run once the receiver has acknowledged every
+// descriptor written so far, without a round trip of its own when nothing
+// is written after it: then f runs after the end of the transfer.
+func (s *sender) callAfter(f func()) error {
+	if s.done {
+		return errEnded
+	}
+	s.after = append(s.after, f)
+	return nil
+}
+
+// runAfter runs the pending functions of callAfter, first waiting for the
+// acknowledgement of what they follow.
+func (s *sender) runAfter() error {
+	if len(s.after) == 0 {
+		return nil
+	}
+	if err := s.roundTrip(flagSync); err != nil {
+		return err
+	}
+	after := s.after
+	s.after = nil
+	for _, f := range after {
+		f()
+	}
+	return nil
 }
 
 // end finishes the transfer and waits for the receiver's acknowledgement.
 func (s *sender) end() error {
 	err := s.roundTrip(flagEnd)
 	s.done = true
-	return err
+	if err != nil {
+		return err
+	}
+	after := s.after
+	s.after = nil
+	for _, f := range after {
+		f()
+	}
+	return nil
 }
 
 // writeDup queues fd, a duplicate that the sender then owns: it closes fd
@@ -327,7 +373,7 @@ func openTransfer(ctx context.Context, conn net.Conn, allow func(Peer) error, ti
 // run lets write queue descriptors, ends the transfer unless write did, and
 // waits for the acknowledgement.
 func (s *sender) run(write func(*sender) error) error {
-	if err := write(s); err != nil || s.done {
+	if err := write(s); err != nil {
 		return err
 	}
 	return s.end()
