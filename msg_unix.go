@@ -149,3 +149,12 @@ func (m *msgConn) sendmsg(p, oob []byte) error {
 	}
 	return nil
 }
+
+func closeFd(fd int) {
+	unix.Close(fd)
+}
+
+// supported reports whether this platform can hand descriptors over.
+func supported() error {
+	return nil
+}

@@ -49,3 +49,14 @@ func checkPeer(conn net.Conn, allow func(Peer) error) error {
 	}
 	return nil
 }
+
+// peerPIDOf returns the pid of the process at the other end of conn, 0 if
+// unknown.
+func peerPIDOf(conn net.Conn) int {
+	pid := 0
+	checkPeer(conn, func(p Peer) error {
+		pid = p.PID
+		return nil
+	})
+	return pid
+}

@@ -19,3 +19,6 @@ func peerCred(fd int) (Peer, error) {
 // credSpace is room for the credentials that the kernel adds to a message
 // on a socket with SO_PASSCRED, before any descriptors.
 var credSpace = unix.CmsgSpace(unix.SizeofUcred)
+
+// selfExe names the running binary even once its file is removed.
+const selfExe = "/proc/self/exe"

@@ -29,6 +29,9 @@ const (
 
 	statusOK      = 0
 	statusRefused = 1
+	// statusReady is a successor's commit, sent in the reply layout to its
+	// predecessor after the hand-over (see Instance.Ready).
+	statusReady = 2
 )
 
 // helloMagic opens every hello. The hello and its answer keep their layout

@@ -1,0 +1,373 @@
+package graceful
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"slices"
+	"strconv"
+	"time"
+)
+
+// This file is the instance's side of a hand-over: Ready (its commit),
+// serving its successors, and Stop.
+
+// Ready commits this instance: from now on it serves. A successor tells its
+// predecessor, on the connection of the hand-over, and waits for its answer;
+// only then does the predecessor's Done close, and this instance serve the
+// hand-over socket for its own successor, write the pid file and tell
+// systemd (READY=1, when NOTIFY_SOCKET is set). The sockets inherited or
+// passed by systemd that the application never claimed with Listen are
+// closed. Ready blocks at most Config.Timeout for the predecessor's answer.
+//
+// Call Ready once the application serves (its listeners accept): the
+// predecessor stops accepting right after. If Ready fails, the predecessor
+// (if any) serves on and this instance must not: it should close what it
+// serves and exit. The error is [ErrAborted] when the predecessor gave up
+// waiting (Config.ReadyTimeout) or stopped.
+func (in *Instance) Ready() error {
+	in.mu.Lock()
+	if in.phase != starting {
+		in.mu.Unlock()
+		return fmt.Errorf("graceful: Ready: %w", ErrInstanceState)
+	}
+	in.closeInherited()
+	pred := in.pred
+	in.mu.Unlock()
+
+	var err error
+	if pred != nil {
+		err = in.commitTakeOver(pred)
+	} else {
+		err = in.listenHandover()
+	}
+	in.mu.Lock()
+	if err == nil && in.phase != starting {
+		err = fmt.Errorf("%w: stopped during Ready", ErrAborted)
+	}
+	if err != nil {
+		in.mu.Unlock()
+		in.Stop()
+		return err
+	}
+	in.phase = serving
+	in.pred = nil
+	ln := in.handover
+	in.serveWG.Add(1)
+	go in.serveSuccessors(ln)
+	in.mu.Unlock()
+	in.afterPredecessor(pred)
+
+	if in.cfg.PIDFile != "" {
+		if err := writePIDFile(in.cfg.PIDFile); err != nil {
+			// Committed already: failing now would leave nobody serving.
+			in.logf("graceful: pid file: %v", err)
+		}
+	}
+	if err := notify("READY=1\nMAINPID=" + strconv.Itoa(os.Getpid())); err != nil {
+		in.logf("graceful: telling systemd: %v", err)
+	}
+	in.lock.unlock()
+	return nil
+}
+
+// commitTakeOver sends the ready message to the predecessor and waits for
+// its answer.
+func (in *Instance) commitTakeOver(pred *net.UnixConn) error {
+	var msg [ackLen]byte
+	putAck(msg[:], version, statusReady, 0)
+	pred.SetDeadline(time.Now().Add(in.timeout))
+	defer pred.SetDeadline(time.Time{})
+	if _, err := pred.Write(msg[:]); err != nil {
+		return fmt.Errorf("%w: %w", ErrAborted, ioError("telling the predecessor", err))
+	}
+	if _, err := io.ReadFull(pred, msg[:]); err != nil {
+		return fmt.Errorf("%w: %w", ErrAborted, ioError("waiting for the predecessor", err))
+	}
+	status, n, err := parseAck(msg[:], version)
+	if err != nil {
+		return err
+	}
+	if status != statusOK {
+		reason := make([]byte, n)
+		if _, err := io.ReadFull(pred, reason); err != nil {
+			return fmt.Errorf("%w: %w", ErrAborted, ioError("waiting for the predecessor", err))
+		}
+		return fmt.Errorf("%w: the predecessor says %q", ErrAborted, reason)
+	}
+	return nil
+}
+
+// listenHandover creates the hand-over socket of a first instance.
+func (in *Instance) listenHandover() error {
+	ln, err := listenUnix(in.cfg.Socket, 0o600, -1)
+	if err != nil {
+		return err
+	}
+	fi, err := os.Lstat(in.cfg.Socket)
+	if err != nil {
+		ln.Close()
+		return err
+	}
+	in.mu.Lock()
+	in.sockFile, in.handover = fi, ln.(*fileListener).UnixListener
+	in.mu.Unlock()
+	return nil
+}
+
+// serveSuccessors accepts successors on the hand-over socket until it is
+// closed. Each is served in a goroutine of its own, so that one that stalls
+// before its hello delays no other.
+func (in *Instance) serveSuccessors(ln *net.UnixListener) {
+	defer in.serveWG.Done()
+	var delay time.Duration
+	for {
+		conn, err := ln.AcceptUnix()
+		if err != nil {
+			if errors.Is(err, net.ErrClosed) {
+				return
+			}
+			// Out of descriptors, for instance: wait rather than spin.
+			in.logf("graceful: accepting a successor: %v", err)
+			delay = min(max(2*delay, 5*time.Millisecond), time.Second)
+			time.Sleep(delay)
+			continue
+		}
+		delay = 0
+		in.serveWG.Add(1)
+		go in.serveSuccessor(conn)
+	}
+}
+
+// serveSuccessor hands this instance's sockets to a successor, waits for
+// its Ready and commits.
+func (in *Instance) serveSuccessor(conn *net.UnixConn) {
+	defer in.serveWG.Done()
+	if !in.track(conn) {
+		conn.Close()
+		return
+	}
+	committed := false
+	defer func() {
+		in.untrack(conn)
+		if !committed {
+			conn.Close()
+		}
+	}()
+	pid := peerPIDOf(conn)
+	s, err := openTransfer(context.Background(), conn, nil, in.timeout)
+	if err != nil {
+		in.logf("graceful: hand-over to pid %d: %v", pid, err)
+		return
+	}
+	// One successor at a time; a client earns its turn with its hello.
+	in.turn.Lock()
+	defer in.turn.Unlock()
+	if in.isFinished() {
+		s.close()
+		return
+	}
+	err = s.run(in.writeHandover)
+	s.close()
+	if err == nil {
+		err = in.awaitReady(conn)
+	}
+	if err == nil {
+		committed, err = in.commit(conn, pid)
+	}
+	if err != nil {
+		in.logf("graceful: hand-over to pid %d: %v", pid, err)
+	}
+}
+
+// writeHandover sends the hand-over socket, with the application's state,
+// then every listener, packet socket and file handed on.
+func (in *Instance) writeHandover(s *sender) error {
+	in.mu.Lock()
+	out, state, ln := slices.Clone(in.out), in.outState, in.handover
+	in.mu.Unlock()
+	if err := writeObject(s, ln, Meta{"kind": kindHandover, "state": string(state)}); err != nil {
+		return err
+	}
+	for _, h := range out {
+		err := writeObject(s, h.obj, h.meta)
+		if errors.Is(err, net.ErrClosed) || errors.Is(err, os.ErrClosed) {
+			// Closed by the application: not to be handed on.
+			continue
+		}
+		if err != nil {
+			return fmt.Errorf("graceful: handing on %s %s: %w", h.meta["network"], h.meta["address"]+h.meta["name"], err)
+		}
+	}
+	return nil
+}
+
+// awaitReady waits for the successor's ready message, Config.ReadyTimeout
+// at most.
+func (in *Instance) awaitReady(conn *net.UnixConn) error {
+	conn.SetReadDeadline(time.Now().Add(in.readyTimeout))
+	defer conn.SetReadDeadline(time.Time{})
+	var msg [ackLen]byte
+	// A plain read: descriptors sent along would be closed by the kernel.
+	if _, err := io.ReadFull(conn, msg[:]); err != nil {
+		if errors.Is(err, os.ErrDeadlineExceeded) {
+			return fmt.Errorf("%w: not ready after %v", ErrAborted, in.readyTimeout)
+		}
+		return ioError("waiting for Ready", err)
+	}
+	if msg[0] != version || msg[1] != statusReady || msg[2] != 0 || msg[3] != 0 {
+		return fmt.Errorf("%w: % x instead of ready", ErrProtocol, msg)
+	}
+	return nil
+}
+
+// commit makes the successor at conn the one that serves: this instance
+// stops accepting on the hand-over socket, answers, and closes Done. If the
+// answer cannot be written, the successor is gone and this instance serves
+// on, accepting again.
+func (in *Instance) commit(conn *net.UnixConn, pid int) (bool, error) {
+	in.mu.Lock()
+	defer in.mu.Unlock()
+	if in.phase != serving {
+		refuse(conn, "the predecessor is stopping")
+		return false, fmt.Errorf("%w: stopping", ErrAborted)
+	}
+	// A spare descriptor keeps the socket, to serve on if need be.
+	spare, err := in.handover.File()
+	if err != nil {
+		refuse(conn, "the predecessor cannot commit")
+		return false, fmt.Errorf("graceful: committing: %w", err)
+	}
+	defer spare.Close()
+	if err := notify("MAINPID=" + strconv.Itoa(pid)); err != nil {
+		in.logf("graceful: telling systemd: %v", err)
+	}
+	in.handover.Close()
+	var msg [ackLen]byte
+	putAck(msg[:], version, statusOK, 0)
+	conn.SetWriteDeadline(time.Now().Add(in.timeout))
+	_, werr := conn.Write(msg[:])
+	conn.SetWriteDeadline(time.Time{})
+	if werr != nil {
+		if err := notify("MAINPID=" + strconv.Itoa(os.Getpid())); err != nil {
+			in.logf("graceful: telling systemd: %v", err)
+		}
+		ln, err := net.FileListener(spare)
+		if err != nil {
+			// Nothing more can be done: the socket is gone.
+			return false, fmt.Errorf("graceful: serving on after a failed commit: %w", err)
+		}
+		ul := ln.(*net.UnixListener)
+		ul.SetUnlinkOnClose(false)
+		in.handover = ul
+		in.serveWG.Add(1)
+		go in.serveSuccessors(ul)
+		return false, fmt.Errorf("%w: %w", ErrAborted, ioError("committing", werr))
+	}
+	in.phase = finished
+	in.succ = &successor{conn: conn, pid: pid}
+	close(in.done)
+	return true, nil
+}
+
+// refuse tells a successor that it will not take over.
+func refuse(conn net.Conn, reason string) {
+	b := make([]byte, ackLen, ackLen+len(reason))
+	putAck(b, version, statusRefused, len(reason))
+	conn.SetWriteDeadline(time.Now().Add(time.Second))
+	conn.Write(append(b, reason...))
+}
+
+// successor is the instance that took over from this one.
+type successor struct {
+	conn *net.UnixConn
+	pid  int
+}
+
+func (in *Instance) track(conn *net.UnixConn) bool {
+	in.mu.Lock()
+	defer in.mu.Unlock()
+	if in.phase == finished {
+		return false
+	}
+	in.pending[conn] = struct{}{}
+	return true
+}
+
+func (in *Instance) untrack(conn *net.UnixConn) {
+	in.mu.Lock()
+	defer in.mu.Unlock()
+	delete(in.pending, conn)
+}
+
+func (in *Instance) isFinished() bool {
+	in.mu.Lock()
+	defer in.mu.Unlock()
+	return in.phase == finished
+}
+
+// Stop ends this instance without a successor: it stops serving the
+// hand-over socket, calls off a hand-over under way (that successor's Ready
+// fails; before this instance's own Ready, its predecessor serves on), and
+// closes Done. An instance that was serving also removes the hand-over
+// socket file and the pid file if it names this process, and tells systemd
+// STOPPING=1. Stop does not close
+// the application's listeners: the application drains them. Stop after a
+// successor took over does nothing.
+func (in *Instance) Stop() {
+	in.mu.Lock()
+	if in.phase == finished {
+		in.mu.Unlock()
+		return
+	}
+	wasServing := in.phase == serving
+	in.phase = finished
+	in.stopped = true
+	in.closeInherited()
+	if in.pred != nil {
+		// The predecessor serves on.
+		in.pred.Close()
+		in.pred = nil
+	}
+	for conn := range in.pending {
+		conn.Close()
+	}
+	if in.handover != nil {
+		in.handover.Close()
+	}
+	close(in.done)
+	in.mu.Unlock()
+	in.serveWG.Wait()
+
+	if !wasServing {
+		in.lock.unlock()
+		return
+	}
+	// The socket file goes, unless it was replaced: then it is another's.
+	if fi, err := os.Lstat(in.cfg.Socket); err == nil && in.sockFile != nil && os.SameFile(fi, in.sockFile) {
+		os.Remove(in.cfg.Socket)
+	}
+	if in.cfg.PIDFile != "" {
+		removePIDFile(in.cfg.PIDFile)
+	}
+	if err := notify("STOPPING=1"); err != nil {
+		in.logf("graceful: telling systemd: %v", err)
+	}
+}
+
+func (in *Instance) logf(format string, args ...any) {
+	if in.cfg.ErrorLog != nil {
+		in.cfg.ErrorLog.Printf(format, args...)
+	}
+}
+
+// afterPredecessor takes over the connection to the predecessor once it has
+// committed.
+func (in *Instance) afterPredecessor(pred *net.UnixConn) {
+	if pred != nil {
+		pred.Close()
+	}
+}

@@ -1,0 +1,424 @@
+package graceful
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"log"
+	"net"
+	"os"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+)
+
+// DefaultReadyTimeout is how long a running instance waits for a successor
+// to call [Instance.Ready] when [Config.ReadyTimeout] is 0.
+const DefaultReadyTimeout = time.Minute
+
+// Config configures an [Instance]. Only Socket is required.
+type Config struct {
+	// Socket is the path of the Unix socket on which each instance hands
+	// its sockets to the next. Its directory must exist. The socket file is
+	// created 0600, for the same user (or root) only; a lock file,
+	// Socket+".lock", stays beside it for good.
+	Socket string
+	// PIDFile, if set, names the file that holds the pid of the instance
+	// that serves: written at each Ready, replaced atomically, and removed
+	// by Stop.
+	PIDFile string
+	// Timeout bounds each step of a hand-over, each wait for the other
+	// instance; 0 means DefaultTimeout.
+	Timeout time.Duration
+	// ReadyTimeout bounds how long a running instance waits for its
+	// successor's Ready after handing it its sockets, how long Restart waits
+	// for the successor it started, and how long Start waits while another
+	// instance is starting; 0 means DefaultReadyTimeout.
+	ReadyTimeout time.Duration
+	// ErrorLog, if set, receives a line for each hand-over that failed
+	// (the instance serves on); nothing is logged otherwise.
+	ErrorLog *log.Logger
+}
+
+// Errors of the restart layer.
+var (
+	// ErrAborted means a hand-over was called off before it completed:
+	// the running instance gave up waiting for Ready, or stopped. The
+	// instance whose Ready fails with it must not serve: the other serves
+	// on.
+	ErrAborted = errors.New("graceful: hand-over aborted")
+	// ErrInstanceState means a method of an Instance was called at the
+	// wrong time: Listen after Stop, Ready twice, Restart before Ready.
+	ErrInstanceState = errors.New("graceful: not allowed in the instance's state")
+)
+
+// An Instance is one running instance of a server in a chain of restarts.
+// [Start] makes it, taking over the sockets of the instance that serves at
+// Config.Socket, if any; [Instance.Listen] hands the application those
+// sockets, or new ones; [Instance.Ready] commits; [Instance.Done] tells when
+// a successor has committed in turn.
+//
+// From Start to Ready, and from Ready until a successor is ready, two
+// instances share each listening socket: both accept, so no connection is
+// refused and none is lost. Only one instance is ever between Start and
+// Ready at a time: another that starts meanwhile waits its turn (a lock
+// beside the socket), then takes over from the first.
+//
+// The methods of an Instance may be called from several goroutines.
+type Instance struct {
+	cfg          Config
+	timeout      time.Duration
+	readyTimeout time.Duration
+	lock         *fileLock // held from Start until Ready or Stop
+
+	mu       sync.Mutex
+	phase    phase
+	pred     *net.UnixConn  // to the predecessor, from Start until its commit
+	inherit  map[string]int // descriptors from the predecessor not yet claimed
+	active   *activation    // sockets from systemd not yet claimed
+	handover *net.UnixListener
+	sockFile os.FileInfo // the hand-over socket's file, to remove at Stop
+	took     bool        // whether this instance took over from another
+	turn     sync.Mutex  // held while a successor is served
+	state    []byte      // the predecessor's application state
+	out      []handedOn  // what goes to the successor, in order
+	outState []byte
+	files    map[string]*os.File // inherited files by name
+	done     chan struct{}
+	stopped  bool
+	succ     *successor // the successor that committed, if any
+	restart  bool       // a Restart is under way
+	serveWG  sync.WaitGroup
+	pending  map[*net.UnixConn]struct{} // successors being served
+}
+
+type phase int
+
+const (
+	starting phase = iota
+	serving
+	finished // a successor took over, or Stop
+)
+
+// handedOn is an object to hand to the successor.
+type handedOn struct {
+	key  string
+	meta Meta
+	obj  any // net.Listener, net.PacketConn or *os.File
+}
+
+// The meta of each descriptor of a hand-over names what it is.
+const (
+	kindHandover = "handover" // the hand-over socket itself; carries the state
+	kindListener = "listener"
+	kindPacket   = "packet"
+	kindFile     = "file"
+)
+
+func objectKey(kind, network, address string) string {
+	return kind + "\x00" + network + "\x00" + address
+}
+
+// Start starts an instance. If an instance serves at cfg.Socket, Start takes
+// over from it: it receives every socket that instance hands on, which
+// [Instance.Listen] and [Instance.File] then return, and that instance serves
+// on until this one's Ready. Otherwise this is the first instance: Listen
+// takes the sockets systemd passed (socket activation), else listens anew.
+// Another instance between its own Start and Ready makes Start wait its turn,
+// at most Config.ReadyTimeout.
+//
+// Start blocks for the hand-over: at most Config.Timeout for each step. The
+// descriptors it receives are the Instance's until the application claims
+// them; those never claimed are closed at Ready or Stop. On error nothing
+// stays open, and an instance that was serving serves on.
+func Start(cfg Config) (*Instance, error) {
+	if cfg.Socket == "" {
+		return nil, fmt.Errorf("graceful: Config.Socket is empty: %w", syscall.EINVAL)
+	}
+	if err := supported(); err != nil {
+		return nil, err
+	}
+	in := &Instance{
+		cfg:          cfg,
+		timeout:      cfg.Timeout,
+		readyTimeout: cfg.ReadyTimeout,
+		inherit:      make(map[string]int),
+		files:        make(map[string]*os.File),
+		done:         make(chan struct{}),
+		pending:      make(map[*net.UnixConn]struct{}),
+	}
+	if in.timeout == 0 {
+		in.timeout = DefaultTimeout
+	}
+	if in.readyTimeout <= 0 {
+		in.readyTimeout = DefaultReadyTimeout
+	}
+	if cfg.PIDFile != "" {
+		if err := checkPIDFileDir(cfg.PIDFile); err != nil {
+			return nil, err
+		}
+	}
+	lock, err := lockFile(cfg.Socket+".lock", in.readyTimeout)
+	if err != nil {
+		return nil, err
+	}
+	in.lock = lock
+	err = in.takeOver()
+	if errors.Is(err, ErrNoServer) {
+		in.active, err = activated()
+	}
+	if err != nil {
+		in.closeInherited()
+		in.lock.unlock()
+		return nil, err
+	}
+	return in, nil
+}
+
+// takeOver receives the sockets of the instance serving at the socket, and
+// keeps the connection open for the commit.
+func (in *Instance) takeOver() error {
+	d := net.Dialer{Timeout: in.timeout}
+	c, err := d.Dial("unix", in.cfg.Socket)
+	if err != nil {
+		return dialError(in.cfg.Socket, err)
+	}
+	conn := c.(*net.UnixConn)
+	client := &Client{Timeout: in.timeout}
+	err = client.ReceiveFrom(conn, in.inherited)
+	if err == nil && in.handover == nil {
+		err = fmt.Errorf("%w: no hand-over socket among the descriptors", ErrProtocol)
+	}
+	if err != nil {
+		conn.Close()
+		return fmt.Errorf("graceful: taking over from %s: %w", in.cfg.Socket, err)
+	}
+	in.pred = conn
+	in.took = true
+	// The predecessor serves the socket file now, so this is its file.
+	in.sockFile, _ = os.Lstat(in.cfg.Socket)
+	return nil
+}
+
+// inherited is the callback that takes the predecessor's descriptors.
+func (in *Instance) inherited(fd int, meta io.Reader) error {
+	m, err := MetaFrom(meta)
+	if err != nil {
+		closeFd(fd)
+		return err
+	}
+	switch kind := m["kind"]; kind {
+	case kindHandover:
+		if in.handover != nil {
+			closeFd(fd)
+			return fmt.Errorf("%w: two hand-over sockets", ErrProtocol)
+		}
+		ln, err := FdListener(fd)
+		if err != nil {
+			return err
+		}
+		ul, ok := ln.(*net.UnixListener)
+		if !ok {
+			ln.Close()
+			return fmt.Errorf("%w: the hand-over socket is %T", ErrProtocol, ln)
+		}
+		ul.SetUnlinkOnClose(false)
+		in.handover = ul
+		in.state = []byte(m["state"])
+		return nil
+	case kindListener, kindPacket, kindFile:
+		key := objectKey(kind, m["network"], m["address"])
+		if kind == kindFile {
+			key = objectKey(kind, "", m["name"])
+		}
+		if _, dup := in.inherit[key]; dup {
+			closeFd(fd)
+			return fmt.Errorf("%w: two descriptors for %q", ErrProtocol, key)
+		}
+		in.inherit[key] = fd
+		return nil
+	default:
+		closeFd(fd)
+		return fmt.Errorf("%w: descriptor of unknown kind %q", ErrProtocol, kind)
+	}
+}
+
+// Listen returns the listener for network and address: the predecessor's,
+// if it listened on these very strings, or else on the address they name
+// (a predecessor's "localhost:8080" for "127.0.0.1:8080", its ":8080" for
+// ":8080" but not for "127.0.0.1:8080"); else one that systemd passed whose
+// address matches, for a first instance; else a new one from [net.Listen]. The listener is the
+// application's, and this instance hands it on to its successor while it is
+// open. A Unix socket's file stays in place across hand-overs (its listener
+// does not remove it on Close), and a stale one is replaced.
+func (in *Instance) Listen(network, address string) (net.Listener, error) {
+	ln, err := in.listen(kindListener, network, address)
+	if err != nil {
+		return nil, err
+	}
+	return ln.(net.Listener), nil
+}
+
+// ListenPacket is [Instance.Listen] for packet sockets: the predecessor's
+// socket for network and address, else one from systemd, else a new one from
+// [net.ListenPacket].
+func (in *Instance) ListenPacket(network, address string) (net.PacketConn, error) {
+	pc, err := in.listen(kindPacket, network, address)
+	if err != nil {
+		return nil, err
+	}
+	return pc.(net.PacketConn), nil
+}
+
+func (in *Instance) listen(kind, network, address string) (any, error) {
+	in.mu.Lock()
+	defer in.mu.Unlock()
+	if in.phase == finished {
+		return nil, fmt.Errorf("graceful: listen %s %s: %w", network, address, ErrInstanceState)
+	}
+	key := objectKey(kind, network, address)
+	for _, h := range in.out {
+		if h.key == key {
+			return nil, fmt.Errorf("graceful: listen %s %s: already listening: %w", network, address, syscall.EADDRINUSE)
+		}
+	}
+	obj, err := in.claim(kind, key, network, address)
+	if err != nil {
+		return nil, fmt.Errorf("graceful: listen %s %s: %w", network, address, err)
+	}
+	if ul, ok := obj.(*net.UnixListener); ok {
+		// The successor shares the socket: its file must outlive this
+		// instance's listener.
+		ul.SetUnlinkOnClose(false)
+	}
+	in.out = append(in.out, handedOn{key: key, meta: Meta{"kind": kind, "network": network, "address": address}, obj: obj})
+	return obj, nil
+}
+
+// claim returns the inherited, activated or new socket for key.
+func (in *Instance) claim(kind, key, network, address string) (any, error) {
+	fd, ok := in.inherit[key]
+	if !ok {
+		// Spelled otherwise, the same address: "localhost:80" for
+		// "127.0.0.1:80", or the port a first instance got for ":0".
+		for k, ifd := range in.inherit {
+			if strings.HasPrefix(k, kind+"\x00") && socketMatches(ifd, kind, network, address) {
+				key, fd, ok = k, ifd, true
+				break
+			}
+		}
+	}
+	if ok {
+		delete(in.inherit, key)
+		if kind == kindListener {
+			return FdListener(fd)
+		}
+		return FdPacketConn(fd)
+	}
+	if fd := in.active.take(kind, network, address); fd >= 0 {
+		if kind == kindListener {
+			return FdListener(fd)
+		}
+		return FdPacketConn(fd)
+	}
+	if kind == kindListener {
+		if isUnixNetwork(network) {
+			removeStale(address)
+		}
+		return net.Listen(network, address)
+	}
+	if isUnixNetwork(network) {
+		removeStale(address)
+	}
+	return net.ListenPacket(network, address)
+}
+
+func isUnixNetwork(network string) bool {
+	return network == "unix" || network == "unixpacket" || network == "unixgram"
+}
+
+// File returns the file the predecessor handed on under name, or nil. The
+// file is the caller's from then on; File returns it once.
+func (in *Instance) File(name string) *os.File {
+	in.mu.Lock()
+	defer in.mu.Unlock()
+	key := objectKey(kindFile, "", name)
+	fd, ok := in.inherit[key]
+	if !ok {
+		return nil
+	}
+	delete(in.inherit, key)
+	return os.NewFile(uintptr(fd), name)
+}
+
+// SetFile hands f on to the successor under name (a nil f withdraws the
+// name). f stays the caller's: the successor gets a descriptor of its own,
+// taken when it connects, and f must stay open until then or until it is
+// withdrawn.
+func (in *Instance) SetFile(name string, f *os.File) {
+	in.mu.Lock()
+	defer in.mu.Unlock()
+	key := objectKey(kindFile, "", name)
+	for i, h := range in.out {
+		if h.key == key {
+			in.out = append(in.out[:i], in.out[i+1:]...)
+			break
+		}
+	}
+	if f != nil {
+		in.out = append(in.out, handedOn{key: key, meta: Meta{"kind": kindFile, "name": name}, obj: f})
+	}
+}
+
+// State returns the bytes the predecessor set with SetState, or nil for a
+// first instance.
+func (in *Instance) State() []byte {
+	in.mu.Lock()
+	defer in.mu.Unlock()
+	return in.state
+}
+
+// SetState sets a few bytes of application state (at most 60 KiB) for the
+// successor, which reads them with State. They travel when it connects.
+func (in *Instance) SetState(b []byte) {
+	in.mu.Lock()
+	defer in.mu.Unlock()
+	in.outState = append([]byte(nil), b...)
+}
+
+// Inherited reports whether this instance took over from a predecessor.
+func (in *Instance) Inherited() bool {
+	in.mu.Lock()
+	defer in.mu.Unlock()
+	return in.took
+}
+
+// Done returns a channel that is closed when this instance is to stop
+// serving: a successor has called Ready (the application then drains, for
+// instance with [Drainer.Drain], and exits), or Stop was called.
+func (in *Instance) Done() <-chan struct{} {
+	return in.done
+}
+
+// closeInherited closes every descriptor received or passed by systemd that
+// the application did not claim.
+func (in *Instance) closeInherited() {
+	for key, fd := range in.inherit {
+		closeFd(fd)
+		delete(in.inherit, key)
+	}
+	in.active.close()
+	in.active = nil
+}
+
+// Successor returns the pid of the instance that took over from this one,
+// or 0 while none has.
+func (in *Instance) Successor() int {
+	in.mu.Lock()
+	defer in.mu.Unlock()
+	if in.succ == nil {
+		return 0
+	}
+	return in.succ.pid
+}

@@ -1,0 +1,535 @@
+package graceful
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log"
+	"net/http"
+	"os"
+	"os/exec"
+	"os/signal"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// The instance tests run the test binary as a server built on Instance, as
+// an application would be: instanceMain below. Every instance of a test
+// writes its lines to one pipe, which the test reads.
+
+// faultFile, in the directory of the test, tells the next instance to fail
+// while it takes over: "crash" exits after Start, "hang" sleeps, "refuse"
+// stops, each before Ready. The instance empties it, so only one fails.
+const faultFile = "fault"
+
+func init() {
+	children["instance"] = instanceMain
+}
+
+// instanceMain serves HTTP at args[1] through an Instance at the socket
+// args[0], with the pid file args[2]; SIGHUP restarts it, SIGTERM stops it.
+// It answers each request with its pid, and prints its events.
+func instanceMain(args []string) error {
+	sock, addr, pidFile := args[0], args[1], args[2]
+	rt, _ := time.ParseDuration(os.Getenv("GRACEFUL_TEST_READY_TIMEOUT"))
+	sigs := make(chan os.Signal, 1)
+	signal.Notify(sigs, syscall.SIGHUP, syscall.SIGTERM)
+	pid := os.Getpid()
+	say := func(format string, a ...any) {
+		fmt.Printf("%d "+format+"\n", append([]any{pid}, a...)...)
+	}
+	inst, err := Start(Config{Socket: sock, PIDFile: pidFile, ReadyTimeout: rt, ErrorLog: log.New(os.Stdout, strconv.Itoa(pid)+" log ", 0)})
+	if err != nil {
+		say("start failed: %v", err)
+		return err
+	}
+	faultPath := filepath.Join(filepath.Dir(sock), faultFile)
+	if b, _ := os.ReadFile(faultPath); len(b) > 0 {
+		os.WriteFile(faultPath, nil, 0o600)
+		say("fault %s", b)
+		switch string(b) {
+		case "crash":
+			os.Exit(3)
+		case "hang":
+			time.Sleep(time.Hour)
+		case "refuse":
+			inst.Stop()
+			return errors.New("refused")
+		}
+	}
+	ln, err := inst.Listen("tcp", addr)
+	if err != nil {
+		say("listen failed: %v", err)
+		return err
+	}
+	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		io.Copy(io.Discard, r.Body)
+		fmt.Fprintf(w, "pid=%d\n", pid)
+	})}
+	var d Drainer
+	go d.Serve(srv, ln)
+	if err := inst.Ready(); err != nil {
+		say("ready failed: %v", err)
+		d.Drain(context.Background())
+		return err
+	}
+	say("ready %s inherited=%v", ln.Addr(), inst.Inherited())
+	for {
+		select {
+		case sig := <-sigs:
+			if sig == syscall.SIGTERM {
+				inst.Stop()
+				continue
+			}
+			say("restart %v", inst.Restart())
+		case <-inst.Done():
+			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+			err := d.Drain(ctx)
+			cancel()
+			say("exit successor=%d %v", inst.Successor(), err)
+			return err
+		}
+	}
+}
+
+// A chain is the instances of one test, their common output and a load.
+type chain struct {
+	t                   *testing.T
+	dir, sock, pid, ctl string
+	addr                string
+	env                 []string
+
+	mu    sync.Mutex
+	lines []string
+	news  chan struct{} // closed and replaced at each line
+	pids  map[int]bool  // every instance that said anything
+	outW  *os.File
+	cmds  []*exec.Cmd
+	reads sync.WaitGroup
+}
+
+func newChain(t *testing.T, env ...string) *chain {
+	dir := sockPath(t)
+	if err := os.Mkdir(dir, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	c := &chain{t: t, dir: dir, sock: filepath.Join(dir, "s"), pid: filepath.Join(dir, "pid"),
+		news: make(chan struct{}), pids: map[int]bool{}, env: env}
+	r, w, err := os.Pipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.outW = w
+	c.reads.Add(1)
+	go c.read(r)
+	t.Cleanup(c.cleanup)
+	return c
+}
+
+func (c *chain) read(r *os.File) {
+	defer c.reads.Done()
+	defer r.Close()
+	s := bufio.NewScanner(r)
+	for s.Scan() {
+		c.mu.Lock()
+		c.lines = append(c.lines, s.Text())
+		if pid, err := strconv.Atoi(strings.Fields(s.Text() + " x")[0]); err == nil {
+			c.pids[pid] = true
+		}
+		close(c.news)
+		c.news = make(chan struct{})
+		c.mu.Unlock()
+	}
+}
+
+// start starts an instance; the first one of the chain picks a port.
+func (c *chain) start() *exec.Cmd {
+	addr := c.addr
+	if addr == "" {
+		addr = "127.0.0.1:0"
+	}
+	cmd := exec.Command(os.Args[0], c.sock, addr, c.pid)
+	cmd.Env = append(os.Environ(), childEnv+"=instance", "GORACE="+os.Getenv("GORACE")+" atexit_sleep_ms=0")
+	cmd.Env = append(cmd.Env, c.env...)
+	cmd.Stdout, cmd.Stderr = c.outW, c.outW
+	if err := cmd.Start(); err != nil {
+		c.t.Fatal(err)
+	}
+	c.mu.Lock()
+	c.cmds = append(c.cmds, cmd)
+	c.mu.Unlock()
+	return cmd
+}
+
+// startFirst starts the first instance and learns its address.
+func (c *chain) startFirst() int {
+	cmd := c.start()
+	l := c.wait(cmd.Process.Pid, "ready ")
+	c.addr = strings.Fields(l)[2]
+	return cmd.Process.Pid
+}
+
+// wait returns the first line of pid that starts with what, after its pid.
+func (c *chain) wait(pid int, what string) string {
+	c.t.Helper()
+	return c.waitFrom(0, pid, what)
+}
+
+// mark returns the number of lines so far, for waitFrom.
+func (c *chain) mark() int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return len(c.lines)
+}
+
+// waitFrom is wait for the lines from the nth on.
+func (c *chain) waitFrom(n, pid int, what string) string {
+	c.t.Helper()
+	prefix := strconv.Itoa(pid) + " " + what
+	deadline := time.After(60 * time.Second)
+	for {
+		c.mu.Lock()
+		for _, l := range c.lines[n:] {
+			if strings.HasPrefix(l, prefix) {
+				c.mu.Unlock()
+				return l
+			}
+		}
+		news := c.news
+		c.mu.Unlock()
+		select {
+		case <-news:
+		case <-deadline:
+			c.t.Fatalf("no line %q; output:\n%s", prefix, c.output())
+		}
+	}
+}
+
+// readyAfter waits for a ready line of an instance other than those in
+// skip, and returns its pid.
+func (c *chain) readyAfter(skip map[int]bool) int {
+	c.t.Helper()
+	deadline := time.After(60 * time.Second)
+	for {
+		c.mu.Lock()
+		for _, l := range c.lines {
+			f := strings.Fields(l)
+			if len(f) > 1 && f[1] == "ready" {
+				if pid, _ := strconv.Atoi(f[0]); !skip[pid] {
+					c.mu.Unlock()
+					return pid
+				}
+			}
+		}
+		news := c.news
+		c.mu.Unlock()
+		select {
+		case <-news:
+		case <-deadline:
+			c.t.Fatalf("no new instance ready; output:\n%s", c.output())
+		}
+	}
+}
+
+func (c *chain) output() string {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return strings.Join(c.lines, "\n")
+}
+
+func (c *chain) fault(f string) {
+	if err := os.WriteFile(filepath.Join(c.dir, faultFile), []byte(f), 0o600); err != nil {
+		c.t.Fatal(err)
+	}
+}
+
+// pidFile returns the pid the pid file names, 0 if none.
+func (c *chain) pidFile() int {
+	b, _ := os.ReadFile(c.pid)
+	pid, _ := strconv.Atoi(strings.TrimSpace(string(b)))
+	return pid
+}
+
+// stop stops the serving instance, then checks that every instance has
+// exited and left no socket file and no pid file.
+func (c *chain) stop(pid int) {
+	c.t.Helper()
+	syscall.Kill(pid, syscall.SIGTERM)
+	c.wait(pid, "exit ")
+	c.mu.Lock()
+	cmds := c.cmds
+	c.mu.Unlock()
+	for _, cmd := range cmds {
+		cmd.Wait()
+	}
+	// Every process that holds the pipe is an instance still running.
+	c.outW.Close()
+	done := make(chan struct{})
+	go func() { c.reads.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(30 * time.Second):
+		c.t.Fatalf("instances still running; output:\n%s", c.output())
+	}
+	for _, f := range []string{c.sock, c.pid} {
+		if _, err := os.Lstat(f); !errors.Is(err, os.ErrNotExist) {
+			c.t.Errorf("%s left behind (%v)", f, err)
+		}
+	}
+}
+
+// cleanup kills what a failed test left running: the instances it knows.
+func (c *chain) cleanup() {
+	c.mu.Lock()
+	pids := c.pids
+	cmds := c.cmds
+	c.mu.Unlock()
+	for pid := range pids {
+		if alive(pid) {
+			syscall.Kill(pid, syscall.SIGKILL)
+		}
+	}
+	for _, cmd := range cmds {
+		if cmd.ProcessState == nil {
+			cmd.Process.Kill()
+			cmd.Wait()
+		}
+	}
+	c.outW.Close()
+	c.reads.Wait()
+}
+
+// alive reports whether pid is a process that has not exited.
+func alive(pid int) bool {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return false
+	}
+	i := bytes.LastIndexByte(b, ')')
+	return i < 0 || i+2 >= len(b) || b[i+2] != 'Z'
+}
+
+// A load sends requests until stopped, on new and on keep-alive
+// connections, and counts the answers by pid and the failures.
+type load struct {
+	stop   chan struct{}
+	wg     sync.WaitGroup
+	mu     sync.Mutex
+	byPid  map[int]int
+	failed []string
+	ok     int
+}
+
+func startLoad(t *testing.T, addr string) *load {
+	l := &load{stop: make(chan struct{}), byPid: map[int]int{}}
+	for _, keepAlive := range []bool{false, false, true, true} {
+		l.wg.Add(1)
+		go l.worker(addr, keepAlive)
+	}
+	t.Cleanup(l.finish)
+	return l
+}
+
+func (l *load) worker(addr string, keepAlive bool) {
+	defer l.wg.Done()
+	tr := &http.Transport{DisableKeepAlives: !keepAlive}
+	defer tr.CloseIdleConnections()
+	client := &http.Client{Transport: tr, Timeout: 30 * time.Second}
+	for {
+		select {
+		case <-l.stop:
+			return
+		default:
+		}
+		resp, err := client.Post("http://"+addr+"/", "text/plain", strings.NewReader("body"))
+		var pid int
+		if err == nil {
+			var b []byte
+			b, err = io.ReadAll(resp.Body)
+			resp.Body.Close()
+			if err == nil {
+				_, err = fmt.Sscanf(string(b), "pid=%d", &pid)
+			}
+		}
+		l.mu.Lock()
+		if err != nil {
+			l.failed = append(l.failed, err.Error())
+		} else {
+			l.ok++
+			l.byPid[pid]++
+		}
+		l.mu.Unlock()
+	}
+}
+
+// answered waits until pid has answered n requests.
+func (l *load) answered(t *testing.T, pid, n int) {
+	t.Helper()
+	deadline := time.Now().Add(60 * time.Second)
+	for {
+		l.mu.Lock()
+		got := l.byPid[pid]
+		l.mu.Unlock()
+		if got >= n {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("pid %d answered %d requests, want %d", pid, got, n)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+func (l *load) finish() {
+	select {
+	case <-l.stop:
+	default:
+		close(l.stop)
+	}
+	l.wg.Wait()
+}
+
+// check stops the load and fails the test for each failed request.
+func (l *load) check(t *testing.T) {
+	t.Helper()
+	l.finish()
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	t.Logf("%d requests answered by %d instances, %d failed", l.ok, len(l.byPid), len(l.failed))
+	for i, e := range l.failed {
+		if i == 10 {
+			break
+		}
+		t.Errorf("failed request: %s", e)
+	}
+}
+
+// TestInstanceRestarts restarts a server 12 times under load, by SIGHUP
+// (Restart) and by starting an instance beside it, in turn: no request
+// fails, each instance answers, and the last leaves nothing behind.
+func TestInstanceRestarts(t *testing.T) {
+	c := newChain(t)
+	pid := c.startFirst()
+	if pid != c.pidFile() {
+		t.Fatalf("pid file names %d, want %d", c.pidFile(), pid)
+	}
+	l := startLoad(t, c.addr)
+	l.answered(t, pid, 20)
+	seen := map[int]bool{pid: true}
+	for i := 0; i < 12; i++ {
+		n := c.mark()
+		if i%2 == 0 {
+			syscall.Kill(pid, syscall.SIGHUP)
+		} else {
+			c.start()
+		}
+		next := c.readyAfter(seen)
+		seen[next] = true
+		if i%2 == 0 {
+			c.waitFrom(n, pid, "restart <nil>")
+		}
+		c.wait(pid, "exit successor="+strconv.Itoa(next)+" <nil>")
+		if !strings.Contains(c.wait(next, "ready "), "inherited=true") {
+			t.Errorf("pid %d did not take over", next)
+		}
+		if got := c.pidFile(); got != next {
+			t.Errorf("pid file names %d, want %d", got, next)
+		}
+		l.answered(t, next, 20)
+		pid = next
+	}
+	l.check(t)
+	c.stop(pid)
+}
+
+// TestInstanceRollback makes successors fail before Ready, started by
+// Restart and beside the running instance: it serves on, no request fails,
+// and Restart says why.
+func TestInstanceRollback(t *testing.T) {
+	c := newChain(t, "GRACEFUL_TEST_READY_TIMEOUT=1s")
+	pid := c.startFirst()
+	l := startLoad(t, c.addr)
+	l.answered(t, pid, 20)
+	for i, fault := range []string{"crash", "hang", "refuse", "crash", "hang", "refuse"} {
+		c.fault(fault)
+		n := c.mark()
+		if i < 3 {
+			syscall.Kill(pid, syscall.SIGHUP)
+			l := c.waitFrom(n, pid, "restart ")
+			if strings.HasSuffix(l, "<nil>") {
+				t.Fatalf("Restart with a successor that fails (%s): %s", fault, l)
+			}
+		} else {
+			cmd := c.start()
+			if fault == "hang" {
+				// Its predecessor gives up on it; it would hang forever.
+				c.waitFrom(n, pid, "log graceful: hand-over to pid "+strconv.Itoa(cmd.Process.Pid))
+				cmd.Process.Kill()
+			}
+			if err := cmd.Wait(); err == nil {
+				t.Errorf("a successor that fails (%s) exited cleanly", fault)
+			}
+		}
+		l.answered(t, pid, 20*(i+2))
+		c.mu.Lock()
+		for _, line := range c.lines[n:] {
+			if f := strings.Fields(line); len(f) > 1 && f[1] == "ready" {
+				t.Errorf("a successor that fails (%s) got ready: %s", fault, line)
+			}
+		}
+		c.mu.Unlock()
+		if c.pidFile() != pid {
+			t.Errorf("pid file names %d, want %d", c.pidFile(), pid)
+		}
+	}
+	// And a good successor takes over after them all.
+	syscall.Kill(pid, syscall.SIGHUP)
+	next := c.readyAfter(map[int]bool{pid: true})
+	l.answered(t, next, 20)
+	l.check(t)
+	c.stop(next)
+}
+
+// TestInstanceConcurrentStarts starts three instances at the same moment
+// beside a running one: they take over one after the other, each from the
+// last, never two at a time, and the last one serves.
+func TestInstanceConcurrentStarts(t *testing.T) {
+	c := newChain(t)
+	pid := c.startFirst()
+	l := startLoad(t, c.addr)
+	l.answered(t, pid, 20)
+	cmds := []*exec.Cmd{c.start(), c.start(), c.start()}
+	chain := []int{pid}
+	seen := map[int]bool{pid: true}
+	for range cmds {
+		next := c.readyAfter(seen)
+		seen[next] = true
+		// Each took over from the one that served before it, which then
+		// exited for it.
+		c.wait(chain[len(chain)-1], "exit successor="+strconv.Itoa(next)+" <nil>")
+		chain = append(chain, next)
+	}
+	last := chain[len(chain)-1]
+	l.answered(t, last, 20)
+	if got := c.pidFile(); got != last {
+		t.Errorf("pid file names %d, want %d", got, last)
+	}
+	for _, p := range chain[:len(chain)-1] {
+		for i := 0; alive(p) && i < 1000; i++ {
+			time.Sleep(10 * time.Millisecond)
+		}
+		if alive(p) {
+			t.Errorf("pid %d still runs after handing over", p)
+		}
+	}
+	l.check(t)
+	c.stop(last)
+}

@@ -1,0 +1,72 @@
+package graceful
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// fileLock is an exclusive flock(2) on a file, which the kernel releases
+// when the process dies.
+type fileLock struct {
+	f    *os.File
+	once sync.Once
+}
+
+// lockFile takes the lock on path, waiting at most wait for another holder.
+// The holder writes its pid into the file, for the error of a waiter.
+func lockFile(path string, wait time.Duration) (*fileLock, error) {
+	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o600)
+	if err != nil {
+		return nil, fmt.Errorf("graceful: lock: %w", err)
+	}
+	rc, err := f.SyscallConn()
+	if err != nil {
+		f.Close()
+		return nil, fmt.Errorf("graceful: lock: %w", err)
+	}
+	deadline := time.Now().Add(wait)
+	delay := time.Millisecond
+	for {
+		var lerr error
+		if err := rc.Control(func(fd uintptr) {
+			lerr = unix.Flock(int(fd), unix.LOCK_EX|unix.LOCK_NB)
+		}); err != nil {
+			lerr = err
+		}
+		if lerr == nil {
+			break
+		}
+		if !errors.Is(lerr, unix.EWOULDBLOCK) && !errors.Is(lerr, unix.EINTR) {
+			f.Close()
+			return nil, fmt.Errorf("graceful: lock %s: %w", path, os.NewSyscallError("flock", lerr))
+		}
+		if time.Now().After(deadline) {
+			holder := "another process"
+			if b, err := os.ReadFile(path); err == nil && len(b) > 0 {
+				holder = "pid " + strings.TrimSpace(string(b))
+			}
+			f.Close()
+			return nil, fmt.Errorf("graceful: %s has been starting for %v (lock %s): %w", holder, wait, path, os.ErrDeadlineExceeded)
+		}
+		time.Sleep(delay)
+		delay = min(2*delay, 50*time.Millisecond)
+	}
+	f.Truncate(0)
+	f.WriteAt([]byte(strconv.Itoa(os.Getpid())+"\n"), 0)
+	return &fileLock{f: f}, nil
+}
+
+// unlock releases the lock; it may be called more than once.
+func (l *fileLock) unlock() {
+	if l == nil {
+		return
+	}
+	l.once.Do(func() { l.f.Close() })
+}

@@ -1,0 +1,161 @@
+package graceful
+
+import (
+	"fmt"
+	"net"
+	"os"
+	"strconv"
+	"strings"
+
+	"golang.org/x/sys/unix"
+)
+
+// This file speaks systemd's two protocols for services, each a few lines:
+// readiness notification (sd_notify(3)) and socket activation
+// (sd_listen_fds(3)).
+
+// notify sends state to the service manager's socket in NOTIFY_SOCKET, if
+// any: a path, or @name in the abstract namespace. The variable stays set,
+// for successors.
+func notify(state string) error {
+	addr := os.Getenv("NOTIFY_SOCKET")
+	if addr == "" {
+		return nil
+	}
+	if addr[0] != '/' && addr[0] != '@' {
+		return fmt.Errorf("NOTIFY_SOCKET=%s: not a Unix socket", addr)
+	}
+	c, err := net.DialUnix("unixgram", nil, &net.UnixAddr{Name: addr, Net: "unixgram"})
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	_, err = c.Write([]byte(state))
+	return err
+}
+
+// activation holds the sockets that systemd passed to this process.
+type activation struct {
+	fds []int // -1 once taken
+}
+
+// activated takes the sockets that systemd passed, if they are meant for
+// this process (LISTEN_PID), and clears the variables so that no successor
+// takes them for its own. The descriptors are made close-on-exec.
+func activated() (*activation, error) {
+	pid, n := os.Getenv("LISTEN_PID"), os.Getenv("LISTEN_FDS")
+	if pid == "" || n == "" {
+		return nil, nil
+	}
+	os.Unsetenv("LISTEN_PID")
+	os.Unsetenv("LISTEN_FDS")
+	os.Unsetenv("LISTEN_FDNAMES")
+	if pid != strconv.Itoa(os.Getpid()) {
+		return nil, nil
+	}
+	count, err := strconv.Atoi(n)
+	if err != nil || count < 0 || count > 1<<16 {
+		return nil, fmt.Errorf("graceful: LISTEN_FDS=%q: %w", n, unix.EINVAL)
+	}
+	const first = 3 // SD_LISTEN_FDS_START
+	a := &activation{}
+	for fd := first; fd < first+count; fd++ {
+		unix.CloseOnExec(fd)
+		a.fds = append(a.fds, fd)
+	}
+	return a, nil
+}
+
+// take returns a passed socket of kind (kindListener, kindPacket) bound to
+// network and address, or -1. The descriptor is then the caller's.
+func (a *activation) take(kind, network, address string) int {
+	if a == nil {
+		return -1
+	}
+	for i, fd := range a.fds {
+		if fd >= 0 && socketMatches(fd, kind, network, address) {
+			a.fds[i] = -1
+			return fd
+		}
+	}
+	return -1
+}
+
+// close closes the passed sockets nobody took.
+func (a *activation) close() {
+	if a == nil {
+		return
+	}
+	for i, fd := range a.fds {
+		if fd >= 0 {
+			unix.Close(fd)
+			a.fds[i] = -1
+		}
+	}
+}
+
+// socketMatches reports whether the socket fd is of kind and bound to the
+// address that network and address name. An address without a host (":80")
+// matches a socket bound to the unspecified address (0.0.0.0 or ::).
+func socketMatches(fd int, kind, network, address string) bool {
+	typ, err := unix.GetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_TYPE)
+	if err != nil {
+		return false
+	}
+	if kind == kindListener {
+		if typ != unix.SOCK_STREAM && typ != unix.SOCK_SEQPACKET {
+			return false
+		}
+		if acc, err := unix.GetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_ACCEPTCONN); err != nil || acc == 0 {
+			return false
+		}
+	} else if typ != unix.SOCK_DGRAM {
+		return false
+	}
+	sa, err := unix.Getsockname(fd)
+	if err != nil {
+		return false
+	}
+	var ip net.IP
+	var port int
+	switch sa := sa.(type) {
+	case *unix.SockaddrUnix:
+		return strings.HasPrefix(network, "unix") && sa.Name == address
+	case *unix.SockaddrInet4:
+		if strings.HasSuffix(network, "6") {
+			return false
+		}
+		ip, port = net.IP(sa.Addr[:]), sa.Port
+	case *unix.SockaddrInet6:
+		if strings.HasSuffix(network, "4") {
+			return false
+		}
+		ip, port = net.IP(sa.Addr[:]), sa.Port
+	default:
+		return false
+	}
+	var want *net.UDPAddr
+	switch {
+	case strings.HasPrefix(network, "tcp"):
+		a, err := net.ResolveTCPAddr(network, address)
+		if err != nil {
+			return false
+		}
+		want = &net.UDPAddr{IP: a.IP, Port: a.Port}
+	case strings.HasPrefix(network, "udp"):
+		a, err := net.ResolveUDPAddr(network, address)
+		if err != nil {
+			return false
+		}
+		want = a
+	default:
+		return false
+	}
+	if want.Port != port {
+		return false
+	}
+	if len(want.IP) == 0 || want.IP.IsUnspecified() {
+		return ip.IsUnspecified()
+	}
+	return want.IP.Equal(ip)
+}
