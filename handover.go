@@ -315,11 +315,15 @@ func (in *Instance) isFinished() bool {
 // closes Done. An instance that was serving also removes the hand-over
 // socket file and the pid file if it names this process, and tells systemd
 // STOPPING=1. Stop does not close
-// the application's listeners: the application drains them. Stop after a
-// successor took over does nothing.
+// the application's listeners: the application drains them. After a
+// successor took over, Stop only closes the connection to it, which the
+// instance keeps until then.
 func (in *Instance) Stop() {
 	in.mu.Lock()
 	if in.phase == finished {
+		if in.succ != nil {
+			in.succ.conn.Close()
+		}
 		in.mu.Unlock()
 		return
 	}

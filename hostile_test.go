@@ -459,6 +459,8 @@ func errKind(err error) string {
 		return "peer-refused"
 	case errors.Is(err, ErrTruncated):
 		return "truncated"
+	case errors.Is(err, ErrAborted):
+		return ErrAborted.Error()
 	case errors.Is(err, io.ErrUnexpectedEOF):
 		return "unexpected-eof"
 	}

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"log"
+	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -46,6 +47,7 @@ func instanceMain(args []string) error {
 	say := func(format string, a ...any) {
 		fmt.Printf("%d "+format+"\n", append([]any{pid}, a...)...)
 	}
+	activated := activatedInodes()
 	inst, err := Start(Config{Socket: sock, PIDFile: pidFile, ReadyTimeout: rt, ErrorLog: log.New(os.Stdout, strconv.Itoa(pid)+" log ", 0)})
 	if err != nil {
 		say("start failed: %v", err)
@@ -82,6 +84,9 @@ func instanceMain(args []string) error {
 		return err
 	}
 	say("ready %s inherited=%v", ln.Addr(), inst.Inherited())
+	if len(activated) > 0 {
+		say("activated kept %d of %d", countOpen(activated), len(activated))
+	}
 	for {
 		select {
 		case sig := <-sigs:
@@ -102,10 +107,10 @@ func instanceMain(args []string) error {
 
 // A chain is the instances of one test, their common output and a load.
 type chain struct {
-	t                   *testing.T
-	dir, sock, pid, ctl string
-	addr                string
-	env                 []string
+	t              *testing.T
+	dir, sock, pid string
+	addr           string
+	env            []string
 
 	mu    sync.Mutex
 	lines []string
@@ -157,8 +162,20 @@ func (c *chain) start() *exec.Cmd {
 		addr = "127.0.0.1:0"
 	}
 	cmd := exec.Command(os.Args[0], c.sock, addr, c.pid)
-	cmd.Env = append(os.Environ(), childEnv+"=instance", "GORACE="+os.Getenv("GORACE")+" atexit_sleep_ms=0")
+	cmd.Env = append(os.Environ(), instanceEnv()...)
 	cmd.Env = append(cmd.Env, c.env...)
+	c.startCmd(cmd)
+	return cmd
+}
+
+// instanceEnv is the environment that makes the test binary an instance.
+func instanceEnv() []string {
+	// Under -race a process sleeps a second at exit unless told not to.
+	return []string{childEnv + "=instance", "GORACE=" + os.Getenv("GORACE") + " atexit_sleep_ms=0"}
+}
+
+// startCmd starts cmd as an instance of the chain.
+func (c *chain) startCmd(cmd *exec.Cmd) {
 	cmd.Stdout, cmd.Stderr = c.outW, c.outW
 	if err := cmd.Start(); err != nil {
 		c.t.Fatal(err)
@@ -166,7 +183,6 @@ func (c *chain) start() *exec.Cmd {
 	c.mu.Lock()
 	c.cmds = append(c.cmds, cmd)
 	c.mu.Unlock()
-	return cmd
 }
 
 // startFirst starts the first instance and learns its address.
@@ -532,4 +548,230 @@ func TestInstanceConcurrentStarts(t *testing.T) {
 	}
 	l.check(t)
 	c.stop(last)
+}
+
+func init() {
+	// Take over at args[0] as args[1] says, and report on stdout:
+	// "check" claims the predecessor's TCP listener by the address in
+	// args[2] and its file "log", reads its state, gets ready, and checks
+	// that it holds no descriptor it did not claim; "wait" takes over, then
+	// waits for a line on stdin before Ready.
+	children["successor"] = func(args []string) error {
+		// The runtime's poller descriptors open on first use; open them.
+		r, w, err := os.Pipe()
+		if err != nil {
+			return err
+		}
+		r.Close()
+		w.Close()
+		before := countOwnFds()
+		inst, err := Start(Config{Socket: args[0]})
+		if err != nil {
+			return err
+		}
+		fmt.Println("started", string(inst.State()))
+		if args[1] == "wait" {
+			bufio.NewReader(os.Stdin).ReadString('\n')
+			fmt.Println("ready", errKind(inst.Ready()))
+			inst.Stop()
+			fmt.Println("leaked", countOwnFds()-before)
+			return nil
+		}
+		ln, err := inst.Listen("tcp", args[2])
+		if err != nil {
+			return err
+		}
+		f := inst.File("log")
+		if f == nil {
+			return errors.New("no file log")
+		}
+		if _, err := f.WriteString("successor was here\n"); err != nil {
+			return err
+		}
+		if err := inst.Ready(); err != nil {
+			return err
+		}
+		// Listener, file, hand-over socket: the other listener and the
+		// packet socket it did not claim are closed.
+		fmt.Println("ready", countOwnFds()-before)
+		c, err := ln.Accept()
+		if err != nil {
+			return err
+		}
+		fmt.Fprintf(c, "successor %d\n", os.Getpid())
+		c.Close()
+		ln.Close()
+		f.Close()
+		inst.Stop()
+		fmt.Println("leaked", countOwnFds()-before)
+		return nil
+	}
+}
+
+// TestInstanceInProcess runs the first instance in the test process and
+// lets a child take over: what it claims arrives and works, what it does not
+// claim is closed, the state travels, and neither process keeps a descriptor
+// it should not.
+func TestInstanceInProcess(t *testing.T) {
+	noLeaks(t)
+	dir := sockPath(t)
+	os.Mkdir(dir, 0o700)
+	sock := filepath.Join(dir, "s")
+	inst, err := Start(Config{Socket: sock})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer inst.Stop()
+	ln, err := inst.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	other, err := inst.Listen("tcp", "127.0.0.1:0")
+	if err == nil {
+		other.Close()
+		t.Fatal("a second Listen on the same address succeeded")
+	}
+	other, err = inst.Listen("tcp", "[::1]:0")
+	if err != nil {
+		other, err = inst.Listen("tcp", "127.0.0.2:0")
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer other.Close()
+	pc, err := inst.ListenPacket("udp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pc.Close()
+	logf, err := os.Create(filepath.Join(dir, "log"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer logf.Close()
+	inst.SetFile("log", logf)
+	inst.SetState([]byte("counter=42"))
+	if err := inst.Ready(); err != nil {
+		t.Fatal(err)
+	}
+	if err := inst.Ready(); !errors.Is(err, ErrInstanceState) {
+		t.Errorf("second Ready: %v, want ErrInstanceState", err)
+	}
+
+	c := startChild(t, "successor", sock, "check", ln.Addr().String())
+	c.expect("started counter=42")
+	c.expect("ready 3")
+	<-inst.Done()
+	if got := inst.Successor(); got != c.cmd.Process.Pid {
+		t.Errorf("Successor() = %d, want %d", got, c.cmd.Process.Pid)
+	}
+	// The test's listener and the successor's share the socket: after the
+	// test closes its copy, the successor answers.
+	ln.Close()
+	conn, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	line, err := bufio.NewReader(conn).ReadString('\n')
+	conn.Close()
+	if want := fmt.Sprintf("successor %d\n", c.cmd.Process.Pid); line != want || err != nil {
+		t.Errorf("answer %q, %v; want %q", line, err, want)
+	}
+	c.expect("leaked 0")
+	c.wait()
+	if b, _ := os.ReadFile(filepath.Join(dir, "log")); string(b) != "successor was here\n" {
+		t.Errorf("the file holds %q", b)
+	}
+	if _, err := os.Lstat(sock); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("the socket file is left behind (%v)", err)
+	}
+}
+
+// TestInstanceGivesUp checks both ends of an abandoned hand-over: a
+// predecessor that waited ReadyTimeout in vain, or that stopped meanwhile,
+// makes the successor's Ready fail with ErrAborted, and serves on (the
+// first case) or ends (the second).
+func TestInstanceGivesUp(t *testing.T) {
+	for _, stop := range []bool{false, true} {
+		t.Run(fmt.Sprintf("stop=%v", stop), func(t *testing.T) {
+			noLeaks(t)
+			sock := sockPath(t)
+			inst, err := Start(Config{Socket: sock, ReadyTimeout: 100 * time.Millisecond})
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer inst.Stop()
+			if err := inst.Ready(); err != nil {
+				t.Fatal(err)
+			}
+			c := startChild(t, "successor", sock, "wait")
+			c.expect("started ")
+			if stop {
+				inst.Stop()
+			} else {
+				// Wait until the predecessor has given up.
+				for i := 0; i < 1000 && inst.pendingCount() > 0; i++ {
+					time.Sleep(5 * time.Millisecond)
+				}
+			}
+			fmt.Fprintln(c.in, "go")
+			c.expect("ready " + ErrAborted.Error())
+			c.expect("leaked 0")
+			c.wait()
+			select {
+			case <-inst.Done():
+				if !stop {
+					t.Fatal("Done closed for a successor that was never ready")
+				}
+			default:
+				if stop {
+					t.Fatal("Done open after Stop")
+				}
+				// It serves on: the next successor takes over.
+				c := startChild(t, "successor", sock, "wait")
+				c.expect("started ")
+				fmt.Fprintln(c.in, "go")
+				c.expect("ready nil")
+				c.expect("leaked 0")
+				c.wait()
+				<-inst.Done()
+			}
+		})
+	}
+}
+
+// pendingCount is the number of successors being served.
+func (in *Instance) pendingCount() int {
+	in.mu.Lock()
+	defer in.mu.Unlock()
+	return len(in.pending)
+}
+
+// activatedInodes returns the inodes of the sockets that systemd passes.
+func activatedInodes() []uint64 {
+	n, _ := strconv.Atoi(os.Getenv("LISTEN_FDS"))
+	var inodes []uint64
+	for fd := 3; fd < 3+n; fd++ {
+		var st syscall.Stat_t
+		if syscall.Fstat(fd, &st) == nil {
+			inodes = append(inodes, st.Ino)
+		}
+	}
+	return inodes
+}
+
+// countOpen counts the sockets of inodes that this process holds open.
+func countOpen(inodes []uint64) int {
+	ents, _ := os.ReadDir("/proc/self/fd")
+	n := 0
+	for _, e := range ents {
+		link, _ := os.Readlink("/proc/self/fd/" + e.Name())
+		for _, ino := range inodes {
+			if link == fmt.Sprintf("socket:[%d]", ino) {
+				n++
+			}
+		}
+	}
+	return n
 }
