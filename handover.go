@@ -343,6 +343,7 @@ func (in *Instance) Stop() {
 		in.handover.Close()
 	}
 	close(in.done)
+	in.stopPassed()
 	in.mu.Unlock()
 	in.serveWG.Wait()
 
@@ -368,10 +369,3 @@ func (in *Instance) logf(format string, args ...any) {
 	}
 }
 
-// afterPredecessor takes over the connection to the predecessor once it has
-// committed.
-func (in *Instance) afterPredecessor(pred *net.UnixConn) {
-	if pred != nil {
-		pred.Close()
-	}
-}

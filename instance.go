@@ -91,6 +91,7 @@ type Instance struct {
 	restart  bool       // a Restart is under way
 	serveWG  sync.WaitGroup
 	pending  map[*net.UnixConn]struct{} // successors being served
+	passing  passing                    // live connections to and from neighbours
 }
 
 type phase int
@@ -148,6 +149,7 @@ func Start(cfg Config) (*Instance, error) {
 		done:         make(chan struct{}),
 		pending:      make(map[*net.UnixConn]struct{}),
 	}
+	in.passing.init()
 	if in.timeout == 0 {
 		in.timeout = DefaultTimeout
 	}

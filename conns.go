@@ -1,0 +1,195 @@
+package graceful
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"sync"
+)
+
+// This file moves live connections from an instance to its successor, on
+// the connection of their hand-over, once the successor is ready.
+
+// A PassedConn is a live connection handed to the successor with its
+// state.
+type PassedConn struct {
+	Conn net.Conn
+	// Meta is the connection's state: whatever the successor needs to go
+	// on where this instance stopped, such as bytes read but not yet
+	// processed. It travels with the descriptor.
+	Meta Meta
+}
+
+// PassConns hands conns to the successor, which takes them with
+// [Instance.AcceptConn], and closes this instance's descriptors once the
+// successor has acknowledged them all. It may be called once Done is closed
+// for a successor that is ready, as often as needed; each call is one
+// transfer, 253 descriptors per system call. Stop tells the successor that
+// no more come.
+//
+// The application stops using each connection before the call: no read or
+// write in progress or to come (set a past read deadline to interrupt a
+// read, then clear it), and whatever it read and did not process goes into
+// the meta. PassConns never shuts a connection down: the successor's
+// descriptor keeps it open, and the peer sees nothing. The connections are
+// PassConns's during the call; after a failure they are all still the
+// caller's, open, and the successor holds none (it closed any it got), so
+// the application may serve them on. PassConns blocks until the successor
+// has acknowledged, at most Config.Timeout for each step.
+func (in *Instance) PassConns(conns []PassedConn) error {
+	in.mu.Lock()
+	succ := in.succ
+	in.mu.Unlock()
+	if succ == nil {
+		return fmt.Errorf("graceful: PassConns without a successor: %w", ErrInstanceState)
+	}
+	// The descriptors are borrowed, not duplicated: the connections are
+	// this call's, so nothing closes them meanwhile.
+	fds := make([]int, len(conns))
+	for i, c := range conns {
+		rc, err := rawConn(c.Conn)
+		if err != nil {
+			return fmt.Errorf("graceful: PassConns: %w", err)
+		}
+		fds[i] = -1
+		if err := rc.Control(func(fd uintptr) { fds[i] = int(fd) }); err != nil {
+			return fmt.Errorf("graceful: PassConns: %w", err)
+		}
+	}
+	in.passing.send.Lock()
+	defer in.passing.send.Unlock()
+	err := transfer(context.Background(), succ.conn, nil, in.timeout, func(s *sender) error {
+		for i, c := range conns {
+			if err := s.Write(fds[i], c.Meta); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("graceful: passing %d connections: %w", len(conns), err)
+	}
+	for _, c := range conns {
+		c.Conn.Close()
+	}
+	return nil
+}
+
+// AcceptConn waits for the next live connection that the predecessor passes
+// with PassConns, and returns it with its meta; the connection is the
+// caller's. It returns io.EOF once the predecessor will pass no more (it
+// stopped, or exited), at once for a first instance, and net.ErrClosed
+// after Stop. Connections arrive only after Ready, in the order they were
+// passed, each transfer once it is complete; those not taken when this
+// instance stops are closed.
+func (in *Instance) AcceptConn() (net.Conn, Meta, error) {
+	select {
+	case p := <-in.passing.ch:
+		return p.Conn, p.Meta, nil
+	case <-in.passing.done:
+		if in.passing.ctx.Err() != nil {
+			return nil, nil, net.ErrClosed
+		}
+		return nil, nil, io.EOF
+	}
+}
+
+// passing is the state of an instance's passed connections.
+type passing struct {
+	send     sync.Mutex // one PassConns at a time
+	ch       chan PassedConn
+	done     chan struct{} // closed when no more connections come
+	doneOnce sync.Once
+	ctx      context.Context // canceled by Stop
+	cancel   context.CancelFunc
+}
+
+func (p *passing) init() {
+	p.ch = make(chan PassedConn)
+	p.done = make(chan struct{})
+	p.ctx, p.cancel = context.WithCancel(context.Background())
+}
+
+func (p *passing) finish() {
+	p.doneOnce.Do(func() { close(p.done) })
+}
+
+// stopPassed ends the reception of passed connections: Stop calls it.
+func (in *Instance) stopPassed() {
+	in.passing.cancel()
+	in.passing.finish()
+}
+
+// afterPredecessor receives, once the predecessor has committed, the
+// connections it passes, until it closes the connection.
+func (in *Instance) afterPredecessor(pred *net.UnixConn) {
+	if pred == nil {
+		in.passing.finish()
+		return
+	}
+	go func() {
+		defer in.passing.finish()
+		defer pred.Close()
+		client := &Client{Timeout: -1}
+		for {
+			batch, err := in.receiveConns(client, pred)
+			if err == nil {
+				err = in.deliver(batch)
+			}
+			if err != nil {
+				if !errors.Is(err, io.EOF) {
+					in.logf("graceful: taking passed connections: %v", err)
+				}
+				return
+			}
+		}
+	}()
+}
+
+// receiveConns receives one transfer of passed connections. Its descriptors
+// are delivered only once the transfer is complete: before that, the
+// predecessor keeps serving them if the transfer fails.
+func (in *Instance) receiveConns(client *Client, pred *net.UnixConn) (batch []passedFd, err error) {
+	defer func() {
+		if err != nil {
+			for _, p := range batch {
+				closeFd(p.fd)
+			}
+		}
+	}()
+	_, err = client.receive(in.passing.ctx, pred, func(fd int, meta io.Reader) error {
+		m, err := MetaFrom(meta)
+		batch = append(batch, passedFd{fd, m})
+		return err
+	}, false)
+	return batch, err
+}
+
+type passedFd struct {
+	fd   int
+	meta Meta
+}
+
+// deliver gives the connections to AcceptConn, in order, closing those it
+// cannot give.
+func (in *Instance) deliver(batch []passedFd) error {
+	for i, p := range batch {
+		c, err := FdConn(p.fd)
+		if err != nil {
+			in.logf("graceful: a passed connection: %v", err)
+			continue
+		}
+		select {
+		case in.passing.ch <- PassedConn{c, p.meta}:
+		case <-in.passing.ctx.Done():
+			c.Close()
+			for _, p := range batch[i+1:] {
+				closeFd(p.fd)
+			}
+			return net.ErrClosed
+		}
+	}
+	return nil
+}

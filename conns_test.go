@@ -1,0 +1,188 @@
+package graceful
+
+import (
+	"bufio"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+)
+
+func init() {
+	// Take over at args[0], listening at args[1], then answer each passed
+	// connection's next line, prefixed with the bytes its meta says were
+	// pending: "pid=<pid> id=<id> line=<line>". With args[2] "die", exit
+	// at once after Ready instead.
+	children["takeconns"] = func(args []string) error {
+		r, w, err := os.Pipe()
+		if err != nil {
+			return err
+		}
+		r.Close()
+		w.Close()
+		before := countOwnFds()
+		inst, err := Start(Config{Socket: args[0]})
+		if err != nil {
+			return err
+		}
+		ln, err := inst.Listen("tcp", args[1])
+		if err != nil {
+			return err
+		}
+		if err := inst.Ready(); err != nil {
+			return err
+		}
+		fmt.Println("ready")
+		if args[2] == "die" {
+			bufio.NewReader(os.Stdin).ReadString('\n')
+			os.Exit(0)
+		}
+		n := 0
+		for {
+			c, m, err := inst.AcceptConn()
+			if err == io.EOF {
+				break
+			}
+			if err != nil {
+				return err
+			}
+			n++
+			go func() {
+				defer c.Close()
+				line, err := bufio.NewReader(c).ReadString('\n')
+				if err != nil {
+					return
+				}
+				fmt.Fprintf(c, "pid=%d id=%s line=%s", os.Getpid(), m["id"], m["pending"]+line)
+			}()
+		}
+		fmt.Println("accepted", n)
+		bufio.NewReader(os.Stdin).ReadString('\n')
+		ln.Close()
+		inst.Stop()
+		fmt.Println("leaked", countOwnFds()-before)
+		return nil
+	}
+}
+
+// passFixture is a first instance in the test process with n live
+// connections, each of which has sent "part" and no more.
+type passFixture struct {
+	inst    *Instance
+	sock    string
+	addr    string
+	clients []net.Conn
+	servers []net.Conn
+}
+
+func newPassFixture(t *testing.T, n int) *passFixture {
+	dir := sockPath(t)
+	os.Mkdir(dir, 0o700)
+	f := &passFixture{sock: filepath.Join(dir, "s")}
+	inst, err := Start(Config{Socket: f.sock})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(inst.Stop)
+	f.inst = inst
+	ln, err := inst.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	f.addr = ln.Addr().String()
+	if err := inst.Ready(); err != nil {
+		t.Fatal(err)
+	}
+	for i := 0; i < n; i++ {
+		c, err := net.Dial("tcp", f.addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { c.Close() })
+		s, err := ln.Accept()
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { s.Close() })
+		io.WriteString(c, "part")
+		if _, err := io.ReadFull(s, make([]byte, 4)); err != nil {
+			t.Fatal(err)
+		}
+		f.clients = append(f.clients, c)
+		f.servers = append(f.servers, s)
+	}
+	return f
+}
+
+func (f *passFixture) passed() []PassedConn {
+	var p []PassedConn
+	for i, s := range f.servers {
+		p = append(p, PassedConn{Conn: s, Meta: Meta{"id": strconv.Itoa(i), "pending": "part"}})
+	}
+	return p
+}
+
+// TestPassConns passes 300 live connections, more than a system call
+// carries, to a successor: each goes on where it stopped, with its pending
+// bytes, and is answered by the successor; no descriptor is left over.
+func TestPassConns(t *testing.T) {
+	noLeaks(t)
+	f := newPassFixture(t, 300)
+	c := startChild(t, "takeconns", f.sock, f.addr, "serve")
+	c.expect("ready")
+	<-f.inst.Done()
+	if err := f.inst.PassConns(f.passed()); err != nil {
+		t.Fatal(err)
+	}
+	f.inst.Stop()
+	c.expect("accepted 300")
+	for i, cl := range f.clients {
+		io.WriteString(cl, "-rest\n")
+		line, err := bufio.NewReader(cl).ReadString('\n')
+		want := fmt.Sprintf("pid=%d id=%d line=part-rest\n", c.cmd.Process.Pid, i)
+		if line != want || err != nil {
+			t.Fatalf("connection %d: %q, %v; want %q", i, line, err, want)
+		}
+	}
+	fmt.Fprintln(c.in)
+	c.expect("leaked 0")
+	c.wait()
+}
+
+// TestPassConnsFails passes connections to a successor that died after its
+// Ready: PassConns fails, and every connection is still the old instance's,
+// open and working.
+func TestPassConnsFails(t *testing.T) {
+	noLeaks(t)
+	f := newPassFixture(t, 10)
+	if err := f.inst.PassConns(f.passed()); !errors.Is(err, ErrInstanceState) {
+		t.Fatalf("PassConns before a successor: %v", err)
+	}
+	c := startChild(t, "takeconns", f.sock, f.addr, "die")
+	c.expect("ready")
+	<-f.inst.Done()
+	fmt.Fprintln(c.in)
+	c.wait()
+	err := f.inst.PassConns(f.passed())
+	if err == nil {
+		t.Fatal("PassConns to a dead successor succeeded")
+	}
+	for i, s := range f.servers {
+		if _, err := io.WriteString(s, "still here\n"); err != nil {
+			t.Fatalf("connection %d after the failure: %v", i, err)
+		}
+		line, err := bufio.NewReader(f.clients[i]).ReadString('\n')
+		if line != "still here\n" || err != nil {
+			t.Fatalf("connection %d: %q, %v", i, line, err)
+		}
+	}
+	if !strings.Contains(err.Error(), "passing 10 connections") {
+		t.Errorf("error: %v", err)
+	}
+}
