@@ -368,4 +368,3 @@ func (in *Instance) logf(format string, args ...any) {
 		in.cfg.ErrorLog.Printf(format, args...)
 	}
 }
-

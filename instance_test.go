@@ -591,7 +591,8 @@ func init() {
 		if err := inst.Ready(); err != nil {
 			return err
 		}
-		// Listener, file, hand-over socket: the other listener and the
+		// Listener, file, hand-over socket, and the connection to the
+		// predecessor, for passed connections: the other listener and the
 		// packet socket it did not claim are closed.
 		fmt.Println("ready", countOwnFds()-before)
 		c, err := ln.Accept()
@@ -661,7 +662,7 @@ func TestInstanceInProcess(t *testing.T) {
 
 	c := startChild(t, "successor", sock, "check", ln.Addr().String())
 	c.expect("started counter=42")
-	c.expect("ready 3")
+	c.expect("ready 4")
 	<-inst.Done()
 	if got := inst.Successor(); got != c.cmd.Process.Pid {
 		t.Errorf("Successor() = %d, want %d", got, c.cmd.Process.Pid)
