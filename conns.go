@@ -104,6 +104,7 @@ type passing struct {
 	doneOnce sync.Once
 	ctx      context.Context // canceled by Stop
 	cancel   context.CancelFunc
+	wg       sync.WaitGroup // the goroutine that receives them
 }
 
 func (p *passing) init() {
@@ -116,10 +117,12 @@ func (p *passing) finish() {
 	p.doneOnce.Do(func() { close(p.done) })
 }
 
-// stopPassed ends the reception of passed connections: Stop calls it.
+// stopPassed ends the reception of passed connections, closing what came
+// and was not accepted: Stop calls it.
 func (in *Instance) stopPassed() {
 	in.passing.cancel()
 	in.passing.finish()
+	in.passing.wg.Wait()
 }
 
 // afterPredecessor receives, once the predecessor has committed, the
@@ -129,7 +132,9 @@ func (in *Instance) afterPredecessor(pred *net.UnixConn) {
 		in.passing.finish()
 		return
 	}
+	in.passing.wg.Add(1)
 	go func() {
+		defer in.passing.wg.Done()
 		defer in.passing.finish()
 		defer pred.Close()
 		client := &Client{Timeout: -1}

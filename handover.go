@@ -316,8 +316,10 @@ func (in *Instance) isFinished() bool {
 // socket file and the pid file if it names this process, and tells systemd
 // STOPPING=1. Stop does not close
 // the application's listeners: the application drains them. After a
-// successor took over, Stop only closes the connection to it, which the
-// instance keeps until then.
+// successor took over, Stop only releases what the instance still holds:
+// the connection to the successor (which then knows that no more
+// connections will be passed) and connections passed to this instance and
+// not accepted.
 func (in *Instance) Stop() {
 	in.mu.Lock()
 	if in.phase == finished {
@@ -325,6 +327,7 @@ func (in *Instance) Stop() {
 			in.succ.conn.Close()
 		}
 		in.mu.Unlock()
+		in.stopPassed()
 		return
 	}
 	wasServing := in.phase == serving
@@ -343,8 +346,8 @@ func (in *Instance) Stop() {
 		in.handover.Close()
 	}
 	close(in.done)
-	in.stopPassed()
 	in.mu.Unlock()
+	in.stopPassed()
 	in.serveWG.Wait()
 
 	if !wasServing {
