@@ -1,8 +1,21 @@
-// Package graceful hands open file descriptors (listening sockets, live
-// connections, UDP sockets, files) from one process to another over a Unix
-// domain socket. Its main use is the graceful restart: a new instance of a
-// server takes the old one's sockets, so no connection is refused or dropped
-// while the binary is replaced.
+// Package graceful restarts servers gracefully: a new instance of a server
+// takes over the old one's listening sockets, and its live connections too,
+// so that no request or connection is refused or dropped while the binary
+// is replaced. Underneath, it hands open file descriptors (listening
+// sockets, live connections, UDP sockets, files) from one process to
+// another over a Unix domain socket.
+//
+// # Restarts
+//
+// [Start] makes an [Instance], taking over from the instance that serves at
+// a Unix socket if there is one. [Instance.Listen] returns the predecessor's
+// listener for an address (or systemd's, or a new one), [Instance.Ready]
+// commits, [Instance.Restart] starts a successor and waits until it is
+// ready, and [Instance.Done] closes when a successor has taken over; then
+// [Drainer.Drain] finishes the requests under way, and
+// [Instance.PassConns] hands live connections to the successor, which takes
+// them with [Instance.AcceptConn]. A successor that fails before its Ready
+// changes nothing: the old instance serves on.
 //
 // # The hand-over
 //

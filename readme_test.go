@@ -2,30 +2,39 @@ package graceful
 
 import (
 	"os"
+	"path/filepath"
 	"regexp"
 	"strings"
 	"testing"
 )
 
 // TestREADMEExamples keeps the README's Go snippets identical to the
-// runnable examples, so the README's code compiles and runs.
+// runnable examples (example*_test.go), so the README's code compiles and
+// runs.
 func TestREADMEExamples(t *testing.T) {
 	readme, err := os.ReadFile("README.md")
 	if err != nil {
 		t.Fatal(err)
 	}
-	examples, err := os.ReadFile("example_test.go")
+	files, err := filepath.Glob("example*_test.go")
 	if err != nil {
 		t.Fatal(err)
 	}
-	code := "\n" + normalize(string(examples))
+	code := "\n"
+	for _, f := range files {
+		b, err := os.ReadFile(f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		code += normalize(string(b))
+	}
 	blocks := regexp.MustCompile("(?s)```go\n(.*?)```").FindAllStringSubmatch(string(readme), -1)
 	if len(blocks) < 3 {
 		t.Fatalf("README has %d Go snippets, want at least 3", len(blocks))
 	}
 	for _, b := range blocks {
 		if !strings.Contains(code, "\n"+normalize(b[1])) {
-			t.Errorf("README snippet not found in example_test.go:\n%s", b[1])
+			t.Errorf("README snippet not found in %v:\n%s", files, b[1])
 		}
 	}
 }
