@@ -58,8 +58,8 @@ func (in *Instance) Ready() error {
 	ln := in.handover
 	in.serveWG.Add(1)
 	go in.serveSuccessors(ln)
-	in.mu.Unlock()
 	in.afterPredecessor(pred)
+	in.mu.Unlock()
 
 	if in.cfg.PIDFile != "" {
 		if err := writePIDFile(in.cfg.PIDFile); err != nil {
@@ -81,11 +81,23 @@ func (in *Instance) commitTakeOver(pred *net.UnixConn) error {
 	putAck(msg[:], version, statusReady, 0)
 	pred.SetDeadline(time.Now().Add(in.timeout))
 	defer pred.SetDeadline(time.Time{})
-	if _, err := pred.Write(msg[:]); err != nil {
-		return fmt.Errorf("%w: %w", ErrAborted, ioError("telling the predecessor", err))
+	// A predecessor that gave up may have closed the connection already:
+	// its refusal is then still there to read.
+	_, werr := pred.Write(msg[:])
+	n, err := io.ReadFull(pred, msg[:])
+	if err == nil && werr != nil {
+		err = werr
 	}
-	if _, err := io.ReadFull(pred, msg[:]); err != nil {
-		return fmt.Errorf("%w: %w", ErrAborted, ioError("waiting for the predecessor", err))
+	if err != nil && !(n == ackLen && msg[1] == statusRefused) {
+		err = ioError("committing with the predecessor", err)
+		// A predecessor that gives up says so before it closes the
+		// connection: one that closed it without a word has died, and its
+		// sockets are this instance's alone.
+		if n == 0 && errors.Is(err, io.ErrUnexpectedEOF) && in.predGone() {
+			in.logf("graceful: the predecessor, pid %d, died during the hand-over: serving", in.predPID)
+			return nil
+		}
+		return fmt.Errorf("%w: %w", ErrAborted, err)
 	}
 	status, n, err := parseAck(msg[:], version)
 	if err != nil {
@@ -94,7 +106,7 @@ func (in *Instance) commitTakeOver(pred *net.UnixConn) error {
 	if status != statusOK {
 		reason := make([]byte, n)
 		if _, err := io.ReadFull(pred, reason); err != nil {
-			return fmt.Errorf("%w: %w", ErrAborted, ioError("waiting for the predecessor", err))
+			return fmt.Errorf("%w: %w", ErrAborted, ioError("committing with the predecessor", err))
 		}
 		return fmt.Errorf("%w: the predecessor says %q", ErrAborted, reason)
 	}
@@ -177,6 +189,10 @@ func (in *Instance) serveSuccessor(conn *net.UnixConn) {
 	}
 	if err == nil {
 		committed, err = in.commit(conn, pid)
+	} else if !errors.Is(err, errGone) {
+		// A successor that may still be waiting learns that this one
+		// gave up, and never takes it for dead.
+		refuse(conn, err.Error())
 	}
 	if err != nil {
 		in.logf("graceful: hand-over to pid %d: %v", pid, err)
@@ -213,10 +229,13 @@ func (in *Instance) awaitReady(conn *net.UnixConn) error {
 	var msg [ackLen]byte
 	// A plain read: descriptors sent along would be closed by the kernel.
 	if _, err := io.ReadFull(conn, msg[:]); err != nil {
+		if in.isFinished() {
+			return fmt.Errorf("%w: stopping", ErrAborted)
+		}
 		if errors.Is(err, os.ErrDeadlineExceeded) {
 			return fmt.Errorf("%w: not ready after %v", ErrAborted, in.readyTimeout)
 		}
-		return ioError("waiting for Ready", err)
+		return fmt.Errorf("%w: %w", errGone, ioError("waiting for Ready", err))
 	}
 	if msg[0] != version || msg[1] != statusReady || msg[2] != 0 || msg[3] != 0 {
 		return fmt.Errorf("%w: % x instead of ready", ErrProtocol, msg)
@@ -272,6 +291,9 @@ func (in *Instance) commit(conn *net.UnixConn, pid int) (bool, error) {
 	close(in.done)
 	return true, nil
 }
+
+// errGone marks a successor that went away: there is nobody to tell.
+var errGone = errors.New("the successor is gone")
 
 // refuse tells a successor that it will not take over.
 func refuse(conn net.Conn, reason string) {
@@ -340,7 +362,8 @@ func (in *Instance) Stop() {
 		in.pred = nil
 	}
 	for conn := range in.pending {
-		conn.Close()
+		// Interrupted, its hand-over ends with a refusal.
+		conn.SetDeadline(time.Unix(1, 0))
 	}
 	if in.handover != nil {
 		in.handover.Close()

@@ -74,7 +74,8 @@ type Instance struct {
 
 	mu       sync.Mutex
 	phase    phase
-	pred     *net.UnixConn  // to the predecessor, from Start until its commit
+	pred     *net.UnixConn // to the predecessor, from Start until its commit
+	predPID  int
 	inherit  map[string]int // descriptors from the predecessor not yet claimed
 	active   *activation    // sockets from systemd not yet claimed
 	handover *net.UnixListener
@@ -197,6 +198,7 @@ func (in *Instance) takeOver() error {
 		return fmt.Errorf("graceful: taking over from %s: %w", in.cfg.Socket, err)
 	}
 	in.pred = conn
+	in.predPID = peerPIDOf(conn)
 	in.took = true
 	// The predecessor serves the socket file now, so this is its file.
 	in.sockFile, _ = os.Lstat(in.cfg.Socket)
@@ -423,4 +425,17 @@ func (in *Instance) Successor() int {
 		return 0
 	}
 	return in.succ.pid
+}
+
+// predGone waits, Config.Timeout at most, until the predecessor's process
+// has ended, and reports whether it has.
+func (in *Instance) predGone() bool {
+	deadline := time.Now().Add(in.timeout)
+	for !processGone(in.predPID) {
+		if time.Now().After(deadline) {
+			return false
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	return true
 }

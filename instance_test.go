@@ -28,7 +28,8 @@ import (
 
 // faultFile, in the directory of the test, tells the next instance to fail
 // while it takes over: "crash" exits after Start, "hang" sleeps, "refuse"
-// stops, each before Ready. The instance empties it, so only one fails.
+// stops, each before Ready; "slow" serves a second before its Ready. The
+// instance empties it, so only one fails.
 const faultFile = "fault"
 
 func init() {
@@ -54,10 +55,11 @@ func instanceMain(args []string) error {
 		return err
 	}
 	faultPath := filepath.Join(filepath.Dir(sock), faultFile)
-	if b, _ := os.ReadFile(faultPath); len(b) > 0 {
+	fault, _ := os.ReadFile(faultPath)
+	if len(fault) > 0 {
 		os.WriteFile(faultPath, nil, 0o600)
-		say("fault %s", b)
-		switch string(b) {
+		say("fault %s", fault)
+		switch string(fault) {
 		case "crash":
 			os.Exit(3)
 		case "hang":
@@ -78,6 +80,9 @@ func instanceMain(args []string) error {
 	})}
 	var d Drainer
 	go d.Serve(srv, ln)
+	if string(fault) == "slow" {
+		time.Sleep(time.Second)
+	}
 	if err := inst.Ready(); err != nil {
 		say("ready failed: %v", err)
 		d.Drain(context.Background())
@@ -775,4 +780,30 @@ func countOpen(inodes []uint64) int {
 		}
 	}
 	return n
+}
+
+// TestInstancePredecessorDies kills the serving instance while its
+// successor is between Start and Ready: the successor, which holds every
+// socket, serves.
+func TestInstancePredecessorDies(t *testing.T) {
+	c := newChain(t)
+	pid := c.startFirst()
+	c.fault("slow")
+	n := c.mark()
+	next := c.start().Process.Pid
+	c.waitFrom(n, next, "fault slow")
+	c.mu.Lock()
+	first := c.cmds[0]
+	c.mu.Unlock()
+	first.Process.Kill()
+	first.Wait()
+	c.waitFrom(n, next, "log graceful: the predecessor, pid "+strconv.Itoa(pid)+", died during the hand-over: serving")
+	c.waitFrom(n, next, "ready ")
+	l := startLoad(t, c.addr)
+	l.answered(t, next, 20)
+	l.check(t)
+	if got := c.pidFile(); got != next {
+		t.Errorf("pid file names %d, want %d", got, next)
+	}
+	c.stop(next)
 }
