@@ -47,7 +47,7 @@ type child struct {
 	cmd    *exec.Cmd
 	out    *bufio.Reader
 	in     io.WriteCloser
-	stderr bytes.Buffer
+	stderr logBuf // written by the child while the test may read it
 	t      testing.TB
 }
 
