@@ -247,9 +247,7 @@ func TestHandOverKinds(t *testing.T) {
 		FileHandler(pr, Meta{"kind": "pipe"}),
 		ConnHandler(srvConn, Meta{"kind": "conn"}),
 	)}
-	serveErr := make(chan error, 1)
-	go func() { serveErr <- srv.ListenAndServe(addr) }()
-	waitSocket(t, addr)
+	serveErr := serveAt(t, srv, addr)
 
 	c := startChild(t, "kinds", addr)
 	c.expect("received tcp udp unix file pipe conn")
@@ -300,10 +298,7 @@ func TestHandOverKinds(t *testing.T) {
 	}
 	expectReply(t, cli, "still mine")
 
-	srv.Close()
-	if err := <-serveErr; !errors.Is(err, ErrServerClosed) {
-		t.Fatalf("Serve: %v", err)
-	}
+	closeServer(t, srv, serveErr)
 	if _, err := os.Lstat(addr); !errors.Is(err, os.ErrNotExist) {
 		t.Fatalf("socket file left behind: %v", err)
 	}
@@ -325,18 +320,6 @@ func expectReply(t *testing.T, c net.Conn, want string) {
 	if got := strings.TrimSpace(string(buf[:n])); got != want {
 		t.Fatalf("reply %q, want %q", got, want)
 	}
-}
-
-func waitSocket(t testing.TB, addr string) {
-	t.Helper()
-	for i := 0; i < 500; i++ {
-		if c, err := net.Dial("unix", addr); err == nil {
-			c.Close()
-			return
-		}
-		time.Sleep(2 * time.Millisecond)
-	}
-	t.Fatalf("nothing listens at %s", addr)
 }
 
 func init() {
@@ -547,9 +530,7 @@ func TestOnce(t *testing.T) {
 		FileHandler(f, nil),
 		CallbackHandler(func() { close(drained) }),
 	)}
-	serveErr := make(chan error, 1)
-	go func() { serveErr <- srv.ListenAndServe(addr) }()
-	waitSocket(t, addr)
+	serveErr := serveAt(t, srv, addr)
 
 	c := startChild(t, "once", addr)
 	c.expect("received 1")
@@ -669,9 +650,7 @@ func TestCallbackAfterAck(t *testing.T) {
 		FileHandler(f, nil),
 		CallbackHandler(called.Unlock),
 	)}
-	go srv.ListenAndServe(addr)
-	defer srv.Close()
-	waitSocket(t, addr)
+	defer closeServer(t, srv, serveAt(t, srv, addr))
 
 	refusal := errors.New("not today")
 	err := Receive(addr, func(fd int, meta io.Reader) error {
@@ -699,26 +678,16 @@ func TestNoServer(t *testing.T) {
 	if err := Receive(addr, cb); !errors.Is(err, ErrNoServer) {
 		t.Fatalf("missing socket: %v", err)
 	}
-	ln, err := net.ListenUnix("unix", &net.UnixAddr{Name: addr, Net: "unix"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ln.SetUnlinkOnClose(false)
-	ln.Close()
+	staleSocket(t, addr)
 	if err := Receive(addr, cb); !errors.Is(err, ErrNoServer) {
 		t.Fatalf("stale socket: %v", err)
 	}
 	srv := &Server{}
-	errc := make(chan error, 1)
-	go func() { errc <- srv.ListenAndServe(addr) }()
-	waitSocket(t, addr)
+	errc := serveAt(t, srv, addr)
 	if err := Receive(addr, cb); err != nil {
 		t.Fatalf("after replacing the stale socket: %v", err)
 	}
-	srv.Close()
-	if err := <-errc; !errors.Is(err, ErrServerClosed) {
-		t.Fatal(err)
-	}
+	closeServer(t, srv, errc)
 }
 
 // TestDeadlinesLeftAlone checks that a transfer neither clears a deadline

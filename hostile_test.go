@@ -198,12 +198,14 @@ func abstractAddr(t *testing.T) string {
 }
 
 // TestSocketFileMode checks the socket file's mode and group under a umask
-// that would otherwise let everyone in.
+// that would otherwise let everyone in, or keep even the owner out.
 func TestSocketFileMode(t *testing.T) {
 	noLeaks(t)
-	ngid := -1
-	if g, err := user.LookupGroup("nogroup"); err == nil {
-		ngid, _ = strconv.Atoi(g.Gid)
+	g := otherGroup()
+	gid, gname := -1, ""
+	if g != nil {
+		gid, _ = strconv.Atoi(g.Gid)
+		gname = g.Name
 	}
 	for _, tc := range []struct {
 		name string
@@ -213,23 +215,22 @@ func TestSocketFileMode(t *testing.T) {
 	}{
 		{"default", &Server{}, 0o600, os.Getegid()},
 		{"Mode", &Server{Mode: 0o640}, 0o640, os.Getegid()},
-		{"Group name", &Server{Group: "nogroup"}, 0o660, ngid},
-		{"Group id", &Server{Group: strconv.Itoa(ngid), Mode: 0o620}, 0o620, ngid},
+		{"Group name", &Server{Group: gname}, 0o660, gid},
+		{"Group id", &Server{Group: strconv.Itoa(gid), Mode: 0o620}, 0o620, gid},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			if tc.gid < 0 {
-				t.Skip("no group nogroup on this system")
+				t.Skip("no group but its own that this process may give a file")
 			}
-			// A umask that would let everyone in, and one that would
-			// keep the group out.
-			for _, umask := range []int{0, 0o077} {
+			for _, umask := range []int{0, 0o077, 0o777} {
 				addr := sockPath(t)
 				old := syscall.Umask(umask)
 				srv := &Server{Mode: tc.srv.Mode, Group: tc.srv.Group}
-				errc := make(chan error, 1)
-				go func() { errc <- srv.ListenAndServe(addr) }()
-				waitSocket(t, addr)
+				errc, err := listen(srv, addr)
 				syscall.Umask(old)
+				if err != nil {
+					t.Fatalf("umask %o: %v", umask, err)
+				}
 				var st unix.Stat_t
 				if err := unix.Lstat(addr, &st); err != nil {
 					t.Fatal(err)
@@ -237,10 +238,7 @@ func TestSocketFileMode(t *testing.T) {
 				if st.Mode&unix.S_IFMT != unix.S_IFSOCK || fs.FileMode(st.Mode&0o7777) != tc.mode || int(st.Gid) != tc.gid {
 					t.Errorf("umask %o: socket file mode %o gid %d, want socket %o gid %d", umask, st.Mode, st.Gid, tc.mode, tc.gid)
 				}
-				srv.Close()
-				if err := <-errc; !errors.Is(err, ErrServerClosed) {
-					t.Fatal(err)
-				}
+				closeServer(t, srv, errc)
 			}
 		})
 	}
@@ -302,12 +300,7 @@ func TestAddressNeverStolen(t *testing.T) {
 		case "symlink":
 			// Even a link to a stale socket is not the server's to remove.
 			stale := sockPath(t)
-			ln, lerr := net.ListenUnix("unix", &net.UnixAddr{Name: stale, Net: "unix"})
-			if lerr != nil {
-				t.Fatal(lerr)
-			}
-			ln.SetUnlinkOnClose(false)
-			ln.Close()
+			staleSocket(t, stale)
 			err = os.Symlink(stale, addr)
 		}
 		if err != nil {
@@ -328,24 +321,14 @@ func TestAddressNeverStolen(t *testing.T) {
 
 	// A stale socket is replaced, by a file of the right mode.
 	addr := sockPath(t)
-	ln, err := net.ListenUnix("unix", &net.UnixAddr{Name: addr, Net: "unix"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ln.SetUnlinkOnClose(false)
-	ln.Close()
+	staleSocket(t, addr)
 	os.Chmod(addr, 0o777)
 	srv := &Server{}
-	errc := make(chan error, 1)
-	go func() { errc <- srv.ListenAndServe(addr) }()
-	waitSocket(t, addr)
+	errc := serveAt(t, srv, addr)
 	if fi, err := os.Lstat(addr); err != nil || fi.Mode() != fs.ModeSocket|0o600 {
 		t.Errorf("replaced socket file: %v, %v", fi.Mode(), err)
 	}
-	srv.Close()
-	if err := <-errc; !errors.Is(err, ErrServerClosed) {
-		t.Fatal(err)
-	}
+	closeServer(t, srv, errc)
 	p.checkClosed(t)
 }
 
@@ -394,6 +377,25 @@ func TestModeThroughSymlink(t *testing.T) {
 	if err := unix.Stat(victim, &st); err != nil || st.Mode != want.Mode || st.Gid != want.Gid {
 		t.Fatalf("the victim file went from mode %o gid %d to %o gid %d (%v)", want.Mode, want.Gid, st.Mode, st.Gid, err)
 	}
+}
+
+// otherGroup returns a group, not this process's own, that it may give a
+// file: any group for root, else one of its supplementary groups; nil if
+// there is none with a name.
+func otherGroup() *user.Group {
+	gids, _ := os.Getgroups()
+	if os.Geteuid() == 0 {
+		gids = append(gids, nobody, 1)
+	}
+	for _, gid := range gids {
+		if gid == os.Getegid() {
+			continue
+		}
+		if g, err := user.LookupGroupId(strconv.Itoa(gid)); err == nil {
+			return g
+		}
+	}
+	return nil
 }
 
 // nobodyCmd returns a command that runs a copy of the test binary as the
