@@ -756,6 +756,53 @@ func TestServerNoHang(t *testing.T) {
 	p.checkClosed(t)
 }
 
+// TestShutdownIgnoredHandler checks that Shutdown returns once its context
+// ends, as net/http's does, even while a handler ignores its connection: it
+// closes the connections and does not wait for such handlers.
+func TestShutdownIgnoredHandler(t *testing.T) {
+	noLeaks(t)
+	addr := sockPath(t)
+	started, release := make(chan struct{}), make(chan struct{})
+	srv := &Server{Handler: HandlerFunc(func(net.Conn, ResponseWriter) error {
+		close(started)
+		<-release
+		return nil
+	})}
+	errc := serveAt(t, srv, addr)
+	c, err := net.Dial("unix", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	<-started
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	shut := make(chan error, 1)
+	go func() { shut <- srv.Shutdown(ctx) }()
+	// The handler is released once Shutdown has returned; a Shutdown that
+	// waits for it gets it released after a long while, and fails.
+	select {
+	case err = <-shut:
+	case <-time.After(10 * time.Second):
+		close(release)
+		t.Fatalf("Shutdown returned only once the handler did: %v", <-shut)
+	}
+	if !errors.Is(err, context.Canceled) {
+		t.Errorf("Shutdown: %v, want the context's error", err)
+	}
+	// The connection was closed all the same: the stream ends.
+	if _, err := io.Copy(io.Discard, c); err != nil {
+		t.Errorf("after Shutdown: %v", err)
+	}
+	close(release)
+	if err := srv.Shutdown(context.Background()); err != nil {
+		t.Errorf("Shutdown once the handler returned: %v", err)
+	}
+	if err := <-errc; !errors.Is(err, ErrServerClosed) {
+		t.Errorf("Serve: %v", err)
+	}
+}
+
 // passCred makes the kernel attach the sender's credentials to every
 // message c receives, which takes room from the control buffer.
 func passCred(t testing.TB, c *net.UnixConn) {
