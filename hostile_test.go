@@ -398,14 +398,21 @@ func otherGroup() *user.Group {
 	return nil
 }
 
+// needRoot skips a test that runs a peer as another user. A test calls it
+// first, before it acquires anything.
+func needRoot(t *testing.T) {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		t.Skip("skipped: running a peer as nobody needs root")
+	}
+}
+
 // nobodyCmd returns a command that runs a copy of the test binary as the
 // user nobody. The test binary lives in a private directory, so it is copied
 // to one that nobody may enter.
 func nobodyCmd(t *testing.T, args ...string) *exec.Cmd {
 	t.Helper()
-	if os.Geteuid() != 0 {
-		t.Skip("skipped: running a peer as nobody needs root")
-	}
+	needRoot(t)
 	dir, err := os.MkdirTemp("", "graceful-bin")
 	if err != nil {
 		t.Fatal(err)
@@ -485,6 +492,7 @@ func init() {
 // TestStrangerClient checks that a server on an abstract socket, which has
 // no file mode to protect it, serves no other user unless Allow admits it.
 func TestStrangerClient(t *testing.T) {
+	needRoot(t)
 	noLeaks(t)
 	p := newProbe(t)
 	addr := abstractAddr(t)
@@ -512,6 +520,7 @@ func TestStrangerClient(t *testing.T) {
 // TestStrangerServer checks that a client does not trust a server of another
 // user unless Allow admits it.
 func TestStrangerServer(t *testing.T) {
+	needRoot(t)
 	noLeaks(t)
 	addr := abstractAddr(t)
 	c := startChildCmd(t, nobodyCmd(t, addr), "serve")

@@ -132,10 +132,21 @@ func privateDir(dirfd int) (name string, fd int, err error) {
 			return "", -1, err
 		}
 	}
-	fd, err = unix.Openat(dirfd, name, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
+	const flags = unix.O_RDONLY | unix.O_DIRECTORY | unix.O_NOFOLLOW | unix.O_CLOEXEC
+	fd, err = unix.Openat(dirfd, name, flags, 0)
+	if err == unix.EACCES {
+		// The umask took the owner's bits, which only the path can give
+		// back. Were the name swapped for a symlink (only in a parent
+		// that lets others rename entries: writable, not sticky), this
+		// would make a file of this user's 0700, no more; the open below
+		// takes no symlink, and the owner check no other's directory.
+		if err = unix.Fchmodat(dirfd, name, 0o700, 0); err == nil {
+			fd, err = unix.Openat(dirfd, name, flags, 0)
+		}
+	}
 	if err == nil {
-		// The umask may have taken the owner's bits; and whoever may
-		// write the parent may have swapped in a directory of their own.
+		// Whoever may write the parent (not sticky) may have swapped in
+		// a directory of their own; the umask may have cut the mode.
 		var st unix.Stat_t
 		if err = unix.Fstat(fd, &st); err == nil && int(st.Uid) != os.Geteuid() {
 			err = fmt.Errorf("%s replaced by another user's: %w", name, unix.EEXIST)
