@@ -212,8 +212,10 @@ func isStale(dirfd int, base, addr string) (bool, error) {
 	}
 	c, err := net.DialTimeout("unix", addr, time.Second)
 	switch {
-	case err == nil:
-		c.Close()
+	case err == nil, errors.Is(err, unix.EAGAIN): // EAGAIN: its backlog is full
+		if c != nil {
+			c.Close()
+		}
 		return false, fmt.Errorf("a server is listening at %s: %w", addr, unix.EADDRINUSE)
 	case errors.Is(err, unix.ECONNREFUSED):
 		return true, nil

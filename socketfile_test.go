@@ -311,3 +311,38 @@ func TestCloseKeepsOthersFile(t *testing.T) {
 		os.Remove(moved)
 	}
 }
+
+// TestBusyServerKept checks that a live server whose backlog is full, so
+// that a connection attempt fails with EAGAIN, counts as live: EADDRINUSE.
+func TestBusyServerKept(t *testing.T) {
+	checkFds(t)
+	addr := sockPath(t)
+	fd, err := unix.Socket(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Close(fd)
+	if err := unix.Bind(fd, &unix.SockaddrUnix{Name: addr}); err != nil {
+		t.Fatal(err)
+	}
+	if err := unix.Listen(fd, 0); err != nil {
+		t.Fatal(err)
+	}
+	// Connections that are never accepted fill the backlog.
+	for {
+		c, err := net.Dial("unix", addr)
+		if err != nil {
+			if !errors.Is(err, syscall.EAGAIN) {
+				t.Fatal(err)
+			}
+			break
+		}
+		defer c.Close()
+	}
+	if ln, err := listenUnix(addr, 0o600, -1); !errors.Is(err, syscall.EADDRINUSE) {
+		if err == nil {
+			ln.Close()
+		}
+		t.Fatalf("listening at a busy server's address: %v, want EADDRINUSE", err)
+	}
+}
