@@ -175,8 +175,12 @@ func place(dirfd, tmpfd int, base, addr string) error {
 		if err != unix.EEXIST {
 			return os.NewSyscallError("link", err) // nil on success
 		}
-		if stale, err := isStale(dirfd, base, addr); err != nil || !stale {
-			return err // nil when the file went away: link again
+		stale, err := isStale(dirfd, base, addr)
+		if err != nil {
+			return err
+		}
+		if !stale {
+			continue // the file went away: link again
 		}
 		// Another instance may be replacing the same stale file: only
 		// the holder of the lock replaces, after looking again.
@@ -184,7 +188,7 @@ func place(dirfd, tmpfd int, base, addr string) error {
 		if err != nil {
 			return err
 		}
-		stale, err := isStale(dirfd, base, addr)
+		stale, err = isStale(dirfd, base, addr)
 		if err == nil && stale {
 			err = os.NewSyscallError("rename", unix.Renameat(tmpfd, "s", dirfd, base))
 		}

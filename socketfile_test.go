@@ -346,3 +346,42 @@ func TestBusyServerKept(t *testing.T) {
 		t.Fatalf("listening at a busy server's address: %v, want EADDRINUSE", err)
 	}
 }
+
+// TestListenWhileOthersComeAndGo has listeners come and go at one address
+// as fast as they can, so that the file one of them finds in its way is
+// often gone by the time it looks at it. Whenever one succeeds, the path
+// must name its socket file.
+func TestListenWhileOthersComeAndGo(t *testing.T) {
+	noLeaks(t)
+	addr := sockPath(t)
+	const workers, tries = 3, 500
+	errs := make(chan error, workers)
+	for range workers {
+		go func() {
+			for range tries {
+				ln, err := listenUnix(addr, 0o600, -1)
+				if errors.Is(err, syscall.EADDRINUSE) {
+					continue
+				}
+				if err != nil {
+					errs <- err
+					return
+				}
+				fl := ln.(*fileListener)
+				var st unix.Stat_t
+				err = unix.Lstat(addr, &st)
+				ln.Close()
+				if err != nil || uint64(st.Ino) != fl.ino {
+					errs <- fmt.Errorf("listening, but the path names another file or none (%v)", err)
+					return
+				}
+			}
+			errs <- nil
+		}()
+	}
+	for range workers {
+		if err := <-errs; err != nil {
+			t.Error(err)
+		}
+	}
+}
