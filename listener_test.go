@@ -39,7 +39,11 @@ func TestFdBadNumber(t *testing.T) {
 	}
 	var victim int
 	rc.Control(func(fd uintptr) { victim = int(fd) })
-	for _, bad := range []int{-1, math.MinInt, 1<<32 + victim, 1<<63 - 1<<32 + victim, 1 << 31, 1<<31 - 1} {
+	bads := []int{-1, math.MinInt}
+	for _, n := range []uint64{1<<32 + uint64(victim), 1<<63 - 1<<32 + uint64(victim), 1 << 31, 1<<31 - 1} {
+		bads = append(bads, int(n)) // the last one is in range, and closed
+	}
+	for _, bad := range bads {
 		for _, w := range fdWrappers {
 			c, err := w.wrap(bad)
 			if err == nil {
