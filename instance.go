@@ -328,12 +328,12 @@ func (in *Instance) claim(kind, key, network, address string) (any, error) {
 	}
 	if kind == kindListener {
 		if isUnixNetwork(network) {
-			removeStale(address)
+			removeStaleSocket(address)
 		}
 		return net.Listen(network, address)
 	}
 	if isUnixNetwork(network) {
-		removeStale(address)
+		removeStaleSocket(address)
 	}
 	return net.ListenPacket(network, address)
 }

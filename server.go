@@ -281,8 +281,10 @@ func (s *Server) Close() error {
 
 // Shutdown closes the listener, so no new receiver connects, then waits for
 // the active transfers to finish. When ctx is done first, it closes the
-// connections still active, as Close does, and returns ctx's error. It must
-// not be called from a Handler, which it would wait for.
+// connections still active, as Close does, and returns ctx's error at once,
+// as net/http's Shutdown does: a Handler that ignores its connection may
+// still be running then. It must not be called from a Handler without a ctx
+// that ends, since it would wait for that Handler.
 func (s *Server) Shutdown(ctx context.Context) error {
 	s.closeListener()
 	done := make(chan struct{})
@@ -295,7 +297,6 @@ func (s *Server) Shutdown(ctx context.Context) error {
 		return nil
 	case <-ctx.Done():
 		s.Close()
-		<-done
 		return ctx.Err()
 	}
 }

@@ -4,8 +4,10 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	"math/rand/v2"
 	"net"
 	"os"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
@@ -20,11 +22,17 @@ func isAbstract(addr string) bool {
 	return strings.HasPrefix(addr, "@")
 }
 
-// listenUnix listens on the Unix socket addr. A file socket is created with
-// mode (its group set to gid unless gid is -1) before it listens, so no
-// client can connect while the umask's mode is in force. A stale socket file
-// is replaced; a live server's address is never taken, nor is a path that is
-// not a socket removed.
+// listenUnix listens on the Unix socket addr. A file socket appears at addr
+// only once it listens, with mode (and the group gid unless it is -1), so no
+// client can connect while the umask's mode is in force and the path never
+// names a socket that refuses connections. A stale socket file is replaced;
+// a live server's address is never taken, nor is a path that is not a
+// socket removed.
+//
+// The socket is bound in a private directory beside addr (on the same file
+// system), which nobody else may write, so its file can be set up there by
+// name without a symlink being slipped in. It is then hard-linked into
+// place, which fails if anything is at addr instead of replacing it.
 func listenUnix(addr string, mode fs.FileMode, gid int) (net.Listener, error) {
 	if isAbstract(addr) {
 		ln, err := net.Listen("unix", addr)
@@ -33,111 +41,223 @@ func listenUnix(addr string, mode fs.FileMode, gid int) (net.Listener, error) {
 		}
 		return ln, nil
 	}
+	opErr := func(op string, err error) error {
+		return fmt.Errorf("graceful: %w", &net.OpError{Op: "listen", Net: "unix", Addr: &net.UnixAddr{Name: addr, Net: "unix"}, Err: os.NewSyscallError(op, err)})
+	}
+	dir, base := filepath.Split(addr)
+	if base == "" || len(addr) > maxSockPath {
+		return nil, opErr("bind", unix.EINVAL)
+	}
+	if dir == "" {
+		dir = "."
+	}
+	dirfd, err := unix.Open(dir, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return nil, opErr("open", err)
+	}
+	defer unix.Close(dirfd)
+	tmp, tmpfd, err := privateDir(dirfd)
+	if err != nil {
+		return nil, opErr("mkdir", err)
+	}
+	defer func() {
+		// Once linked or renamed into place, the socket file no longer
+		// needs its name here.
+		unix.Unlinkat(tmpfd, "s", 0)
+		unix.Close(tmpfd)
+		unix.Unlinkat(dirfd, tmp, unix.AT_REMOVEDIR)
+	}()
+
 	fd, err := unix.Socket(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC|unix.SOCK_NONBLOCK, 0)
 	if err != nil {
 		return nil, fmt.Errorf("graceful: %w", os.NewSyscallError("socket", err))
 	}
 	f := os.NewFile(uintptr(fd), addr)
 	defer f.Close()
-	opErr := func(op string, err error) error {
-		return &net.OpError{Op: "listen", Net: "unix", Addr: &net.UnixAddr{Name: addr, Net: "unix"}, Err: os.NewSyscallError(op, err)}
-	}
-	// bind creates the file with the socket's mode less the umask: never
-	// more than mode.
-	if err := unix.Fchmod(fd, uint32(mode.Perm())); err != nil {
-		return nil, fmt.Errorf("graceful: %w", opErr("fchmod", err))
-	}
-	sa := &unix.SockaddrUnix{Name: addr}
-	for try := 0; ; try++ {
-		err = unix.Bind(fd, sa)
-		if err != unix.EADDRINUSE || try > 0 {
-			break
-		}
-		if err := removeStale(addr); err != nil {
-			return nil, fmt.Errorf("graceful: listen %s: %w", addr, err)
+	path := filepath.Join(dir, tmp, "s")
+	if len(path) > maxSockPath {
+		if alt := dirByFd(tmpfd); alt != "" {
+			path = alt + "/s"
 		}
 	}
-	if err != nil {
-		return nil, fmt.Errorf("graceful: %w", opErr("bind", err))
+	if err := unix.Bind(fd, &unix.SockaddrUnix{Name: path}); err != nil {
+		return nil, opErr("bind", err)
 	}
-	st, err := setMode(addr, mode, gid)
-	if err == nil {
-		err = unix.Listen(fd, unix.SOMAXCONN)
-	}
-	if err != nil {
-		if st.Mode&unix.S_IFMT == unix.S_IFSOCK {
-			unix.Unlink(addr)
-		}
-		return nil, fmt.Errorf("graceful: %w", opErr("listen", err))
-	}
-	ln, err := net.FileListener(f)
-	if err != nil {
-		unix.Unlink(addr)
-		return nil, fmt.Errorf("graceful: %w", err)
-	}
-	ul := ln.(*net.UnixListener)
-	ul.SetUnlinkOnClose(false)
-	return &fileListener{UnixListener: ul, path: addr, dev: uint64(st.Dev), ino: uint64(st.Ino)}, nil
-}
-
-// setMode gives the socket file at path the exact mode (the umask may have
-// taken bits off) and the group gid unless it is -1. It works through a
-// handle that does not follow symlinks: whoever may write the directory can
-// swap the path for a link, and must not make this process change the
-// file it points to.
-func setMode(path string, mode fs.FileMode, gid int) (unix.Stat_t, error) {
+	// Nobody else can create or replace a name in the private directory:
+	// what is there is the socket file just bound, unless the directory's
+	// own name was swapped in between and the bind went elsewhere.
 	var st unix.Stat_t
-	fd, err := unix.Open(path, unix.O_PATH|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
-	if err != nil {
-		return st, os.NewSyscallError("open", err)
+	if err := unix.Fstatat(tmpfd, "s", &st, unix.AT_SYMLINK_NOFOLLOW); err != nil || st.Mode&unix.S_IFMT != unix.S_IFSOCK {
+		return nil, opErr("bind", fmt.Errorf("socket file not created in %s: %w", filepath.Join(dir, tmp), unix.EEXIST))
 	}
-	defer unix.Close(fd)
-	if err := unix.Fstat(fd, &st); err != nil {
-		return st, os.NewSyscallError("fstat", err)
-	}
-	if st.Mode&unix.S_IFMT != unix.S_IFSOCK {
-		return st, fmt.Errorf("%s was replaced by a file that is not a socket: %w", path, unix.EADDRINUSE)
-	}
-	if st.Mode&0o7777 != uint32(mode.Perm()) {
-		// The descriptor's entry in /proc names the socket file itself.
-		if err := unix.Chmod("/proc/self/fd/"+strconv.Itoa(fd), uint32(mode.Perm())); err != nil {
-			return st, os.NewSyscallError("chmod", err)
-		}
+	// The exact mode, which the umask may have cut at bind.
+	if err := unix.Fchmodat(tmpfd, "s", uint32(mode.Perm()), 0); err != nil {
+		return nil, opErr("chmod", err)
 	}
 	if gid >= 0 {
-		if err := unix.Fchownat(fd, "", -1, gid, unix.AT_EMPTY_PATH); err != nil {
-			return st, os.NewSyscallError("fchownat", err)
+		if err := unix.Fchownat(tmpfd, "s", -1, gid, unix.AT_SYMLINK_NOFOLLOW); err != nil {
+			return nil, opErr("chown", err)
 		}
 	}
-	return st, nil
+	if err := unix.Listen(fd, unix.SOMAXCONN); err != nil {
+		return nil, opErr("listen", err)
+	}
+	if err := place(dirfd, tmpfd, base, addr); err != nil {
+		return nil, fmt.Errorf("graceful: listen %s: %w", addr, err)
+	}
+	fl := &fileListener{path: addr, dev: uint64(st.Dev), ino: uint64(st.Ino)}
+	ln, err := net.FileListener(f)
+	if err != nil {
+		fl.removeFile()
+		return nil, fmt.Errorf("graceful: %w", err)
+	}
+	fl.UnixListener = ln.(*net.UnixListener)
+	fl.UnixListener.SetUnlinkOnClose(false)
+	return fl, nil
 }
 
-// removeStale removes the socket file at path if no server listens on it.
-func removeStale(path string) error {
-	fi, err := os.Lstat(path)
-	if err != nil {
-		return err
+// maxSockPath is the longest path a socket address holds.
+var maxSockPath = len(unix.RawSockaddrUnix{}.Path)
+
+// privateDir creates a directory of a random name in the directory dirfd,
+// accessible to this user only, and opens it.
+func privateDir(dirfd int) (name string, fd int, err error) {
+	for try := 0; ; try++ {
+		name = ".gr" + strconv.FormatUint(rand.Uint64()>>28, 36)
+		err = unix.Mkdirat(dirfd, name, 0o700)
+		if err == nil {
+			break
+		}
+		if err != unix.EEXIST || try == 100 {
+			return "", -1, err
+		}
 	}
-	if fi.Mode().Type() != fs.ModeSocket {
-		return fmt.Errorf("%s exists and is not a socket: %w", path, unix.EADDRINUSE)
+	const flags = unix.O_RDONLY | unix.O_DIRECTORY | unix.O_NOFOLLOW | unix.O_CLOEXEC
+	fd, err = unix.Openat(dirfd, name, flags, 0)
+	if err == unix.EACCES {
+		// The umask took the owner's bits, which only the path can give
+		// back. Were the name swapped for a symlink (only in a parent
+		// that lets others rename entries: writable, not sticky), this
+		// would make a file of this user's 0700, no more; the open below
+		// takes no symlink, and the owner check no other's directory.
+		if err = unix.Fchmodat(dirfd, name, 0o700, 0); err == nil {
+			fd, err = unix.Openat(dirfd, name, flags, 0)
+		}
 	}
-	c, err := net.DialTimeout("unix", path, time.Second)
 	if err == nil {
-		c.Close()
-		return fmt.Errorf("a server is listening at %s: %w", path, unix.EADDRINUSE)
+		// Whoever may write the parent (not sticky) may have swapped in
+		// a directory of their own; the umask may have cut the mode.
+		var st unix.Stat_t
+		if err = unix.Fstat(fd, &st); err == nil && int(st.Uid) != os.Geteuid() {
+			err = fmt.Errorf("%s replaced by another user's: %w", name, unix.EEXIST)
+		}
+		if err == nil {
+			err = unix.Fchmod(fd, 0o700)
+		}
+		if err != nil {
+			unix.Close(fd)
+		}
 	}
-	if !errors.Is(err, unix.ECONNREFUSED) {
-		return err
+	if err != nil {
+		unix.Unlinkat(dirfd, name, unix.AT_REMOVEDIR)
+		return "", -1, err
 	}
-	if err := os.Remove(path); err != nil && !errors.Is(err, fs.ErrNotExist) {
-		return err
+	return name, fd, nil
+}
+
+// place gives the socket file "s" of the directory tmpfd the name base in
+// the directory dirfd (addr is that path). Nothing but a stale socket is
+// ever replaced: a live one, or anything that is not a socket, makes an
+// error that satisfies errors.Is(err, syscall.EADDRINUSE).
+func place(dirfd, tmpfd int, base, addr string) error {
+	for try := 0; try < 100; try++ {
+		err := unix.Linkat(tmpfd, "s", dirfd, base, 0)
+		if err != unix.EEXIST {
+			return os.NewSyscallError("link", err) // nil on success
+		}
+		stale, err := isStale(dirfd, base, addr)
+		if err != nil {
+			return err
+		}
+		if !stale {
+			continue // the file went away: link again
+		}
+		// Another instance may be replacing the same stale file: only
+		// the holder of the lock replaces, after looking again.
+		unlock, err := lockDir(dirfd)
+		if err != nil {
+			return err
+		}
+		stale, err = isStale(dirfd, base, addr)
+		if err == nil && stale {
+			err = os.NewSyscallError("rename", unix.Renameat(tmpfd, "s", dirfd, base))
+		}
+		unlock()
+		if err != nil || stale {
+			return err
+		}
 	}
-	return nil
+	return fmt.Errorf("%s keeps changing: %w", addr, unix.EADDRINUSE)
+}
+
+// isStale reports whether base in the directory dirfd, at addr, is a socket
+// file on which nobody listens. It returns false and no error when there is
+// no file at all.
+func isStale(dirfd int, base, addr string) (bool, error) {
+	var st unix.Stat_t
+	if err := unix.Fstatat(dirfd, base, &st, unix.AT_SYMLINK_NOFOLLOW); err != nil {
+		if err == unix.ENOENT {
+			return false, nil
+		}
+		return false, os.NewSyscallError("stat", err)
+	}
+	if st.Mode&unix.S_IFMT != unix.S_IFSOCK {
+		return false, fmt.Errorf("%s exists and is not a socket: %w", addr, unix.EADDRINUSE)
+	}
+	c, err := net.DialTimeout("unix", addr, time.Second)
+	switch {
+	case err == nil, errors.Is(err, unix.EAGAIN): // EAGAIN: its backlog is full
+		if c != nil {
+			c.Close()
+		}
+		return false, fmt.Errorf("a server is listening at %s: %w", addr, unix.EADDRINUSE)
+	case errors.Is(err, unix.ECONNREFUSED):
+		return true, nil
+	case errors.Is(err, unix.ENOENT):
+		return false, nil
+	}
+	return false, err
+}
+
+// lockWait bounds the wait for the lock on a directory: instances of this
+// package hold it for a few system calls, but anyone who can open the
+// directory can take it.
+const lockWait = 5 * time.Second
+
+// lockDir takes the exclusive lock on the directory dirfd (flock), which
+// the instances of this package hold while they replace a stale socket
+// file in it. A flock belongs to the open directory, so goroutines of one
+// process that each opened it exclude each other too.
+func lockDir(dirfd int) (unlock func(), err error) {
+	deadline := time.Now().Add(lockWait)
+	for delay := time.Millisecond; ; delay = min(2*delay, 50*time.Millisecond) {
+		err := unix.Flock(dirfd, unix.LOCK_EX|unix.LOCK_NB)
+		if err == nil {
+			return func() { unix.Flock(dirfd, unix.LOCK_UN) }, nil
+		}
+		if err != unix.EWOULDBLOCK && err != unix.EINTR {
+			return nil, os.NewSyscallError("flock", err)
+		}
+		if time.Now().After(deadline) {
+			return nil, fmt.Errorf("directory locked for more than %v: %w", lockWait, os.NewSyscallError("flock", err))
+		}
+		time.Sleep(delay)
+	}
 }
 
 // fileListener is a Unix listener whose Close removes its socket file, but
-// only while the file is still the one it created, so an instance that
-// already replaced it keeps its own.
+// only while the file at its path is still its own socket, so an instance
+// that already replaced it keeps its own.
 type fileListener struct {
 	*net.UnixListener
 	path     string
@@ -145,14 +265,45 @@ type fileListener struct {
 	once     sync.Once
 }
 
+// Addr is the path the socket file has, not the one it was bound at.
+func (l *fileListener) Addr() net.Addr {
+	return &net.UnixAddr{Name: l.path, Net: "unix"}
+}
+
 func (l *fileListener) Close() error {
-	l.once.Do(func() {
-		var st unix.Stat_t
-		// Removing the file before closing the socket leaves no moment in
-		// which the path names a dead socket that a successor must clean up.
-		if unix.Stat(l.path, &st) == nil && uint64(st.Dev) == l.dev && uint64(st.Ino) == l.ino {
-			unix.Unlink(l.path)
-		}
-	})
+	// Removing the file before closing the socket leaves no moment in
+	// which the path names a dead socket that a successor must clean up.
+	l.once.Do(l.removeFile)
 	return l.UnixListener.Close()
+}
+
+// removeFile removes the socket file if it is still this listener's.
+func (l *fileListener) removeFile() {
+	var st unix.Stat_t
+	if unix.Lstat(l.path, &st) == nil && uint64(st.Dev) == l.dev && uint64(st.Ino) == l.ino {
+		unix.Unlink(l.path)
+	}
+}
+
+// removeStaleSocket removes the socket file at path if nobody listens on
+// it, under the directory's lock, so that a listener can take the path.
+// Anything else at path stays.
+func removeStaleSocket(path string) {
+	dir, base := filepath.Split(path)
+	if dir == "" {
+		dir = "."
+	}
+	dirfd, err := unix.Open(dir, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return
+	}
+	defer unix.Close(dirfd)
+	unlock, err := lockDir(dirfd)
+	if err != nil {
+		return
+	}
+	defer unlock()
+	if stale, _ := isStale(dirfd, base, path); stale {
+		unix.Unlinkat(dirfd, base, 0)
+	}
 }

@@ -13,10 +13,16 @@ import (
 // no progress for the idle timeout, or when the context is done, by setting a
 // deadline in the past. Until then it never touches the connection's
 // deadlines, so a caller's own deadline stays in force and as it was.
+//
+// arm, disarm and stop are called by the one goroutine that makes the calls;
+// the timer and the context fire from others.
 type watchdog struct {
 	conn    net.Conn
 	idle    time.Duration
 	timer   *time.Timer
+	idleErr error         // the cause when the idle timer fires
+	fired   chan struct{} // receives once the idle timer's function has run
+	armed   bool          // the idle timer runs: between arm and disarm
 	stopCtx func() bool
 	mu      sync.Mutex
 	cause   error
@@ -30,8 +36,11 @@ func newWatchdog(ctx context.Context, conn net.Conn, idle time.Duration) *watchd
 	}
 	w := &watchdog{conn: conn, idle: idle}
 	if idle > 0 {
+		w.idleErr = fmt.Errorf("peer idle for %v: %w", idle, os.ErrDeadlineExceeded)
+		w.fired = make(chan struct{}, 1)
 		w.timer = time.AfterFunc(time.Hour, func() {
-			w.fire(fmt.Errorf("peer idle for %v: %w", idle, os.ErrDeadlineExceeded))
+			w.fire(w.idleErr)
+			w.fired <- struct{}{}
 		})
 		w.timer.Stop()
 	}
@@ -54,6 +63,7 @@ func (w *watchdog) fire(cause error) {
 // arm starts the idle clock before a call that waits for the peer.
 func (w *watchdog) arm() {
 	if w != nil && w.timer != nil {
+		w.armed = true
 		w.timer.Reset(w.idle)
 	}
 }
@@ -64,18 +74,41 @@ func (w *watchdog) disarm(err error) error {
 	if w == nil {
 		return err
 	}
-	if w.timer != nil {
-		w.timer.Stop()
-	}
-	if err == nil {
+	idleFired := w.settle()
+	if err == nil && !idleFired {
 		return nil
 	}
 	w.mu.Lock()
 	defer w.mu.Unlock()
+	if err == nil {
+		if w.cause == w.idleErr {
+			// The timer fired after the call had succeeded, at the
+			// edge of the timeout: the peer was not idle, and the past
+			// deadline must not fail the next call.
+			w.cause = nil
+			w.conn.SetDeadline(time.Time{})
+		}
+		return nil
+	}
 	if w.cause != nil {
 		return w.cause
 	}
 	return err
+}
+
+// settle stops the idle timer, and reports whether it fired. If it did, it
+// waits until its function has run, so that it cannot set its deadline
+// later, during the next call.
+func (w *watchdog) settle() (fired bool) {
+	if !w.armed {
+		return false
+	}
+	w.armed = false
+	if w.timer.Stop() {
+		return false
+	}
+	<-w.fired
+	return true
 }
 
 // stop ends the watch. If the watchdog fired after the last call succeeded,
@@ -84,9 +117,7 @@ func (w *watchdog) stop() {
 	if w == nil {
 		return
 	}
-	if w.timer != nil {
-		w.timer.Stop()
-	}
+	w.settle()
 	if w.stopCtx != nil {
 		w.stopCtx()
 	}
