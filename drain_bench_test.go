@@ -1,0 +1,248 @@
+package graceful
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"runtime"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+)
+
+// BenchmarkDrainer measures what serving through a Drainer costs per request
+// against a plain http.Server on the same trivial handler, over loopback TCP.
+// The machine is shared and noisy, so one benchmark serves both: it sends
+// blocks of requests to one server and then to the other, alternating which
+// goes first, and times each block, so that drift and other load hit both.
+// benchClients*GOMAXPROCS clients send each block concurrently.
+//
+//	conn=keepalive      each client on one keep-alive connection to each
+//	                    server, dialled before the timer starts: steady
+//	                    throughput
+//	conn=new            each client dials a connection per request and resets
+//	                    it once it has the answer (SO_LINGER 0, so no
+//	                    TIME_WAIT piles up over a run)
+//
+// An op is one request to each server. Reported:
+//
+//	plain-ns/req        wall time of the plain server's blocks per request
+//	drainer-ns/req      the same for Drainer.Serve
+//	x-plain             drainer-ns/req / plain-ns/req
+//	*-cpu-ns/req        the process's CPU time, user and system, in those
+//	x-plain-cpu         blocks: less sensitive to other load on the machine
+//	*-allocs/req        allocations in those blocks per request; the clients
+//	*-B/req             parse answers without allocating, so they are the
+//	                    server's (and, for conn=new, the dial's)
+//
+// Compare runs of one binary, or of two binaries interleaved, for example
+//
+//	go test -c -o drain.test
+//	for i in $(seq 10); do ./drain.test -test.run '^$' -test.bench Drainer; done | tee drain.txt
+//	benchstat drain.txt
+func BenchmarkDrainer(b *testing.B) {
+	for _, conn := range []string{"keepalive", "new"} {
+		b.Run("conn="+conn, func(b *testing.B) {
+			benchDrainer(b, conn == "keepalive")
+		})
+	}
+}
+
+// benchServer is one of the two servers and what its blocks used.
+type benchServer struct {
+	name      string
+	addr      string
+	wall, cpu time.Duration
+	allocs    uint64
+	bytes     uint64
+}
+
+func benchDrainer(b *testing.B, keepAlive bool) {
+	servers := [2]*benchServer{
+		{name: "plain", addr: benchServe(b, false)},
+		{name: "drainer", addr: benchServe(b, true)},
+	}
+	n := benchClients * runtime.GOMAXPROCS(0)
+	// clients[i][j] is client i's connection to servers[j], with keepAlive.
+	clients := make([][2]*benchClient, n)
+	if keepAlive {
+		for i := range clients {
+			for j, s := range servers {
+				c, err := dialBench(s.addr)
+				if err != nil {
+					b.Fatal(err)
+				}
+				b.Cleanup(func() { c.conn.Close() })
+				// The server's goroutine for the connection is up.
+				if err := c.roundTrip(); err != nil {
+					b.Fatal(err)
+				}
+				clients[i][j] = c
+			}
+		}
+	}
+
+	// block sends m requests to servers[j] and adds what they used.
+	block := func(j, m int) {
+		var left atomic.Int64
+		left.Store(int64(m))
+		var wg sync.WaitGroup
+		var ms runtime.MemStats
+		runtime.ReadMemStats(&ms)
+		allocs, bytes := ms.Mallocs, ms.TotalAlloc
+		cpu, t0 := processCPU(), time.Now()
+		for i := range clients {
+			wg.Go(func() {
+				for left.Add(-1) >= 0 {
+					var err error
+					if keepAlive {
+						err = clients[i][j].roundTrip()
+					} else {
+						err = newConnRoundTrip(servers[j].addr)
+					}
+					if err != nil {
+						b.Error(err)
+						return
+					}
+				}
+			})
+		}
+		wg.Wait()
+		s := servers[j]
+		s.wall += time.Since(t0)
+		s.cpu += processCPU() - cpu
+		runtime.ReadMemStats(&ms)
+		s.allocs += ms.Mallocs - allocs
+		s.bytes += ms.TotalAlloc - bytes
+	}
+
+	const perBlock = 64 // requests per client
+	b.ResetTimer()
+	for done, round := 0, 0; done < b.N && !b.Failed(); round++ {
+		m := min(b.N-done, perBlock*n)
+		block(round%2, m)
+		block(1-round%2, m)
+		done += m
+	}
+	b.StopTimer()
+
+	perReq := func(v float64) float64 { return v / float64(b.N) }
+	for _, s := range servers {
+		b.ReportMetric(perReq(float64(s.wall.Nanoseconds())), s.name+"-ns/req")
+		b.ReportMetric(perReq(float64(s.cpu.Nanoseconds())), s.name+"-cpu-ns/req")
+		b.ReportMetric(perReq(float64(s.allocs)), s.name+"-allocs/req")
+		b.ReportMetric(perReq(float64(s.bytes)), s.name+"-B/req")
+	}
+	b.ReportMetric(float64(servers[1].wall)/float64(servers[0].wall), "x-plain")
+	b.ReportMetric(float64(servers[1].cpu)/float64(servers[0].cpu), "x-plain-cpu")
+}
+
+// benchClients is the number of clients per GOMAXPROCS: enough to keep both
+// cores busy while some clients wait for their answers.
+const benchClients = 4
+
+var benchRequest = []byte("GET / HTTP/1.1\r\nHost: bench\r\n\r\n")
+
+// benchServe serves the trivial handler on a fresh port of 127.0.0.1, through
+// a Drainer or not, until b ends, and returns the address.
+func benchServe(b *testing.B, drainer bool) string {
+	b.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		b.Fatal(err)
+	}
+	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+		io.WriteString(w, "ok")
+	})}
+	served := make(chan error, 1)
+	stop := func() error { return srv.Close() }
+	if drainer {
+		d := &Drainer{IdleGrace: time.Second}
+		go func() { served <- d.Serve(srv, ln) }()
+		stop = func() error { return d.Drain(context.Background()) }
+	} else {
+		go func() { served <- srv.Serve(ln) }()
+	}
+	b.Cleanup(func() {
+		if err := stop(); err != nil {
+			b.Errorf("stopping the server: %v", err)
+		}
+		if err := <-served; !errors.Is(err, http.ErrServerClosed) {
+			b.Errorf("Serve: %v", err)
+		}
+	})
+	return ln.Addr().String()
+}
+
+// benchClient is a client's connection and its reader.
+type benchClient struct {
+	conn net.Conn
+	br   *bufio.Reader
+}
+
+func dialBench(addr string) (*benchClient, error) {
+	conn, err := net.Dial("tcp", addr)
+	if err != nil {
+		return nil, err
+	}
+	return &benchClient{conn, bufio.NewReader(conn)}, nil
+}
+
+// roundTrip sends benchRequest and reads the answer, which must be a 200
+// with body "ok", without allocating.
+func (c *benchClient) roundTrip() error {
+	if _, err := c.conn.Write(benchRequest); err != nil {
+		return err
+	}
+	line, err := c.br.ReadSlice('\n')
+	if err != nil {
+		return err
+	}
+	if !bytes.HasPrefix(line, []byte("HTTP/1.1 200 ")) {
+		return fmt.Errorf("answer %q", line)
+	}
+	n := -1
+	for {
+		line, err := c.br.ReadSlice('\n')
+		if err != nil {
+			return err
+		}
+		if len(line) <= 2 { // the empty line ending the header
+			break
+		}
+		if v, ok := bytes.CutPrefix(line, []byte("Content-Length: ")); ok {
+			n = 0
+			for _, ch := range bytes.TrimSpace(v) {
+				n = n*10 + int(ch-'0')
+			}
+		}
+	}
+	body, err := c.br.Peek(max(n, 0))
+	if err != nil {
+		return err
+	}
+	if string(body) != "ok" {
+		return fmt.Errorf("body %q, Content-Length %d", body, n)
+	}
+	_, err = c.br.Discard(n)
+	return err
+}
+
+// newConnRoundTrip dials addr, sends one request and resets the connection.
+func newConnRoundTrip(addr string) error {
+	c, err := dialBench(addr)
+	if err != nil {
+		return err
+	}
+	err = c.roundTrip()
+	// A reset, not a FIN: neither end keeps the port in TIME_WAIT.
+	c.conn.(*net.TCPConn).SetLinger(0)
+	c.conn.Close()
+	return err
+}
