@@ -6,6 +6,7 @@ import (
 	"net"
 	"net/http"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -37,13 +38,18 @@ type Drainer struct {
 	// after its next response; 0 means DefaultIdleGrace.
 	IdleGrace time.Duration
 
-	mu       sync.Mutex
-	srv      *http.Server
-	ln       net.Listener
-	conns    map[net.Conn]struct{}
-	draining bool
-	served   chan struct{} // closed when Serve has returned
-	changed  chan struct{} // closed and replaced when a connection closes
+	// draining is set by Drain, under mu so that Serve sees it when it
+	// starts, and read without a lock by every request (see install).
+	draining atomic.Bool
+
+	// mu guards the rest; requests do not take it, connections take it
+	// when they open and close.
+	mu     sync.Mutex
+	srv    *http.Server
+	ln     net.Listener
+	conns  map[net.Conn]struct{}
+	served chan struct{} // closed when Serve has returned
+	empty  chan struct{} // made by Drain, closed when conns becomes empty
 }
 
 // Serve serves srv on ln until Drain, after which it returns
@@ -55,7 +61,7 @@ type Drainer struct {
 // after Drain, or a second time, Serve closes ln and returns at once.
 func (d *Drainer) Serve(srv *http.Server, ln net.Listener) error {
 	d.mu.Lock()
-	if d.draining {
+	if d.draining.Load() {
 		d.mu.Unlock()
 		ln.Close()
 		return ErrServerClosed
@@ -68,15 +74,13 @@ func (d *Drainer) Serve(srv *http.Server, ln net.Listener) error {
 	d.srv, d.ln = srv, ln
 	d.conns = make(map[net.Conn]struct{})
 	d.served = make(chan struct{})
-	d.changed = make(chan struct{})
 	d.install(srv)
 	d.mu.Unlock()
 
 	err := srv.Serve(ln)
-	d.mu.Lock()
-	draining := d.draining
+	// Drain set draining before it closed ln.
+	draining := d.draining.Load()
 	close(d.served)
-	d.mu.Unlock()
 	if draining {
 		return ErrServerClosed
 	}
@@ -87,16 +91,22 @@ func (d *Drainer) Serve(srv *http.Server, ln net.Listener) error {
 func (d *Drainer) install(srv *http.Server) {
 	hook := srv.ConnState
 	srv.ConnState = func(c net.Conn, st http.ConnState) {
-		d.mu.Lock()
+		// StateActive and StateIdle, reported twice a request, take no
+		// lock.
 		switch st {
 		case http.StateNew:
+			d.mu.Lock()
 			d.conns[c] = struct{}{}
+			d.mu.Unlock()
 		case http.StateClosed, http.StateHijacked:
+			d.mu.Lock()
 			delete(d.conns, c)
-			close(d.changed)
-			d.changed = make(chan struct{})
+			if len(d.conns) == 0 && d.empty != nil {
+				close(d.empty)
+				d.empty = nil
+			}
+			d.mu.Unlock()
 		}
-		d.mu.Unlock()
 		if hook != nil {
 			hook(c, st)
 		}
@@ -106,10 +116,14 @@ func (d *Drainer) install(srv *http.Server) {
 		h = http.DefaultServeMux
 	}
 	srv.Handler = http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		d.mu.Lock()
-		draining := d.draining
-		d.mu.Unlock()
-		if draining {
+		// No lock, and still no request that starts after Drain began
+		// goes unmarked: atomic operations are sequentially consistent,
+		// so a Load after Drain's Store sees true, as a lock taken after
+		// Drain's would have. A Load before the Store belongs to a
+		// request already being served when the drain began: its
+		// connection goes idle after the answer, and Drain waits for the
+		// next request on it, which is marked.
+		if d.draining.Load() {
 			// net/http closes the connection after this response, and
 			// the client knows not to send on it again.
 			w.Header().Set("Connection", "close")
@@ -127,7 +141,7 @@ func (d *Drainer) install(srv *http.Server) {
 // Drain before Serve makes Serve return at once.
 func (d *Drainer) Drain(ctx context.Context) error {
 	d.mu.Lock()
-	d.draining = true
+	d.draining.Store(true)
 	srv, ln, served := d.srv, d.ln, d.served
 	d.mu.Unlock()
 	if srv == nil {
@@ -143,26 +157,28 @@ func (d *Drainer) Drain(ctx context.Context) error {
 		return ctx.Err()
 	}
 
-	grace := d.IdleGrace
-	if grace <= 0 {
-		grace = DefaultIdleGrace
-	}
-	timer := time.NewTimer(grace)
-	defer timer.Stop()
-wait:
-	for {
-		d.mu.Lock()
-		n, changed := len(d.conns), d.changed
-		d.mu.Unlock()
-		if n == 0 {
-			break
+	// Serve has returned, so connections only close from now on: once
+	// conns is empty, it stays so, and empty made now is closed once.
+	d.mu.Lock()
+	var empty chan struct{}
+	if len(d.conns) > 0 {
+		if d.empty == nil { // else another Drain waits on it already
+			d.empty = make(chan struct{})
 		}
+		empty = d.empty
+	}
+	d.mu.Unlock()
+	if empty != nil {
+		grace := d.IdleGrace
+		if grace <= 0 {
+			grace = DefaultIdleGrace
+		}
+		timer := time.NewTimer(grace)
+		defer timer.Stop()
 		select {
-		case <-changed:
+		case <-empty:
 		case <-timer.C:
-			break wait
 		case <-ctx.Done():
-			break wait
 		}
 	}
 	if err := srv.Shutdown(ctx); err != nil {

@@ -253,3 +253,34 @@ func TestDrainBeforeServe(t *testing.T) {
 		t.Fatalf("Accept on the listener: %v, want net.ErrClosed", err)
 	}
 }
+
+// TestDrainConnections checks that Drain waits for the last of several
+// connections, not the first, to close after its next answer: the others get
+// theirs too.
+func TestDrainConnections(t *testing.T) {
+	checkFds(t)
+	s := startDrainServer(t, time.Hour, okHandler)
+	type client struct {
+		conn net.Conn
+		br   *bufio.Reader
+	}
+	clients := make([]client, 3)
+	for i := range clients {
+		conn, br := dialDrain(t, s.addr)
+		request(t, conn, br)
+		s.state(t, http.StateNew)
+		s.state(t, http.StateActive)
+		s.state(t, http.StateIdle)
+		clients[i] = client{conn, br}
+	}
+	drained := s.drain(t, context.Background())
+	for _, c := range clients {
+		lastRequest(t, c.conn, c.br)
+		// The Drainer has counted the connection out before its hook
+		// reports it closed; a Drain that stopped waiting now would shut
+		// the server down and close the others unanswered.
+		s.state(t, http.StateActive)
+		s.state(t, http.StateClosed)
+	}
+	waitDrained(t, drained)
+}
