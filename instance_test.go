@@ -586,6 +586,10 @@ func init() {
 		if err != nil {
 			return err
 		}
+		uln, err := inst.Listen("unix", args[3])
+		if err != nil {
+			return err
+		}
 		f := inst.File("log")
 		if f == nil {
 			return errors.New("no file log")
@@ -596,17 +600,19 @@ func init() {
 		if err := inst.Ready(); err != nil {
 			return err
 		}
-		// Listener, file, hand-over socket, and the connection to the
-		// predecessor, for passed connections: the other listener and the
-		// packet socket it did not claim are closed.
+		// Two listeners, file, hand-over socket, and the connection to
+		// the predecessor, for passed connections: the other listener and
+		// the packet socket it did not claim are closed.
 		fmt.Println("ready", countOwnFds()-before)
-		c, err := ln.Accept()
-		if err != nil {
-			return err
+		for _, l := range []net.Listener{ln, uln} {
+			c, err := l.Accept()
+			if err != nil {
+				return err
+			}
+			fmt.Fprintf(c, "successor %d\n", os.Getpid())
+			c.Close()
+			l.Close()
 		}
-		fmt.Fprintf(c, "successor %d\n", os.Getpid())
-		c.Close()
-		ln.Close()
 		f.Close()
 		inst.Stop()
 		fmt.Println("leaked", countOwnFds()-before)
@@ -651,6 +657,12 @@ func TestInstanceInProcess(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer pc.Close()
+	unixPath := filepath.Join(dir, "app.sock")
+	uln, err := inst.Listen("unix", unixPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer uln.Close()
 	logf, err := os.Create(filepath.Join(dir, "log"))
 	if err != nil {
 		t.Fatal(err)
@@ -665,24 +677,28 @@ func TestInstanceInProcess(t *testing.T) {
 		t.Errorf("second Ready: %v, want ErrInstanceState", err)
 	}
 
-	c := startChild(t, "successor", sock, "check", ln.Addr().String())
+	c := startChild(t, "successor", sock, "check", ln.Addr().String(), unixPath)
 	c.expect("started counter=42")
-	c.expect("ready 4")
+	c.expect("ready 5")
 	<-inst.Done()
 	if got := inst.Successor(); got != c.cmd.Process.Pid {
 		t.Errorf("Successor() = %d, want %d", got, c.cmd.Process.Pid)
 	}
-	// The test's listener and the successor's share the socket: after the
-	// test closes its copy, the successor answers.
+	// The test's listeners and the successor's share the sockets: after
+	// the test closes its copies, the successor answers, and the Unix
+	// socket's file is still there.
 	ln.Close()
-	conn, err := net.Dial("tcp", ln.Addr().String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	line, err := bufio.NewReader(conn).ReadString('\n')
-	conn.Close()
-	if want := fmt.Sprintf("successor %d\n", c.cmd.Process.Pid); line != want || err != nil {
-		t.Errorf("answer %q, %v; want %q", line, err, want)
+	uln.Close()
+	for _, a := range []net.Addr{ln.Addr(), uln.Addr()} {
+		conn, err := net.Dial(a.Network(), a.String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		line, err := bufio.NewReader(conn).ReadString('\n')
+		conn.Close()
+		if want := fmt.Sprintf("successor %d\n", c.cmd.Process.Pid); line != want || err != nil {
+			t.Errorf("answer on %v: %q, %v; want %q", a, line, err, want)
+		}
 	}
 	c.expect("leaked 0")
 	c.wait()
