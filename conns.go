@@ -145,7 +145,7 @@ func (in *Instance) afterPredecessor(pred *net.UnixConn) {
 			}
 			if err != nil {
 				if !errors.Is(err, io.EOF) {
-					in.logf("graceful: taking passed connections: %v", err)
+					in.logf("taking passed connections: %v", err)
 				}
 				return
 			}
@@ -183,7 +183,7 @@ func (in *Instance) deliver(batch []passedFd) error {
 	for i, p := range batch {
 		c, err := FdConn(p.fd)
 		if err != nil {
-			in.logf("graceful: a passed connection: %v", err)
+			in.logf("a passed connection: %v", err)
 			continue
 		}
 		select {

@@ -19,13 +19,10 @@ func init() {
 	// pending: "pid=<pid> id=<id> line=<line>". With args[2] "die", exit
 	// at once after Ready instead.
 	children["takeconns"] = func(args []string) error {
-		r, w, err := os.Pipe()
+		before, err := ownFdsInUse()
 		if err != nil {
 			return err
 		}
-		r.Close()
-		w.Close()
-		before := countOwnFds()
 		inst, err := Start(Config{Socket: args[0]})
 		if err != nil {
 			return err

@@ -24,7 +24,10 @@ import (
 // closed. Ready blocks at most Config.Timeout for the predecessor's answer.
 //
 // Call Ready once the application serves (its listeners accept): the
-// predecessor stops accepting right after. If Ready fails, the predecessor
+// predecessor stops accepting right after. Until then both instances
+// accept: a successor that dies before its Ready loses the connections it
+// accepted (the predecessor keeps all the others), so an application that
+// can fail on its way to Ready should do so before it serves. If Ready fails, the predecessor
 // (if any) serves on and this instance must not: it should close what it
 // serves and exit. The error is [ErrAborted] when the predecessor gave up
 // waiting (Config.ReadyTimeout) or stopped.
@@ -64,11 +67,11 @@ func (in *Instance) Ready() error {
 	if in.cfg.PIDFile != "" {
 		if err := writePIDFile(in.cfg.PIDFile); err != nil {
 			// Committed already: failing now would leave nobody serving.
-			in.logf("graceful: pid file: %v", err)
+			in.logf("pid file: %v", err)
 		}
 	}
 	if err := notify("READY=1\nMAINPID=" + strconv.Itoa(os.Getpid())); err != nil {
-		in.logf("graceful: telling systemd: %v", err)
+		in.logf("telling systemd: %v", err)
 	}
 	in.lock.unlock()
 	return nil
@@ -94,7 +97,7 @@ func (in *Instance) commitTakeOver(pred *net.UnixConn) error {
 		// connection: one that closed it without a word has died, and its
 		// sockets are this instance's alone.
 		if n == 0 && errors.Is(err, io.ErrUnexpectedEOF) && in.predGone() {
-			in.logf("graceful: the predecessor, pid %d, died during the hand-over: serving", in.predPID)
+			in.logf("the predecessor, pid %d, died during the hand-over: serving", in.predPID)
 			return nil
 		}
 		return fmt.Errorf("%w: %w", ErrAborted, err)
@@ -143,7 +146,7 @@ func (in *Instance) serveSuccessors(ln *net.UnixListener) {
 				return
 			}
 			// Out of descriptors, for instance: wait rather than spin.
-			in.logf("graceful: accepting a successor: %v", err)
+			in.logf("accepting a successor: %v", err)
 			delay = min(max(2*delay, 5*time.Millisecond), time.Second)
 			time.Sleep(delay)
 			continue
@@ -172,7 +175,7 @@ func (in *Instance) serveSuccessor(conn *net.UnixConn) {
 	pid := peerPIDOf(conn)
 	s, err := openTransfer(context.Background(), conn, nil, in.timeout)
 	if err != nil {
-		in.logf("graceful: hand-over to pid %d: %v", pid, err)
+		in.logf("hand-over to pid %d failed: %v", pid, err)
 		return
 	}
 	// One successor at a time; a client earns its turn with its hello.
@@ -195,7 +198,7 @@ func (in *Instance) serveSuccessor(conn *net.UnixConn) {
 		refuse(conn, err.Error())
 	}
 	if err != nil {
-		in.logf("graceful: hand-over to pid %d: %v", pid, err)
+		in.logf("hand-over to pid %d failed: %v", pid, err)
 	}
 }
 
@@ -262,7 +265,7 @@ func (in *Instance) commit(conn *net.UnixConn, pid int) (bool, error) {
 	}
 	defer spare.Close()
 	if err := notify("MAINPID=" + strconv.Itoa(pid)); err != nil {
-		in.logf("graceful: telling systemd: %v", err)
+		in.logf("telling systemd: %v", err)
 	}
 	in.handover.Close()
 	var msg [ackLen]byte
@@ -272,7 +275,7 @@ func (in *Instance) commit(conn *net.UnixConn, pid int) (bool, error) {
 	conn.SetWriteDeadline(time.Time{})
 	if werr != nil {
 		if err := notify("MAINPID=" + strconv.Itoa(os.Getpid())); err != nil {
-			in.logf("graceful: telling systemd: %v", err)
+			in.logf("telling systemd: %v", err)
 		}
 		ln, err := net.FileListener(spare)
 		if err != nil {
@@ -348,13 +351,18 @@ func (in *Instance) Stop() {
 		if in.succ != nil {
 			in.succ.conn.Close()
 		}
+		stopping := in.stopping
 		in.mu.Unlock()
+		if stopping != nil {
+			<-stopping // another Stop is cleaning up
+		}
 		in.stopPassed()
 		return
 	}
+	in.stopping = make(chan struct{})
+	defer close(in.stopping)
 	wasServing := in.phase == serving
 	in.phase = finished
-	in.stopped = true
 	in.closeInherited()
 	if in.pred != nil {
 		// The predecessor serves on.
@@ -368,25 +376,28 @@ func (in *Instance) Stop() {
 	if in.handover != nil {
 		in.handover.Close()
 	}
-	close(in.done)
 	in.mu.Unlock()
-	in.stopPassed()
 	in.serveWG.Wait()
 
-	if !wasServing {
+	if wasServing {
+		// The socket file goes, unless it was replaced: then it is
+		// another's.
+		if fi, err := os.Lstat(in.cfg.Socket); err == nil && in.sockFile != nil && os.SameFile(fi, in.sockFile) {
+			os.Remove(in.cfg.Socket)
+		}
+		if in.cfg.PIDFile != "" {
+			removePIDFile(in.cfg.PIDFile)
+		}
+		if err := notify("STOPPING=1"); err != nil {
+			in.logf("telling systemd: %v", err)
+		}
+	} else {
 		in.lock.unlock()
-		return
 	}
-	// The socket file goes, unless it was replaced: then it is another's.
-	if fi, err := os.Lstat(in.cfg.Socket); err == nil && in.sockFile != nil && os.SameFile(fi, in.sockFile) {
-		os.Remove(in.cfg.Socket)
-	}
-	if in.cfg.PIDFile != "" {
-		removePIDFile(in.cfg.PIDFile)
-	}
-	if err := notify("STOPPING=1"); err != nil {
-		in.logf("graceful: telling systemd: %v", err)
-	}
+	// Only now: an application that exits once Done is closed leaves
+	// nothing behind.
+	close(in.done)
+	in.stopPassed()
 }
 
 func (in *Instance) logf(format string, args ...any) {

@@ -1049,6 +1049,18 @@ func TestBadInput(t *testing.T) {
 	})
 }
 
+// ownFdsInUse counts the descriptors of a child once the runtime's poller
+// descriptors, which open on first use, are open.
+func ownFdsInUse() (int, error) {
+	r, w, err := os.Pipe()
+	if err != nil {
+		return 0, err
+	}
+	r.Close()
+	w.Close()
+	return countOwnFds(), nil
+}
+
 // countOwnFds counts the descriptors of this process, for children.
 func countOwnFds() int {
 	ents, _ := os.ReadDir("/proc/self/fd")
@@ -1058,14 +1070,10 @@ func countOwnFds() int {
 func init() {
 	// Receive from args[0] with a descriptor table that is nearly full.
 	children["fulltable"] = func(args []string) error {
-		// The runtime's poller descriptors open on first use; open them.
-		r, w, err := os.Pipe()
+		before, err := ownFdsInUse()
 		if err != nil {
 			return err
 		}
-		r.Close()
-		w.Close()
-		before := countOwnFds()
 		lim := unix.Rlimit{Cur: uint64(before + 20), Max: uint64(before + 20)}
 		if err := unix.Setrlimit(unix.RLIMIT_NOFILE, &lim); err != nil {
 			return err

@@ -87,9 +87,9 @@ type Instance struct {
 	outState []byte
 	files    map[string]*os.File // inherited files by name
 	done     chan struct{}
-	stopped  bool
-	succ     *successor // the successor that committed, if any
-	restart  bool       // a Restart is under way
+	stopping chan struct{} // closed once Stop has cleaned up
+	succ     *successor    // the successor that committed, if any
+	restart  bool          // a Restart is under way
 	serveWG  sync.WaitGroup
 	pending  map[*net.UnixConn]struct{} // successors being served
 	passing  passing                    // live connections to and from neighbours

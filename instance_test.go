@@ -492,7 +492,7 @@ func TestInstanceRollback(t *testing.T) {
 			cmd := c.start()
 			if fault == "hang" {
 				// Its predecessor gives up on it; it would hang forever.
-				c.waitFrom(n, pid, "log graceful: hand-over to pid "+strconv.Itoa(cmd.Process.Pid))
+				c.waitFrom(n, pid, "log hand-over to pid "+strconv.Itoa(cmd.Process.Pid))
 				cmd.Process.Kill()
 			}
 			if err := cmd.Wait(); err == nil {
@@ -562,14 +562,10 @@ func init() {
 	// that it holds no descriptor it did not claim; "wait" takes over, then
 	// waits for a line on stdin before Ready.
 	children["successor"] = func(args []string) error {
-		// The runtime's poller descriptors open on first use; open them.
-		r, w, err := os.Pipe()
+		before, err := ownFdsInUse()
 		if err != nil {
 			return err
 		}
-		r.Close()
-		w.Close()
-		before := countOwnFds()
 		inst, err := Start(Config{Socket: args[0]})
 		if err != nil {
 			return err
@@ -813,7 +809,7 @@ func TestInstancePredecessorDies(t *testing.T) {
 	c.mu.Unlock()
 	first.Process.Kill()
 	first.Wait()
-	c.waitFrom(n, next, "log graceful: the predecessor, pid "+strconv.Itoa(pid)+", died during the hand-over: serving")
+	c.waitFrom(n, next, "log the predecessor, pid "+strconv.Itoa(pid)+", died during the hand-over: serving")
 	c.waitFrom(n, next, "ready ")
 	l := startLoad(t, c.addr)
 	l.answered(t, next, 20)
@@ -822,4 +818,34 @@ func TestInstancePredecessorDies(t *testing.T) {
 		t.Errorf("pid file names %d, want %d", got, next)
 	}
 	c.stop(next)
+}
+
+// TestInstanceStopBeforeDone checks that Done closes only once Stop has
+// cleaned up, so that a program that stops from a signal's goroutine and
+// exits on Done leaves no socket file or pid file, and that a second Stop
+// returns only once the first is done.
+func TestInstanceStopBeforeDone(t *testing.T) {
+	noLeaks(t)
+	for i := 0; i < 50; i++ {
+		dir := t.TempDir()
+		sock, pidFile := filepath.Join(dir, "s"), filepath.Join(dir, "pid")
+		inst, err := Start(Config{Socket: sock, PIDFile: pidFile})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := inst.Ready(); err != nil {
+			t.Fatal(err)
+		}
+		go inst.Stop()
+		if i%2 == 0 {
+			<-inst.Done()
+		} else {
+			inst.Stop()
+		}
+		for _, f := range []string{sock, pidFile} {
+			if _, err := os.Lstat(f); !errors.Is(err, os.ErrNotExist) {
+				t.Fatalf("round %d: %s left behind (%v)", i, f, err)
+			}
+		}
+	}
 }

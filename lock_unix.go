@@ -4,8 +4,6 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"strconv"
-	"strings"
 	"sync"
 	"time"
 
@@ -20,7 +18,7 @@ type fileLock struct {
 }
 
 // lockFile takes the lock on path, waiting at most wait for another holder.
-// The holder writes its pid into the file, for the error of a waiter.
+// Nothing is written: taking the lock is on the way of every start.
 func lockFile(path string, wait time.Duration) (*fileLock, error) {
 	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o600)
 	if err != nil {
@@ -48,18 +46,12 @@ func lockFile(path string, wait time.Duration) (*fileLock, error) {
 			return nil, fmt.Errorf("graceful: lock %s: %w", path, os.NewSyscallError("flock", lerr))
 		}
 		if time.Now().After(deadline) {
-			holder := "another process"
-			if b, err := os.ReadFile(path); err == nil && len(b) > 0 {
-				holder = "pid " + strings.TrimSpace(string(b))
-			}
 			f.Close()
-			return nil, fmt.Errorf("graceful: %s has been starting for %v (lock %s): %w", holder, wait, path, os.ErrDeadlineExceeded)
+			return nil, fmt.Errorf("graceful: another instance has been starting for %v (it holds %s): %w", wait, path, os.ErrDeadlineExceeded)
 		}
 		time.Sleep(delay)
 		delay = min(2*delay, 50*time.Millisecond)
 	}
-	f.Truncate(0)
-	f.WriteAt([]byte(strconv.Itoa(os.Getpid())+"\n"), 0)
 	return &fileLock{f: f}, nil
 }
 
@@ -69,4 +61,12 @@ func (l *fileLock) unlock() {
 		return
 	}
 	l.once.Do(func() { l.f.Close() })
+}
+
+// writable reports whether this process may create files in dir.
+func writable(dir string) error {
+	if err := unix.Access(dir, unix.W_OK|unix.X_OK); err != nil {
+		return &os.PathError{Op: "access", Path: dir, Err: err}
+	}
+	return nil
 }

@@ -7,15 +7,12 @@ import (
 	"strconv"
 )
 
-// checkPIDFileDir fails early, at Start, if the pid file cannot be written:
-// at Ready it would be too late to refuse.
+// checkPIDFileDir fails early, at Start, if the pid file's directory is
+// missing or not writable: at Ready it would be too late to refuse.
 func checkPIDFileDir(path string) error {
-	f, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".*")
-	if err != nil {
-		return fmt.Errorf("graceful: pid file: %w", err)
+	if err := writable(filepath.Dir(path)); err != nil {
+		return fmt.Errorf("graceful: pid file %s: %w", path, err)
 	}
-	f.Close()
-	os.Remove(f.Name())
 	return nil
 }
 

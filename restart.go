@@ -1,7 +1,6 @@
 package graceful
 
 import (
-	"errors"
 	"fmt"
 	"os"
 	"os/exec"
@@ -12,8 +11,9 @@ import (
 // and environment and its output going where this one's goes, and returns
 // nil once the successor is ready (its Ready succeeded, and Done is closed).
 // It returns an error if the successor exits before it is ready, or is not
-// ready after Config.ReadyTimeout (then it is killed); this instance serves
-// on all along, as if nothing had happened. Restart blocks until then; one
+// ready within Config.Timeout (to start) and Config.ReadyTimeout (then it
+// is killed); this instance serves on all along, as if nothing had
+// happened. Restart blocks until then; one
 // Restart runs at a time, and only between Ready and Done.
 //
 // The program started is the executable at the path this one was started
@@ -47,7 +47,9 @@ func (in *Instance) Restart() error {
 	pid := cmd.Process.Pid
 	exited := make(chan error, 1)
 	go func() { exited <- cmd.Wait() }()
-	timer := time.NewTimer(in.readyTimeout)
+	// The successor's predecessor, this instance, gives up on it
+	// ReadyTimeout after its hand-over: give it the time to start first.
+	timer := time.NewTimer(in.readyTimeout + in.timeout)
 	defer timer.Stop()
 	select {
 	case <-in.done:
@@ -72,7 +74,7 @@ func (in *Instance) Restart() error {
 	if in.isFinished() {
 		return fmt.Errorf("graceful: Restart: %w: stopped", ErrAborted)
 	}
-	return fmt.Errorf("graceful: Restart: successor pid %d not ready after %v: %w", pid, in.readyTimeout, errors.Join(ErrAborted, os.ErrDeadlineExceeded))
+	return fmt.Errorf("graceful: Restart: %w: successor pid %d not ready after %v: %w", ErrAborted, pid, in.readyTimeout+in.timeout, os.ErrDeadlineExceeded)
 }
 
 // tookOver reports whether a successor has committed.

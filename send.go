@@ -156,27 +156,27 @@ func (s *sender) runAfter() error {
 	if err := s.roundTrip(flagSync); err != nil {
 		return err
 	}
+	s.callPending()
+	return nil
+}
+
+// callPending calls the functions of callAfter, once.
+func (s *sender) callPending() {
 	after := s.after
 	s.after = nil
 	for _, f := range after {
 		f()
 	}
-	return nil
 }
 
 // end finishes the transfer and waits for the receiver's acknowledgement.
 func (s *sender) end() error {
 	err := s.roundTrip(flagEnd)
 	s.done = true
-	if err != nil {
-		return err
+	if err == nil {
+		s.callPending()
 	}
-	after := s.after
-	s.after = nil
-	for _, f := range after {
-		f()
-	}
-	return nil
+	return err
 }
 
 // writeDup queues fd, a duplicate that the sender then owns: it closes fd
