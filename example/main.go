@@ -64,8 +64,6 @@ func run(cfg graceful.Config, listen string, drainTimeout time.Duration) error {
 	} else {
 		logger.Printf("listening on http://%s (first instance)", ln.Addr())
 	}
-	// Stop: no successor takes over (one starting is killed), files go.
-	go func() { logger.Printf("signal %v: draining", <-stop); inst.Stop() }()
 	var restarts sync.WaitGroup
 	restarts.Go(func() {
 		for {
@@ -80,10 +78,17 @@ func run(cfg graceful.Config, listen string, drainTimeout time.Duration) error {
 			}
 		}
 	})
-	<-inst.Done() // a successor is ready, or Stop
-	if pid := inst.Successor(); pid != 0 {
-		logger.Printf("handed over to pid %d; draining", pid)
+	select {
+	case sig := <-stop:
+		logger.Printf("signal %v: draining", sig)
+	case <-inst.Done(): // a successor is ready, or Ready failed
+		if pid := inst.Successor(); pid != 0 {
+			logger.Printf("handed over to pid %d; draining", pid)
+		}
 	}
+	// No successor takes over from now on (one starting is killed), and
+	// the socket and pid files go.
+	inst.Stop()
 	restarts.Wait()
 	ctx, cancel := context.WithTimeout(context.Background(), drainTimeout)
 	defer cancel()

@@ -25,6 +25,9 @@ import (
 var exampleBin string
 
 func TestMain(m *testing.M) {
+	if os.Getenv(baselineEnv) != "" {
+		os.Exit(baselineMain())
+	}
 	dir, err := os.MkdirTemp("", "graceful-example")
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
@@ -325,23 +328,27 @@ type load struct {
 	failed map[string]int
 	errs   []string
 	pids   map[int]int
+	first  map[int]time.Time // when each pid's first answer arrived
 }
 
 const maxRequestsPerWorker = 50000
 
-func startLoad(t testing.TB, addr string) *load {
+// testLoad is the load of the tests: one client of each kind listed.
+var testLoad = []string{
+	"new-conn GET", "new-conn GET", "new-conn GET",
+	"keep-alive GET", "keep-alive GET",
+	"keep-alive POST", "keep-alive POST", "keep-alive POST",
+	"keep-alive slow GET",
+}
+
+func startLoad(t testing.TB, addr string, kinds []string) *load {
 	l := &load{
 		url:    "http://" + addr + "/",
 		stop:   make(chan struct{}),
 		ok:     map[string]int{},
 		failed: map[string]int{},
 		pids:   map[int]int{},
-	}
-	kinds := []string{
-		"new-conn GET", "new-conn GET", "new-conn GET",
-		"keep-alive GET", "keep-alive GET",
-		"keep-alive POST", "keep-alive POST", "keep-alive POST",
-		"keep-alive slow GET",
+		first:  map[int]time.Time{},
 	}
 	for _, kind := range kinds {
 		l.wg.Add(1)
@@ -406,8 +413,12 @@ func checkResponse(resp *http.Response, kind string, l *load) error {
 	if wantN := map[bool]int{true: 1000, false: 0}[strings.HasSuffix(kind, "POST")]; n != wantN {
 		return fmt.Errorf("answer %q, want body=%d", b, wantN)
 	}
+	now := time.Now()
 	l.mu.Lock()
 	l.pids[pid]++
+	if t, ok := l.first[pid]; !ok || now.Before(t) {
+		l.first[pid] = now
+	}
 	l.mu.Unlock()
 	return nil
 }
@@ -454,7 +465,7 @@ func (l *load) finish() {
 }
 
 // check stops the load and fails the test for any failed request.
-func (l *load) check(t *testing.T) {
+func (l *load) check(t testing.TB) {
 	t.Helper()
 	l.finish()
 	l.mu.Lock()
@@ -503,7 +514,7 @@ func TestRestartUnderLoad(t *testing.T) {
 	c := newCluster(t)
 	c.startFirst()
 	pid := c.servingPid(0)
-	l := startLoad(t, c.addr)
+	l := startLoad(t, c.addr, testLoad)
 	l.waitPid(t, pid, answersPerInstance)
 	const restarts = 20
 	failed := map[string]int{} // by restart path
@@ -535,7 +546,7 @@ func TestFailedSuccessor(t *testing.T) {
 	const readyTimeout = 2 * time.Second
 	c := newCluster(t, "-ready-timeout", readyTimeout.String())
 	pid := c.startFirst().Process.Pid
-	l := startLoad(t, c.addr)
+	l := startLoad(t, c.addr, testLoad)
 	l.waitPid(t, pid, answersPerInstance)
 	// How Restart reports each fault, and each faulty instance's exit.
 	why := map[string]string{
@@ -603,7 +614,7 @@ func BenchmarkRestart(b *testing.B) {
 			c.env = []string{drainEnv + "=" + drain}
 			c.startFirst()
 			pid := c.servingPid(0)
-			l := startLoad(b, c.addr)
+			l := startLoad(b, c.addr, testLoad)
 			l.waitPid(b, pid, answersPerInstance)
 			b.ResetTimer()
 			for i := 0; i < b.N; i++ {
