@@ -86,8 +86,7 @@ func run(cfg graceful.Config, listen string, drainTimeout time.Duration) error {
 			logger.Printf("handed over to pid %d; draining", pid)
 		}
 	}
-	// No successor takes over from now on (one starting is killed), and
-	// the socket and pid files go.
+	// No successor takes over now (one starting is killed); files go.
 	inst.Stop()
 	restarts.Wait()
 	ctx, cancel := context.WithTimeout(context.Background(), drainTimeout)
