@@ -18,19 +18,23 @@ import (
 	"time"
 )
 
-// The tests run the example as a real program: built once, run on a free
-// port of 127.0.0.1, restarted under load.
+// The tests run the example as a real program: built once, with the test
+// hooks of faults.go (-tags gracefulfaults), run on a free port of
+// 127.0.0.1, restarted under load.
 
 var exampleBin string
 
 func TestMain(m *testing.M) {
+	if os.Getenv(baselineEnv) != "" {
+		os.Exit(baselineMain())
+	}
 	dir, err := os.MkdirTemp("", "graceful-example")
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		os.Exit(1)
 	}
 	exampleBin = filepath.Join(dir, "example")
-	args := []string{"build", "-o", exampleBin}
+	args := []string{"build", "-tags", "gracefulfaults", "-o", exampleBin}
 	if raceEnabled {
 		args = append(args, "-race")
 	}
@@ -49,18 +53,18 @@ func TestMain(m *testing.M) {
 // A cluster is the succession of instances that share one set of flags, and
 // their common log.
 type cluster struct {
-	t                   testing.TB
-	addr, sock, pidFile string
-	args                []string
-	logW                *os.File
-	logDone             chan struct{}
+	t                              testing.TB
+	addr, sock, pidFile, faultFile string
+	bin                            string
+	args                           []string
+	logW                           *os.File
+	logDone                        chan struct{}
 
 	mu      sync.Mutex
 	lines   []string
 	changed chan struct{}
-	cmds    []*exec.Cmd  // the instances the test started itself
-	faulty  map[int]bool // instances made to fail
-	env     []string     // for every instance the test starts
+	cmds    []*exec.Cmd // the instances the test started itself
+	env     []string    // for every instance the test starts
 }
 
 func newCluster(t testing.TB, extra ...string) *cluster {
@@ -72,12 +76,13 @@ func newCluster(t testing.TB, extra ...string) *cluster {
 	}
 	t.Cleanup(func() { os.RemoveAll(dir) })
 	c := &cluster{
-		t:       t,
-		sock:    filepath.Join(dir, "handover.sock"),
-		pidFile: filepath.Join(dir, "example.pid"),
-		logDone: make(chan struct{}),
-		changed: make(chan struct{}),
-		faulty:  map[int]bool{},
+		t:         t,
+		sock:      filepath.Join(dir, "handover.sock"),
+		pidFile:   filepath.Join(dir, "example.pid"),
+		faultFile: filepath.Join(dir, "fault"),
+		bin:       exampleBin,
+		logDone:   make(chan struct{}),
+		changed:   make(chan struct{}),
 	}
 	// Port 0: the first instance picks a free port, the others take it over.
 	c.args = append([]string{"-listen", "127.0.0.1:0", "-socket", c.sock, "-pid-file", c.pidFile}, extra...)
@@ -97,7 +102,7 @@ func newCluster(t testing.TB, extra ...string) *cluster {
 		}
 		for _, pid := range c.pids() {
 			// Only if the pid is still an instance, not a reused one.
-			if cmdline, _ := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid)); bytes.HasPrefix(cmdline, []byte(exampleBin+"\x00")) {
+			if cmdline, _ := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid)); bytes.HasPrefix(cmdline, []byte(c.bin+"\x00")) {
 				syscall.Kill(pid, syscall.SIGKILL)
 			}
 		}
@@ -127,11 +132,28 @@ func (c *cluster) readLog(r *os.File) {
 // waitLog waits for a log line of pid that contains s and returns it.
 func (c *cluster) waitLog(pid int, s string) string {
 	c.t.Helper()
+	return c.waitLogFrom(0, pid, s)
+}
+
+// mark returns the number of log lines so far, for waitLogFrom.
+func (c *cluster) mark() int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return len(c.lines)
+}
+
+// waitLogFrom is waitLog from the nth line on; pid 0 stands for any
+// instance.
+func (c *cluster) waitLogFrom(n, pid int, s string) string {
+	c.t.Helper()
 	tag := fmt.Sprintf(" example[%d] ", pid)
+	if pid == 0 {
+		tag = " example["
+	}
 	timeout := time.After(30 * time.Second)
 	for {
 		c.mu.Lock()
-		for _, l := range c.lines {
+		for _, l := range c.lines[n:] {
 			if strings.Contains(l, tag) && strings.Contains(l, s) {
 				c.mu.Unlock()
 				return l
@@ -173,31 +195,33 @@ func linePid(l string) (int, bool) {
 	return pid, err == nil
 }
 
-// start starts an instance with the cluster's flags and env added to the
-// environment.
-func (c *cluster) start(env ...string) *exec.Cmd {
+// start starts an instance with the cluster's flags and env.
+func (c *cluster) start() *exec.Cmd {
 	c.t.Helper()
-	cmd := exec.Command(exampleBin, c.args...)
+	cmd := exec.Command(c.bin, c.args...)
 	// Under -race a process sleeps a second at exit unless told not to.
-	cmd.Env = append(os.Environ(), "GORACE=atexit_sleep_ms=0")
-	cmd.Env = append(append(cmd.Env, c.env...), env...)
+	cmd.Env = append(os.Environ(), "GORACE=atexit_sleep_ms=0", faultEnv+"="+c.faultFile)
+	cmd.Env = append(cmd.Env, c.env...)
 	cmd.Stdout, cmd.Stderr = c.logW, c.logW
 	if err := cmd.Start(); err != nil {
 		c.t.Fatal(err)
 	}
 	c.cmds = append(c.cmds, cmd)
-	for _, e := range env {
-		if strings.HasPrefix(e, faultEnv+"=") {
-			c.faulty[cmd.Process.Pid] = true
-		}
-	}
 	return cmd
 }
 
-// startFirst starts the first instance and learns the address it serves.
-func (c *cluster) startFirst(env ...string) *exec.Cmd {
+// fault makes the next instance that takes over fail as f says (faultEnv).
+func (c *cluster) fault(f string) {
 	c.t.Helper()
-	cmd := c.start(env...)
+	if err := os.WriteFile(c.faultFile, []byte(f), 0o600); err != nil {
+		c.t.Fatal(err)
+	}
+}
+
+// startFirst starts the first instance and learns the address it serves.
+func (c *cluster) startFirst() *exec.Cmd {
+	c.t.Helper()
+	cmd := c.start()
 	l := c.waitLog(cmd.Process.Pid, " listening on http://")
 	c.addr = strings.Fields(l[strings.Index(l, "http://")+len("http://"):])[0]
 	return cmd
@@ -268,9 +292,15 @@ func (c *cluster) stop(pid int) {
 	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	faulty := map[int]bool{}
+	for _, l := range c.lines {
+		if pid, _ := linePid(l); strings.Contains(l, "] fault: ") {
+			faulty[pid] = true
+		}
+	}
 	for _, l := range c.lines {
 		pid, _ := linePid(l)
-		if strings.Contains(l, "] exited") && !strings.HasSuffix(l, "] exited") && !c.faulty[pid] {
+		if strings.Contains(l, "] exited") && !strings.HasSuffix(l, "] exited") && !faulty[pid] {
 			c.t.Errorf("unclean exit: %s", l)
 		}
 	}
@@ -298,23 +328,27 @@ type load struct {
 	failed map[string]int
 	errs   []string
 	pids   map[int]int
+	first  map[int]time.Time // when each pid's first answer arrived
 }
 
 const maxRequestsPerWorker = 50000
 
-func startLoad(t testing.TB, addr string) *load {
+// testLoad is the load of the tests: one client of each kind listed.
+var testLoad = []string{
+	"new-conn GET", "new-conn GET", "new-conn GET",
+	"keep-alive GET", "keep-alive GET",
+	"keep-alive POST", "keep-alive POST", "keep-alive POST",
+	"keep-alive slow GET",
+}
+
+func startLoad(t testing.TB, addr string, kinds []string) *load {
 	l := &load{
 		url:    "http://" + addr + "/",
 		stop:   make(chan struct{}),
 		ok:     map[string]int{},
 		failed: map[string]int{},
 		pids:   map[int]int{},
-	}
-	kinds := []string{
-		"new-conn GET", "new-conn GET", "new-conn GET",
-		"keep-alive GET", "keep-alive GET",
-		"keep-alive POST", "keep-alive POST", "keep-alive POST",
-		"keep-alive slow GET",
+		first:  map[int]time.Time{},
 	}
 	for _, kind := range kinds {
 		l.wg.Add(1)
@@ -379,8 +413,12 @@ func checkResponse(resp *http.Response, kind string, l *load) error {
 	if wantN := map[bool]int{true: 1000, false: 0}[strings.HasSuffix(kind, "POST")]; n != wantN {
 		return fmt.Errorf("answer %q, want body=%d", b, wantN)
 	}
+	now := time.Now()
 	l.mu.Lock()
 	l.pids[pid]++
+	if t, ok := l.first[pid]; !ok || now.Before(t) {
+		l.first[pid] = now
+	}
 	l.mu.Unlock()
 	return nil
 }
@@ -389,19 +427,19 @@ func checkResponse(resp *http.Response, kind string, l *load) error {
 // answer before it restarts it.
 const answersPerInstance = 50
 
-// waitPid waits until pid has answered answersPerInstance requests.
-func (l *load) waitPid(t testing.TB, pid int) {
+// waitPid waits until pid has answered n requests.
+func (l *load) waitPid(t testing.TB, pid, n int) {
 	t.Helper()
 	deadline := time.Now().Add(30 * time.Second)
 	for {
 		l.mu.Lock()
-		n := l.pids[pid]
+		got := l.pids[pid]
 		l.mu.Unlock()
-		if n >= answersPerInstance {
+		if got >= n {
 			return
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("no request answered by pid %d", pid)
+			t.Fatalf("pid %d answered %d requests, want %d", pid, got, n)
 		}
 		time.Sleep(5 * time.Millisecond)
 	}
@@ -427,7 +465,7 @@ func (l *load) finish() {
 }
 
 // check stops the load and fails the test for any failed request.
-func (l *load) check(t *testing.T) {
+func (l *load) check(t testing.TB) {
 	t.Helper()
 	l.finish()
 	l.mu.Lock()
@@ -465,7 +503,7 @@ func (c *cluster) restart(l *load, pid, i int) (next int, path string) {
 	}
 	next = c.servingPid(pid)
 	c.waitLog(pid, "handed over to pid "+strconv.Itoa(next))
-	l.waitPid(c.t, next)
+	l.waitPid(c.t, next, answersPerInstance)
 	return next, path
 }
 
@@ -476,8 +514,8 @@ func TestRestartUnderLoad(t *testing.T) {
 	c := newCluster(t)
 	c.startFirst()
 	pid := c.servingPid(0)
-	l := startLoad(t, c.addr)
-	l.waitPid(t, pid)
+	l := startLoad(t, c.addr, testLoad)
+	l.waitPid(t, pid, answersPerInstance)
 	const restarts = 20
 	failed := map[string]int{} // by restart path
 	for i := 0; i < restarts; i++ {
@@ -500,67 +538,52 @@ func TestRestartUnderLoad(t *testing.T) {
 	}
 }
 
-// TestFailedSuccessor makes successors crash, refuse or hang while they take
-// over, and checks that the old instance serves on and that good restarts
-// after them work.
+// TestFailedSuccessor makes successors crash, hang or refuse while they
+// take over, started by SIGHUP and beside the running instance: the old
+// instance says why and serves on, the pid file keeps naming it, no request
+// fails, and good restarts by both paths work after them.
 func TestFailedSuccessor(t *testing.T) {
-	c := newCluster(t, "-handover-timeout", "1s")
-	// The first instance has nobody to take over from, so the fault stays
-	// dormant in it; the successors it starts on SIGHUP inherit it.
-	first := c.startFirst(faultEnv + "=crash")
-	pid := first.Process.Pid
-	if got := c.servingPid(0); got != pid {
-		t.Fatalf("pid file names %d, want %d", got, pid)
+	const readyTimeout = 2 * time.Second
+	c := newCluster(t, "-ready-timeout", readyTimeout.String())
+	pid := c.startFirst().Process.Pid
+	l := startLoad(t, c.addr, testLoad)
+	l.waitPid(t, pid, answersPerInstance)
+	// How Restart reports each fault, and each faulty instance's exit.
+	why := map[string]string{
+		"crash":  "exited before it was ready: exit status 3",
+		"hang":   "not ready after " + readyTimeout.String(),
+		"refuse": "exited before it was ready: exit status 1",
 	}
-	l := startLoad(t, c.addr)
-	l.waitPid(t, pid)
-
-	// A successor started by SIGHUP crashes once it has the listener.
-	if err := syscall.Kill(pid, syscall.SIGHUP); err != nil {
-		t.Fatal(err)
-	}
-	c.waitLog(pid, "hand-over failed")
-	c.waitLog(pid, "exited before taking over (exit status 3); serving on")
-
-	// A second instance crashes once it has the listener.
-	crash := c.start(faultEnv + "=crash")
-	if err := crash.Wait(); err == nil || crash.ProcessState.ExitCode() != 3 {
-		t.Fatalf("crashing instance: %v", err)
-	}
-	c.waitLog(pid, "hand-over failed: graceful: serving pid "+strconv.Itoa(crash.Process.Pid))
-
-	// A second instance refuses the listener.
-	refuse := c.start(faultEnv + "=refuse")
-	if err := refuse.Wait(); err == nil {
-		t.Fatal("the refusing instance exited with status 0")
-	}
-	c.waitLog(pid, "hand-over failed: graceful: serving pid "+strconv.Itoa(refuse.Process.Pid)+": graceful: transfer rejected by the receiver")
-
-	// A second instance hangs with the listener until the old one gives up.
-	hang := c.start(faultEnv + "=hang")
-	c.waitLog(pid, "hand-over failed: graceful: serving pid "+strconv.Itoa(hang.Process.Pid))
-	hang.Process.Kill()
-	hang.Wait()
-
-	// The old instance served all along.
-	l.mu.Lock()
-	before := l.pids[pid]
-	l.mu.Unlock()
-	deadline := time.Now().Add(30 * time.Second)
-	for {
-		l.mu.Lock()
-		n := l.pids[pid]
-		l.mu.Unlock()
-		if n > before {
-			break
+	exit := map[string]string{"crash": "exit status 3", "hang": "signal: killed", "refuse": "exit status 1"}
+	for i, fault := range []string{"crash", "hang", "refuse", "crash", "hang", "refuse"} {
+		c.fault(fault)
+		n := c.mark()
+		if i < 3 {
+			if err := syscall.Kill(pid, syscall.SIGHUP); err != nil {
+				t.Fatal(err)
+			}
+			if l := c.waitLogFrom(n, pid, "successor failed: "); !strings.Contains(l, why[fault]) {
+				t.Errorf("%s by SIGHUP: %s, want %q", fault, l, why[fault])
+			}
+		} else {
+			cmd := c.start()
+			failed := "graceful: hand-over to pid " + strconv.Itoa(cmd.Process.Pid) + ": "
+			if fault == "hang" {
+				// The old instance gives up on it; it would hang forever.
+				c.waitLogFrom(n, pid, failed)
+				cmd.Process.Kill()
+			}
+			if err := cmd.Wait(); err == nil || err.Error() != exit[fault] {
+				t.Errorf("%s beside: the instance ended with %v, want %s", fault, err, exit[fault])
+			}
+			c.waitLogFrom(n, pid, failed)
 		}
-		if time.Now().After(deadline) {
-			t.Fatal("the old instance stopped serving")
+		c.waitLogFrom(n, 0, "fault: "+fault)
+		// The old instance serves on, and the pid file names it.
+		l.waitPid(t, pid, answersPerInstance*(i+2))
+		if got := c.servingPid(0); got != pid {
+			t.Fatalf("after %s: the pid file names %d, want %d", fault, got, pid)
 		}
-		time.Sleep(5 * time.Millisecond)
-	}
-	if got := c.servingPid(0); got != pid {
-		t.Fatalf("pid file names %d, want %d", got, pid)
 	}
 
 	// Good restarts: a second instance, then SIGHUP to it.
@@ -570,12 +593,12 @@ func TestFailedSuccessor(t *testing.T) {
 		t.Fatalf("pid file names %d, want %d", next, good.Process.Pid)
 	}
 	c.waitLog(pid, "exited")
-	l.waitPid(t, next)
+	l.waitPid(t, next, answersPerInstance)
 	if err := syscall.Kill(next, syscall.SIGHUP); err != nil {
 		t.Fatal(err)
 	}
 	last := c.servingPid(next)
-	l.waitPid(t, last)
+	l.waitPid(t, last, answersPerInstance)
 	l.check(t)
 	c.stop(last)
 }
@@ -591,8 +614,8 @@ func BenchmarkRestart(b *testing.B) {
 			c.env = []string{drainEnv + "=" + drain}
 			c.startFirst()
 			pid := c.servingPid(0)
-			l := startLoad(b, c.addr)
-			l.waitPid(b, pid)
+			l := startLoad(b, c.addr, testLoad)
+			l.waitPid(b, pid, answersPerInstance)
 			b.ResetTimer()
 			for i := 0; i < b.N; i++ {
 				pid, _ = c.restart(l, pid, i)
