@@ -176,6 +176,7 @@ func (in *Instance) serveSuccessor(conn *net.UnixConn) {
 	s, err := openTransfer(context.Background(), conn, nil, in.timeout)
 	if err != nil {
 		in.logf("hand-over to pid %d failed: %v", pid, err)
+		in.handOverFailed(pid, err)
 		return
 	}
 	// One successor at a time; a client earns its turn with its hello.
@@ -199,6 +200,7 @@ func (in *Instance) serveSuccessor(conn *net.UnixConn) {
 	}
 	if err != nil {
 		in.logf("hand-over to pid %d failed: %v", pid, err)
+		in.handOverFailed(pid, err)
 	}
 }
 

@@ -72,27 +72,28 @@ type Instance struct {
 	readyTimeout time.Duration
 	lock         *fileLock // held from Start until Ready or Stop
 
-	mu       sync.Mutex
-	phase    phase
-	pred     *net.UnixConn // to the predecessor, from Start until its commit
-	predPID  int
-	inherit  map[string]int // descriptors from the predecessor not yet claimed
-	active   *activation    // sockets from systemd not yet claimed
-	handover *net.UnixListener
-	sockFile os.FileInfo // the hand-over socket's file, to remove at Stop
-	took     bool        // whether this instance took over from another
-	turn     sync.Mutex  // held while a successor is served
-	state    []byte      // the predecessor's application state
-	out      []handedOn  // what goes to the successor, in order
-	outState []byte
-	files    map[string]*os.File // inherited files by name
-	done     chan struct{}
-	stopping chan struct{} // closed once Stop has cleaned up
-	succ     *successor    // the successor that committed, if any
-	restart  bool          // a Restart is under way
-	serveWG  sync.WaitGroup
-	pending  map[*net.UnixConn]struct{} // successors being served
-	passing  passing                    // live connections to and from neighbours
+	mu         sync.Mutex
+	phase      phase
+	pred       *net.UnixConn // to the predecessor, from Start until its commit
+	predPID    int
+	inherit    map[string]int // descriptors from the predecessor not yet claimed
+	active     *activation    // sockets from systemd not yet claimed
+	handover   *net.UnixListener
+	sockFile   os.FileInfo // the hand-over socket's file, to remove at Stop
+	took       bool        // whether this instance took over from another
+	turn       sync.Mutex  // held while a successor is served
+	state      []byte      // the predecessor's application state
+	out        []handedOn  // what goes to the successor, in order
+	outState   []byte
+	files      map[string]*os.File // inherited files by name
+	done       chan struct{}
+	stopping   chan struct{} // closed once Stop has cleaned up
+	succ       *successor    // the successor that committed, if any
+	restart    bool          // a Restart is under way
+	restarting restarting    // the successor a Restart waits for
+	serveWG    sync.WaitGroup
+	pending    map[*net.UnixConn]struct{} // successors being served
+	passing    passing                    // live connections to and from neighbours
 }
 
 type phase int

@@ -1,6 +1,7 @@
 package graceful
 
 import (
+	"errors"
 	"fmt"
 	"os"
 	"os/exec"
@@ -45,12 +46,22 @@ func (in *Instance) Restart() error {
 		return fmt.Errorf("graceful: Restart: %w", err)
 	}
 	pid := cmd.Process.Pid
+	failed := make(chan error, 1)
+	in.mu.Lock()
+	in.restarting = restarting{pid: pid, failed: failed}
+	in.mu.Unlock()
+	defer func() {
+		in.mu.Lock()
+		in.restarting = restarting{}
+		in.mu.Unlock()
+	}()
 	exited := make(chan error, 1)
 	go func() { exited <- cmd.Wait() }()
 	// The successor's predecessor, this instance, gives up on it
 	// ReadyTimeout after its hand-over: give it the time to start first.
 	timer := time.NewTimer(in.readyTimeout + in.timeout)
 	defer timer.Stop()
+	var reason error
 	select {
 	case <-in.done:
 	case err := <-exited:
@@ -58,23 +69,52 @@ func (in *Instance) Restart() error {
 			return nil
 		}
 		return fmt.Errorf("graceful: Restart: successor pid %d exited before it was ready: %v", pid, err)
+	case reason = <-failed:
+		if errors.Is(reason, errGone) {
+			// It is exiting: its status says more.
+			select {
+			case err := <-exited:
+				return fmt.Errorf("graceful: Restart: successor pid %d exited before it was ready: %v", pid, err)
+			case <-timer.C:
+			}
+		}
 	case <-timer.C:
+		reason = fmt.Errorf("%w: not ready after %v (%w)", ErrAborted, in.readyTimeout+in.timeout, os.ErrDeadlineExceeded)
 	}
 	if in.tookOver() {
 		return nil
 	}
-	// Not ready in time, or this instance stopped meanwhile: a successor
-	// that carried on would take over from nobody, or from an instance
-	// that gave up on it.
+	// Given up on, or this instance stopped meanwhile: a successor that
+	// carried on would take over from nobody, or from an instance that
+	// gave up on it.
 	cmd.Process.Kill()
 	<-exited
 	if in.tookOver() {
 		return nil
 	}
-	if in.isFinished() {
-		return fmt.Errorf("graceful: Restart: %w: stopped", ErrAborted)
+	if reason == nil {
+		reason = fmt.Errorf("%w: stopped", ErrAborted)
 	}
-	return fmt.Errorf("graceful: Restart: %w: successor pid %d not ready after %v: %w", ErrAborted, pid, in.readyTimeout+in.timeout, os.ErrDeadlineExceeded)
+	return fmt.Errorf("graceful: Restart: successor pid %d: %w", pid, reason)
+}
+
+// restarting is the successor a Restart waits for.
+type restarting struct {
+	pid    int
+	failed chan<- error // why its hand-over failed
+}
+
+// handOverFailed tells a Restart waiting for the successor pid that its
+// hand-over failed.
+func (in *Instance) handOverFailed(pid int, err error) {
+	in.mu.Lock()
+	defer in.mu.Unlock()
+	if in.restarting.pid == pid && pid != 0 {
+		select {
+		case in.restarting.failed <- err:
+		default:
+		}
+	}
 }
 
 // tookOver reports whether a successor has committed.

@@ -567,7 +567,7 @@ func TestFailedSuccessor(t *testing.T) {
 			}
 		} else {
 			cmd := c.start()
-			failed := "graceful: hand-over to pid " + strconv.Itoa(cmd.Process.Pid) + ": "
+			failed := "hand-over to pid " + strconv.Itoa(cmd.Process.Pid) + " failed: "
 			if fault == "hang" {
 				// The old instance gives up on it; it would hang forever.
 				c.waitLogFrom(n, pid, failed)
