@@ -14,8 +14,10 @@ import (
 // It returns an error if the successor exits before it is ready, or is not
 // ready within Config.Timeout (to start) and Config.ReadyTimeout (then it
 // is killed); this instance serves on all along, as if nothing had
-// happened. Restart blocks until then; one
-// Restart runs at a time, and only between Ready and Done.
+// happened. Restart blocks until then; one Restart runs at a time, and only
+// between Ready and Done. If another successor (started beside, by a
+// deploy) is ready first, Restart returns nil too, and the one it started
+// takes over from that one in turn.
 //
 // The program started is the executable at the path this one was started
 // from, so that a new binary installed there takes over. If that file is
