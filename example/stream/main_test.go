@@ -477,6 +477,59 @@ func TestStreamFailedSuccessors(t *testing.T) {
 	c.stop(next)
 }
 
+// TestStreamConcurrentStarts starts three instances at once beside a
+// serving one, under 100 connections: they take over one after the other,
+// so an instance may hand over while its predecessor still passes it
+// connections, which it then passes on. No line is lost, and each client is
+// answered by the instances in the order of the chain.
+func TestStreamConcurrentStarts(t *testing.T) {
+	c := newCluster(t)
+	pid := c.startFirst()
+	l := startLoad(t, c.epoch, c.addr, 100, 10*time.Millisecond, 50*time.Millisecond)
+	l.waitAnswered(pid, nil)
+	for range 3 {
+		c.start()
+	}
+	chain := []int{pid}
+	for range 3 {
+		l := c.waitLog(0, chain[len(chain)-1], "pid ")
+		next, err := strconv.Atoi(strings.Fields(l.text)[1])
+		if err != nil {
+			t.Fatalf("log line %q", l.text)
+		}
+		c.waitLog(0, chain[len(chain)-1], "exited")
+		chain = append(chain, next)
+	}
+	last := chain[len(chain)-1]
+	if got := c.servingPid(0); got != last {
+		t.Fatalf("pid file names %d, want %d", got, last)
+	}
+	l.waitAnswered(last, nil)
+	l.drain()
+	l.check(nil)
+	for _, cl := range l.clients {
+		i := 0
+		for _, p := range cl.pids {
+			for i < len(chain) && chain[i] != p {
+				i++
+			}
+		}
+		if i == len(chain) {
+			t.Errorf("client %d answered by %v, not in the order of %v", cl.id, cl.pids, chain)
+		}
+	}
+	forwarded := 0
+	for _, p := range chain[1 : len(chain)-1] {
+		ready := c.waitLog(0, p, "pid ")
+		took := c.waitLog(0, p, "took 100 connections")
+		if took.at > ready.at {
+			forwarded++
+		}
+	}
+	t.Logf("chain %v; %d instances handed over before they had taken all their predecessor's connections", chain, forwarded)
+	c.stop(last)
+}
+
 // BenchmarkStreamFull runs the full scenario: 1,000 connections each
 // sending a line every 10 to 50 ms, 20 restarts 300 ms apart, by SIGHUP and
 // by a second instance in turn. It reports the answers' delays (the gap of
