@@ -65,6 +65,10 @@ func defaultSocket() string {
 	return filepath.Join(dir, "graceful-stream.sock")
 }
 
+// run is one instance: it takes over from the instance serving at the
+// socket, if any, serves until a successor is ready, hands it every
+// connection, and returns once what it could not hand over has closed; or
+// it ends at SIGTERM.
 func run(cfg config, logger *log.Logger) error {
 	// From the start: SIGHUP would kill the process before Notify.
 	sigs := make(chan os.Signal, 4)
