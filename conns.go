@@ -36,7 +36,8 @@ type PassedConn struct {
 // descriptor keeps it open, and the peer sees nothing. The connections are
 // PassConns's during the call; after a failure they are all still the
 // caller's, open, and the successor holds none (it closed any it got), so
-// the application may serve them on. PassConns blocks until the successor
+// the application may serve them on. A failure ends the passing: the
+// successor has closed the connection, and a later PassConns fails too. PassConns blocks until the successor
 // has acknowledged, at most Config.Timeout for each step.
 func (in *Instance) PassConns(conns []PassedConn) error {
 	in.mu.Lock()

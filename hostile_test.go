@@ -1092,7 +1092,8 @@ func TestTruncated(t *testing.T) {
 	noLeaks(t)
 	p := newProbe(t)
 	addr := sockPath(t)
-	srv := &Server{Handler: HandlerFunc(func(_ net.Conn, w ResponseWriter) error {
+	var lb logBuf
+	srv := &Server{ErrorLog: log.New(&lb, "", 0), Handler: HandlerFunc(func(_ net.Conn, w ResponseWriter) error {
 		for i := 0; i < maxBatch; i++ {
 			if err := w.Write(p.w, nil); err != nil {
 				return err
@@ -1106,6 +1107,10 @@ func TestTruncated(t *testing.T) {
 	c.wait()
 	shutdown(t, srv)
 	p.checkClosed(t)
+	// The sender is told why.
+	if !strings.Contains(lb.String(), ErrRejected.Error()) || !strings.Contains(lb.String(), ErrTruncated.Error()) {
+		t.Errorf("the server's log: %q, want a rejection for truncation", lb.String())
+	}
 }
 
 // manyFds is a handler that sends n copies of fd, each with half a kilobyte

@@ -253,6 +253,11 @@ func (r *receiver) transfer(cb ReceiveCallback) error {
 	for {
 		flags, bodyLen, err := r.readFrame()
 		if err != nil {
+			if errors.Is(err, ErrProtocol) || errors.Is(err, ErrTruncated) {
+				// The sender learns why rather than find the connection
+				// closed. (A limit was told already.)
+				r.refuse(err)
+			}
 			return err
 		}
 		if total += len(r.fds); total > r.maxFds {
