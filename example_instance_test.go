@@ -15,12 +15,14 @@ import (
 	"github.com/graceful-go/graceful"
 )
 
-// serve serves h at addr until a successor takes over or SIGTERM comes,
-// and restarts on SIGHUP. dir holds the hand-over socket and the pid file.
+// serve serves h at addr until a successor takes over or SIGTERM (or
+// SIGINT) comes, and restarts on SIGHUP. dir holds the hand-over socket and
+// the pid file.
 func serve(dir, addr string, h http.Handler, sigs <-chan os.Signal) error {
 	inst, err := graceful.Start(graceful.Config{
-		Socket:  filepath.Join(dir, "app.sock"),
-		PIDFile: filepath.Join(dir, "app.pid"),
+		Socket:   filepath.Join(dir, "app.sock"),
+		PIDFile:  filepath.Join(dir, "app.pid"),
+		ErrorLog: log.Default(), // why a hand-over failed
 	})
 	if err != nil {
 		return err
@@ -59,7 +61,7 @@ func serve(dir, addr string, h http.Handler, sigs <-chan os.Signal) error {
 // with the process's signals:
 //
 //	sigs := make(chan os.Signal, 1)
-//	signal.Notify(sigs, syscall.SIGHUP, syscall.SIGTERM)
+//	signal.Notify(sigs, syscall.SIGHUP, syscall.SIGTERM, os.Interrupt)
 //	if err := serve("/run/app", ":8080", handler, sigs); err != nil {
 //		log.Fatal(err)
 //	}

@@ -9,6 +9,7 @@ import (
 	"os"
 	"slices"
 	"strconv"
+	"strings"
 	"time"
 )
 
@@ -34,10 +35,15 @@ import (
 func (in *Instance) Ready() error {
 	in.mu.Lock()
 	if in.phase != starting {
+		err := in.abandoned
 		in.mu.Unlock()
+		if err != nil {
+			return err
+		}
 		return fmt.Errorf("graceful: Ready: %w", ErrInstanceState)
 	}
-	in.closeInherited()
+	in.readying = true
+	in.closeUnclaimed()
 	pred := in.pred
 	in.mu.Unlock()
 
@@ -78,27 +84,64 @@ func (in *Instance) Ready() error {
 }
 
 // commitTakeOver sends the ready message to the predecessor and waits for
-// its answer.
+// its answer, which watchPredecessor reads.
 func (in *Instance) commitTakeOver(pred *net.UnixConn) error {
 	var msg [ackLen]byte
 	putAck(msg[:], version, statusReady, 0)
-	pred.SetDeadline(time.Now().Add(in.timeout))
-	defer pred.SetDeadline(time.Time{})
+	pred.SetWriteDeadline(time.Now().Add(in.timeout))
 	// A predecessor that gave up may have closed the connection already:
-	// its refusal is then still there to read.
-	_, werr := pred.Write(msg[:])
-	n, err := io.ReadFull(pred, msg[:])
-	if err == nil && werr != nil {
-		err = werr
+	// its refusal is then read all the same.
+	pred.Write(msg[:])
+	var err error
+	select {
+	case err = <-in.predAnswer:
+	case <-time.After(in.timeout):
+		err = fmt.Errorf("%w: no answer from the predecessor in %v (%w)", ErrAborted, in.timeout, os.ErrDeadlineExceeded)
 	}
-	if err != nil && !(n == ackLen && msg[1] == statusRefused) {
-		err = ioError("committing with the predecessor", err)
+	if errors.Is(err, errPredDied) {
+		in.logf("the predecessor, pid %d, died during the hand-over: serving", in.predPID)
+		return nil
+	}
+	return err
+}
+
+// errPredDied is a predecessor that closed the hand-over's connection
+// without a word, and whose process has ended: it died, and its sockets
+// are this instance's alone.
+var errPredDied = errors.New("the predecessor died")
+
+// watchPredecessor reads the predecessor's answer to this instance's
+// Ready, whenever it comes: a predecessor that gives up (or stops) before
+// Ready says so at once, and then this instance stops, releasing the start
+// lock, rather than hold it until its Ready, which fails.
+func (in *Instance) watchPredecessor(pred *net.UnixConn) {
+	err := in.readPredAnswer(pred)
+	in.predAnswer <- err
+	in.mu.Lock()
+	early := in.phase == starting && !in.readying
+	if early && err != nil && !errors.Is(err, errPredDied) {
+		in.abandoned = err
+	} else {
+		early = false
+	}
+	in.mu.Unlock()
+	if early {
+		in.logf("the predecessor gave up on this instance before its Ready: %v", err)
+		in.Stop()
+	}
+}
+
+// readPredAnswer reads the predecessor's answer: nil to commit, an
+// ErrAborted with its reason, or errPredDied.
+func (in *Instance) readPredAnswer(pred *net.UnixConn) error {
+	var msg [ackLen]byte
+	n, err := io.ReadFull(pred, msg[:])
+	if err != nil {
+		err = ioError("waiting for the predecessor", err)
 		// A predecessor that gives up says so before it closes the
-		// connection: one that closed it without a word has died, and its
-		// sockets are this instance's alone.
+		// connection: one that closed it without a word has died.
 		if n == 0 && errors.Is(err, io.ErrUnexpectedEOF) && in.predGone() {
-			in.logf("the predecessor, pid %d, died during the hand-over: serving", in.predPID)
-			return nil
+			return errPredDied
 		}
 		return fmt.Errorf("%w: %w", ErrAborted, err)
 	}
@@ -106,14 +149,14 @@ func (in *Instance) commitTakeOver(pred *net.UnixConn) error {
 	if err != nil {
 		return err
 	}
-	if status != statusOK {
-		reason := make([]byte, n)
-		if _, err := io.ReadFull(pred, reason); err != nil {
-			return fmt.Errorf("%w: %w", ErrAborted, ioError("committing with the predecessor", err))
-		}
-		return fmt.Errorf("%w: the predecessor says %q", ErrAborted, reason)
+	if status == statusOK {
+		return nil
 	}
-	return nil
+	reason := make([]byte, n)
+	if _, err := io.ReadFull(pred, reason); err != nil {
+		return fmt.Errorf("%w: %w", ErrAborted, ioError("waiting for the predecessor", err))
+	}
+	return fmt.Errorf("%w: the predecessor says %s", ErrAborted, reason)
 }
 
 // listenHandover creates the hand-over socket of a first instance.
@@ -196,7 +239,7 @@ func (in *Instance) serveSuccessor(conn *net.UnixConn) {
 	} else if !errors.Is(err, errGone) {
 		// A successor that may still be waiting learns that this one
 		// gave up, and never takes it for dead.
-		refuse(conn, err.Error())
+		refuse(conn, strings.TrimPrefix(err.Error(), ErrAborted.Error()+": "))
 	}
 	if err != nil {
 		in.logf("hand-over to pid %d failed: %v", pid, err)
@@ -227,7 +270,7 @@ func (in *Instance) writeHandover(s *sender) error {
 }
 
 // awaitReady waits for the successor's ready message, Config.ReadyTimeout
-// at most.
+// at most. A successor that stops before its Ready says so.
 func (in *Instance) awaitReady(conn *net.UnixConn) error {
 	conn.SetReadDeadline(time.Now().Add(in.readyTimeout))
 	defer conn.SetReadDeadline(time.Time{})
@@ -241,6 +284,11 @@ func (in *Instance) awaitReady(conn *net.UnixConn) error {
 			return fmt.Errorf("%w: not ready after %v", ErrAborted, in.readyTimeout)
 		}
 		return fmt.Errorf("%w: %w", errGone, ioError("waiting for Ready", err))
+	}
+	if msg[0] == version && msg[1] == statusRefused {
+		reason := make([]byte, int(msg[2])<<8|int(msg[3]))
+		io.ReadFull(conn, reason)
+		return fmt.Errorf("%w: it stopped before its Ready: %s", errGone, reason)
 	}
 	if msg[0] != version || msg[1] != statusReady || msg[2] != 0 || msg[3] != 0 {
 		return fmt.Errorf("%w: % x instead of ready", ErrProtocol, msg)
@@ -256,13 +304,13 @@ func (in *Instance) commit(conn *net.UnixConn, pid int) (bool, error) {
 	in.mu.Lock()
 	defer in.mu.Unlock()
 	if in.phase != serving {
-		refuse(conn, "the predecessor is stopping")
+		refuse(conn, "stopping")
 		return false, fmt.Errorf("%w: stopping", ErrAborted)
 	}
 	// A spare descriptor keeps the socket, to serve on if need be.
 	spare, err := in.handover.File()
 	if err != nil {
-		refuse(conn, "the predecessor cannot commit")
+		refuse(conn, "cannot commit")
 		return false, fmt.Errorf("graceful: committing: %w", err)
 	}
 	defer spare.Close()
@@ -367,7 +415,10 @@ func (in *Instance) Stop() {
 	in.phase = finished
 	in.closeInherited()
 	if in.pred != nil {
-		// The predecessor serves on.
+		// The predecessor serves on, and learns why.
+		if in.abandoned == nil {
+			refuse(in.pred, "stopped")
+		}
 		in.pred.Close()
 		in.pred = nil
 	}

@@ -51,6 +51,10 @@ var (
 	// ErrInstanceState means a method of an Instance was called at the
 	// wrong time: Listen after Stop, Ready twice, Restart before Ready.
 	ErrInstanceState = errors.New("graceful: not allowed in the instance's state")
+	// ErrBusy means Start waited Config.ReadyTimeout in vain for another
+	// instance, between its own Start and Ready, to finish. The error
+	// names its pid where the system tells.
+	ErrBusy = errors.New("graceful: another instance is starting")
 )
 
 // An Instance is one running instance of a server in a chain of restarts.
@@ -72,9 +76,14 @@ type Instance struct {
 	readyTimeout time.Duration
 	lock         *fileLock // held from Start until Ready or Stop
 
-	mu         sync.Mutex
-	phase      phase
-	pred       *net.UnixConn // to the predecessor, from Start until its commit
+	mu    sync.Mutex
+	phase phase
+	pred  *net.UnixConn // to the predecessor, from Start until its commit
+	// predAnswer receives the predecessor's answer to Ready, read by
+	// watchPredecessor; abandoned is it when it came before Ready.
+	predAnswer chan error
+	abandoned  error
+	readying   bool // Ready has begun
 	predPID    int
 	inherit    map[string]int // descriptors from the predecessor not yet claimed
 	active     *activation    // sockets from systemd not yet claimed
@@ -150,6 +159,7 @@ func Start(cfg Config) (*Instance, error) {
 		files:        make(map[string]*os.File),
 		done:         make(chan struct{}),
 		pending:      make(map[*net.UnixConn]struct{}),
+		predAnswer:   make(chan error, 1),
 	}
 	in.passing.init()
 	if in.timeout == 0 {
@@ -158,16 +168,17 @@ func Start(cfg Config) (*Instance, error) {
 	if in.readyTimeout <= 0 {
 		in.readyTimeout = DefaultReadyTimeout
 	}
-	if cfg.PIDFile != "" {
-		if err := checkPIDFileDir(cfg.PIDFile); err != nil {
-			return nil, err
-		}
-	}
 	lock, err := lockFile(cfg.Socket+".lock", in.readyTimeout)
 	if err != nil {
 		return nil, err
 	}
 	in.lock = lock
+	if cfg.PIDFile != "" {
+		if err := checkPIDFileDir(cfg.PIDFile); err != nil {
+			in.lock.unlock()
+			return nil, err
+		}
+	}
 	err = in.takeOver()
 	if errors.Is(err, ErrNoServer) {
 		in.active, err = activated()
@@ -201,6 +212,7 @@ func (in *Instance) takeOver() error {
 	in.pred = conn
 	in.predPID = peerPIDOf(conn)
 	in.took = true
+	go in.watchPredecessor(conn)
 	// The predecessor serves the socket file now, so this is its file.
 	in.sockFile, _ = os.Lstat(in.cfg.Socket)
 	return nil
@@ -327,16 +339,20 @@ func (in *Instance) claim(kind, key, network, address string) (any, error) {
 		}
 		return FdPacketConn(fd)
 	}
-	if kind == kindListener {
-		if isUnixNetwork(network) {
-			removeStaleSocket(address)
-		}
-		return net.Listen(network, address)
-	}
 	if isUnixNetwork(network) {
 		removeStaleSocket(address)
 	}
-	return net.ListenPacket(network, address)
+	var obj any
+	var err error
+	if kind == kindListener {
+		obj, err = net.Listen(network, address)
+	} else {
+		obj, err = net.ListenPacket(network, address)
+	}
+	if errors.Is(err, syscall.EADDRINUSE) && !in.took {
+		err = fmt.Errorf("%w (an instance with another Config.Socket than %s?)", err, in.cfg.Socket)
+	}
+	return obj, err
 }
 
 func isUnixNetwork(network string) bool {
@@ -404,6 +420,18 @@ func (in *Instance) Inherited() bool {
 // instance with [Drainer.Drain], and exits), or Stop was called.
 func (in *Instance) Done() <-chan struct{} {
 	return in.done
+}
+
+// closeUnclaimed closes, at Ready, what the application did not claim,
+// saying so: a socket no Listen asked for stops serving with it.
+func (in *Instance) closeUnclaimed() {
+	for key := range in.inherit {
+		in.logf("closing the inherited %s: no Listen asked for it", strings.ReplaceAll(strings.TrimLeft(key, "\x00"), "\x00", " "))
+	}
+	if n := in.active.unclaimed(); n > 0 {
+		in.logf("closing %d socket(s) from systemd: no Listen asked for them", n)
+	}
+	in.closeInherited()
 }
 
 // closeInherited closes every descriptor received or passed by systemd that

@@ -115,6 +115,7 @@ type chain struct {
 	t              *testing.T
 	dir, sock, pid string
 	addr           string
+	exe            string // the binary, if not the test's own
 	env            []string
 
 	mu    sync.Mutex
@@ -166,7 +167,11 @@ func (c *chain) start() *exec.Cmd {
 	if addr == "" {
 		addr = "127.0.0.1:0"
 	}
-	cmd := exec.Command(os.Args[0], c.sock, addr, c.pid)
+	exe := c.exe
+	if exe == "" {
+		exe = os.Args[0]
+	}
+	cmd := exec.Command(exe, c.sock, addr, c.pid)
 	cmd.Env = append(os.Environ(), instanceEnv()...)
 	cmd.Env = append(cmd.Env, c.env...)
 	c.startCmd(cmd)
@@ -709,7 +714,8 @@ func TestInstanceInProcess(t *testing.T) {
 // TestInstanceGivesUp checks both ends of an abandoned hand-over: a
 // predecessor that waited ReadyTimeout in vain, or that stopped meanwhile,
 // makes the successor's Ready fail with ErrAborted, and serves on (the
-// first case) or ends (the second).
+// first case) or ends (the second). The abandoned successor stops at once,
+// before its Ready: the next one starts while it still lives.
 func TestInstanceGivesUp(t *testing.T) {
 	for _, stop := range []bool{false, true} {
 		t.Run(fmt.Sprintf("stop=%v", stop), func(t *testing.T) {
@@ -728,35 +734,48 @@ func TestInstanceGivesUp(t *testing.T) {
 			if stop {
 				inst.Stop()
 			} else {
-				// Wait until the predecessor has given up.
-				for i := 0; i < 1000 && inst.pendingCount() > 0; i++ {
-					time.Sleep(5 * time.Millisecond)
-				}
+				// The next successor takes over while the abandoned one
+				// has still not called its Ready.
+				next := startChild(t, "successor", sock, "wait")
+				next.expect("started ")
+				fmt.Fprintln(next.in, "go")
+				next.expect("ready nil")
+				next.expect("leaked 0")
+				next.wait()
+				<-inst.Done()
 			}
 			fmt.Fprintln(c.in, "go")
 			c.expect("ready " + ErrAborted.Error())
 			c.expect("leaked 0")
 			c.wait()
-			select {
-			case <-inst.Done():
-				if !stop {
-					t.Fatal("Done closed for a successor that was never ready")
-				}
-			default:
-				if stop {
-					t.Fatal("Done open after Stop")
-				}
-				// It serves on: the next successor takes over.
-				c := startChild(t, "successor", sock, "wait")
-				c.expect("started ")
-				fmt.Fprintln(c.in, "go")
-				c.expect("ready nil")
-				c.expect("leaked 0")
-				c.wait()
-				<-inst.Done()
-			}
 		})
 	}
+}
+
+// TestInstanceBusy starts an instance while another one holds the start
+// lock between its Start and Ready: after ReadyTimeout it fails with
+// ErrBusy, naming the holder.
+func TestInstanceBusy(t *testing.T) {
+	noLeaks(t)
+	sock := sockPath(t)
+	first, err := Start(Config{Socket: sock})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer first.Stop()
+	if err := first.Ready(); err != nil {
+		t.Fatal(err)
+	}
+	c := startChild(t, "successor", sock, "wait")
+	c.expect("started ")
+	_, err = Start(Config{Socket: sock, ReadyTimeout: 200 * time.Millisecond})
+	if !errors.Is(err, ErrBusy) || !strings.Contains(err.Error(), fmt.Sprintf("pid %d ", c.cmd.Process.Pid)) {
+		t.Errorf("Start: %v, want ErrBusy naming pid %d", err, c.cmd.Process.Pid)
+	}
+	fmt.Fprintln(c.in, "go")
+	c.expect("ready nil")
+	c.expect("leaked 0")
+	c.wait()
 }
 
 // pendingCount is the number of successors being served.
@@ -848,4 +867,37 @@ func TestInstanceStopBeforeDone(t *testing.T) {
 			}
 		}
 	}
+}
+
+// TestRestartRunsInstalledBinary installs a new binary at the path the
+// running instance was started from, moving the running one aside as a
+// deploy that keeps a backup does: SIGHUP starts the new one.
+func TestRestartRunsInstalledBinary(t *testing.T) {
+	c := newChain(t)
+	bin := filepath.Join(c.dir, "bin")
+	os.Mkdir(bin, 0o700)
+	c.exe = filepath.Join(bin, "app")
+	data, err := os.ReadFile(os.Args[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(c.exe, data, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	pid := c.startFirst()
+	old := c.exe + ".old"
+	if err := os.Rename(c.exe, old); err != nil {
+		t.Fatal(err)
+	}
+	// The "new version": it says so, then runs the same code.
+	script := "#!/bin/sh\necho \"$$ new binary\"\nexec " + old + " \"$@\"\n"
+	if err := os.WriteFile(c.exe, []byte(script), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	n := c.mark()
+	syscall.Kill(pid, syscall.SIGHUP)
+	next := c.readyAfter(map[int]bool{pid: true})
+	c.waitFrom(n, next, "new binary")
+	c.waitFrom(n, pid, "restart <nil>")
+	c.stop(next)
 }

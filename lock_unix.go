@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"strconv"
 	"sync"
 	"time"
 
@@ -22,7 +23,7 @@ type fileLock struct {
 func lockFile(path string, wait time.Duration) (*fileLock, error) {
 	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o600)
 	if err != nil {
-		return nil, fmt.Errorf("graceful: lock: %w", err)
+		return nil, fmt.Errorf("graceful: the start lock beside Config.Socket: %w", err)
 	}
 	rc, err := f.SyscallConn()
 	if err != nil {
@@ -46,8 +47,12 @@ func lockFile(path string, wait time.Duration) (*fileLock, error) {
 			return nil, fmt.Errorf("graceful: lock %s: %w", path, os.NewSyscallError("flock", lerr))
 		}
 		if time.Now().After(deadline) {
+			holder := "another process"
+			if pid := lockHolder(f); pid > 0 {
+				holder = "pid " + strconv.Itoa(pid)
+			}
 			f.Close()
-			return nil, fmt.Errorf("graceful: another instance has been starting for %v (it holds %s): %w", wait, path, os.ErrDeadlineExceeded)
+			return nil, fmt.Errorf("%w: %s has held %s for more than %v", ErrBusy, holder, path, wait)
 		}
 		time.Sleep(delay)
 		delay = min(2*delay, 50*time.Millisecond)

@@ -3,6 +3,7 @@ package graceful
 import (
 	"errors"
 	"fmt"
+	"io/fs"
 	"os"
 	"os/exec"
 	"time"
@@ -19,10 +20,12 @@ import (
 // deploy) is ready first, Restart returns nil too, and the one it started
 // takes over from that one in turn.
 //
-// The program started is the executable at the path this one was started
-// from, so that a new binary installed there takes over. If that file is
-// gone (go run removes its build when it ends), this process's own binary is
-// started again where the system can name it (/proc/self/exe on Linux).
+// The program started is the file at the path this one was started from
+// (as os.Executable said when it started), so that a new binary installed
+// there takes over, whether the old one was replaced, renamed over or moved
+// aside. If no file is there (go run removes its build when it ends), this
+// process's own binary is started again where the system can name it
+// (/proc/self/exe on Linux).
 func (in *Instance) Restart() error {
 	in.mu.Lock()
 	if in.phase != serving || in.restart {
@@ -126,18 +129,19 @@ func (in *Instance) tookOver() bool {
 	return in.succ != nil
 }
 
+// startedAs is the path of the binary when the program started, before a
+// deploy could move it aside (os.Executable follows the file where it goes).
+var startedAs, _ = os.Executable()
+
 // executable returns the file to start as a successor.
 func executable() (string, error) {
-	exe, err := os.Executable()
-	if err == nil {
-		if _, err = os.Stat(exe); err == nil {
-			return exe, nil
-		}
+	if _, err := os.Stat(startedAs); err == nil {
+		return startedAs, nil
 	}
 	if selfExe != "" {
-		if _, serr := os.Stat(selfExe); serr == nil {
+		if _, err := os.Stat(selfExe); err == nil {
 			return selfExe, nil
 		}
 	}
-	return "", err
+	return "", fmt.Errorf("the executable %s is gone: %w", startedAs, fs.ErrNotExist)
 }

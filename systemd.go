@@ -81,6 +81,19 @@ func (a *activation) take(kind, network, address string) int {
 	return -1
 }
 
+// unclaimed counts the passed sockets nobody took.
+func (a *activation) unclaimed() int {
+	n := 0
+	if a != nil {
+		for _, fd := range a.fds {
+			if fd >= 0 {
+				n++
+			}
+		}
+	}
+	return n
+}
+
 // close closes the passed sockets nobody took.
 func (a *activation) close() {
 	if a == nil {

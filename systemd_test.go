@@ -177,6 +177,7 @@ func TestSocketActivation(t *testing.T) {
 		pid := cmd.Process.Pid
 		c.wait(pid, "ready "+c.addr+" inherited=false")
 		c.wait(pid, "activated kept 1 of 2")
+		c.wait(pid, "log closing 1 socket(s) from systemd: no Listen asked for them")
 		l := startLoad(t, c.addr)
 		l.answered(t, pid, 20)
 		c.start()
