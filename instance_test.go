@@ -778,13 +778,6 @@ func TestInstanceBusy(t *testing.T) {
 	c.wait()
 }
 
-// pendingCount is the number of successors being served.
-func (in *Instance) pendingCount() int {
-	in.mu.Lock()
-	defer in.mu.Unlock()
-	return len(in.pending)
-}
-
 // activatedInodes returns the inodes of the sockets that systemd passes.
 func activatedInodes() []uint64 {
 	n, _ := strconv.Atoi(os.Getenv("LISTEN_FDS"))
