@@ -232,14 +232,42 @@ func (in *Instance) serveSuccessor(conn *net.UnixConn) {
 	err = s.run(in.writeHandover)
 	s.close()
 	if err == nil {
-		err = in.awaitReady(conn)
+		committed, err = in.awaitCommit(conn, pid)
 	}
+	if err != nil {
+		in.logf("hand-over to pid %d failed: %v", pid, err)
+		in.handOverFailed(pid, err)
+	}
+}
+
+// awaitCommit waits for the Ready of the successor at conn, which holds
+// this instance's sockets, and commits. It reports whether conn is now the
+// committed successor's.
+func (in *Instance) awaitCommit(conn *net.UnixConn, pid int) (bool, error) {
+	err := in.awaitReady(conn)
 	if err == nil {
-		committed, err = in.commit(conn, pid)
-	} else if !errors.Is(err, errGone) {
+		return in.commit(conn, pid)
+	}
+	if !errors.Is(err, errGone) {
 		// A successor that may still be waiting learns that this one
 		// gave up, and never takes it for dead.
 		refuse(conn, strings.TrimPrefix(err.Error(), ErrAborted.Error()+": "))
+	}
+	return false, err
+}
+
+// serveChild waits for the Ready of the successor that Restart started
+// with this instance's sockets, and commits.
+func (in *Instance) serveChild(conn *net.UnixConn, pid int) {
+	defer in.serveWG.Done()
+	if !in.track(conn) {
+		conn.Close()
+		return
+	}
+	committed, err := in.awaitCommit(conn, pid)
+	in.untrack(conn)
+	if !committed {
+		conn.Close()
 	}
 	if err != nil {
 		in.logf("hand-over to pid %d failed: %v", pid, err)

@@ -1,16 +1,21 @@
 package graceful
 
 import (
+	"bytes"
+	"encoding/base64"
 	"errors"
 	"fmt"
 	"io"
 	"log"
 	"net"
 	"os"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // DefaultReadyTimeout is how long a running instance waits for a successor
@@ -179,7 +184,10 @@ func Start(cfg Config) (*Instance, error) {
 			return nil, err
 		}
 	}
-	err = in.takeOver()
+	err = in.inheritFromParent()
+	if errors.Is(err, errNotInherited) {
+		err = in.takeOver()
+	}
 	if errors.Is(err, ErrNoServer) {
 		in.active, err = activated()
 	}
@@ -189,6 +197,58 @@ func Start(cfg Config) (*Instance, error) {
 		return nil, err
 	}
 	return in, nil
+}
+
+// errNotInherited: no descriptors were given at exec for this process.
+var errNotInherited = errors.New("nothing inherited")
+
+// inheritFromParent takes the descriptors that the predecessor's Restart gave this
+// process at exec (inheritEnv), if it did.
+func (in *Instance) inheritFromParent() error {
+	v, ok := os.LookupEnv(inheritEnv)
+	if !ok {
+		return errNotInherited
+	}
+	// Not for a successor of this process: its own Restart says anew.
+	os.Unsetenv(inheritEnv)
+	ppid, list, _ := strings.Cut(v, ";")
+	if ppid != strconv.Itoa(os.Getppid()) {
+		return errNotInherited // set for another process
+	}
+	metas := strings.Split(list, ",")
+	const first = 3 // the connection, then one descriptor per meta
+	for fd := first; fd <= first+len(metas); fd++ {
+		unix.CloseOnExec(fd)
+	}
+	c, err := FdConn(first)
+	if err != nil {
+		closeInts(first+1, first+len(metas))
+		return fmt.Errorf("graceful: taking over from pid %s: %w", ppid, err)
+	}
+	conn, ok := c.(*net.UnixConn)
+	if !ok {
+		c.Close()
+		closeInts(first+1, first+len(metas))
+		return fmt.Errorf("%w: the hand-over's connection is %T", ErrProtocol, c)
+	}
+	for i, m := range metas {
+		b, err := base64.StdEncoding.DecodeString(m)
+		if err == nil {
+			err = in.inherited(first+1+i, bytes.NewReader(b))
+		} else {
+			closeFd(first + 1 + i)
+		}
+		if err == nil && in.handover == nil && i == len(metas)-1 {
+			err = fmt.Errorf("%w: no hand-over socket among the descriptors", ErrProtocol)
+		}
+		if err != nil {
+			conn.Close()
+			closeInts(first+2+i, first+len(metas))
+			return fmt.Errorf("graceful: taking over from pid %s: %w", ppid, err)
+		}
+	}
+	in.connected(conn)
+	return nil
 }
 
 // takeOver receives the sockets of the instance serving at the socket, and
@@ -209,13 +269,19 @@ func (in *Instance) takeOver() error {
 		conn.Close()
 		return fmt.Errorf("graceful: taking over from %s: %w", in.cfg.Socket, err)
 	}
+	in.connected(conn)
+	return nil
+}
+
+// connected keeps the connection to the predecessor, which has handed its
+// sockets over, for the commit.
+func (in *Instance) connected(conn *net.UnixConn) {
 	in.pred = conn
 	in.predPID = peerPIDOf(conn)
 	in.took = true
 	go in.watchPredecessor(conn)
 	// The predecessor serves the socket file now, so this is its file.
 	in.sockFile, _ = os.Lstat(in.cfg.Socket)
-	return nil
 }
 
 // inherited is the callback that takes the predecessor's descriptors.

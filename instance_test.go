@@ -894,3 +894,25 @@ func TestRestartRunsInstalledBinary(t *testing.T) {
 	c.waitFrom(n, pid, "restart <nil>")
 	c.stop(next)
 }
+
+// TestRestartInherits checks that a Restart's successor takes the sockets
+// it is given at exec: with the hand-over socket's path moved away, one that
+// dialled it would find no server and fail to listen, the port being taken.
+func TestRestartInherits(t *testing.T) {
+	c := newChain(t)
+	pid := c.startFirst()
+	moved := c.sock + ".moved"
+	if err := os.Rename(c.sock, moved); err != nil {
+		t.Fatal(err)
+	}
+	syscall.Kill(pid, syscall.SIGHUP)
+	next := c.readyAfter(map[int]bool{pid: true})
+	if !strings.Contains(c.wait(next, "ready "), "inherited=true") {
+		t.Errorf("pid %d did not take over", next)
+	}
+	c.wait(pid, "restart <nil>")
+	c.stop(next)
+	// Nothing removes a socket file moved away: its path is not the
+	// instances' any more.
+	os.Remove(moved)
+}
