@@ -24,8 +24,13 @@ import (
 // is killed); this instance serves on all along, as if nothing had
 // happened. Restart blocks until then; one Restart runs at a time, and only
 // between Ready and Done. If another successor (started beside, by a
-// deploy) is ready first, Restart returns nil too, and the one it started
-// takes over from that one in turn.
+// deploy) is ready first, Restart returns nil too; the one it started is
+// then refused, and gives up.
+//
+// The successor gets this instance's sockets at exec, as in a fork/exec
+// restart and as fast, with the environment variable GRACEFUL_INHERIT
+// saying which descriptors they are; its Start takes them, and the commit
+// is the same as for a successor that dials Config.Socket.
 //
 // The program started is the file at the path this one was started from
 // (as os.Executable said when it started), so that a new binary installed
