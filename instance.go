@@ -138,7 +138,7 @@ func Start(cfg Config) (*Instance, error) {
 	if cfg.Socket == "" {
 		return nil, fmt.Errorf("graceful: Config.Socket is empty: %w", syscall.EINVAL)
 	}
-	if err := supported(); err != nil {
+	if err := checkAddr(cfg.Socket); err != nil {
 		return nil, err
 	}
 	in := &Instance{

@@ -19,7 +19,8 @@ import (
 // The program started is the executable at the path this one was started
 // from, so that a new binary installed there takes over. If that file is
 // gone (go run removes its build when it ends), this process's own binary is
-// started again where the system can name it (/proc/self/exe on Linux).
+// started again where the system can name it (/proc/self/exe on Linux);
+// elsewhere Restart fails then, and this instance serves on.
 func (in *Instance) Restart() error {
 	in.mu.Lock()
 	if in.phase != serving || in.restart {

@@ -24,7 +24,6 @@ import (
 	"time"
 
 	"github.com/graceful-go/graceful"
-	"golang.org/x/sys/unix"
 )
 
 // faultEnv makes an instance fail while it takes over, for the tests only:
@@ -211,11 +210,11 @@ func takeOver(cfg config) (ln net.Listener, tookOver bool, err error) {
 			case "hang":
 				time.Sleep(3 * cfg.handoverTimeout)
 			case "refuse":
-				unix.Close(fd)
+				os.NewFile(uintptr(fd), "").Close()
 				return errors.New("refused for the test")
 			}
 			if ln != nil {
-				unix.Close(fd)
+				os.NewFile(uintptr(fd), "").Close()
 				return errors.New("more than one descriptor")
 			}
 			var err error
@@ -279,26 +278,6 @@ func startSuccessor() (*exec.Cmd, error) {
 		return nil, err
 	}
 	return cmd, nil
-}
-
-// peerPID returns the pid of the process at the other end of a Unix
-// connection, 0 if unknown.
-func peerPID(conn net.Conn) int {
-	sc, ok := conn.(syscall.Conn)
-	if !ok {
-		return 0
-	}
-	rc, err := sc.SyscallConn()
-	if err != nil {
-		return 0
-	}
-	pid := 0
-	rc.Control(func(fd uintptr) {
-		if cred, err := unix.GetsockoptUcred(int(fd), unix.SOL_SOCKET, unix.SO_PEERCRED); err == nil {
-			pid = int(cred.Pid)
-		}
-	})
-	return pid
 }
 
 // waitSocket waits until the hand-over socket file exists, so that the pid
