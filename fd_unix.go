@@ -22,7 +22,7 @@ func fdSocket(fd int, want string, ok func(typ int, listening bool) bool) (*os.F
 	typ, err := unix.GetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_TYPE)
 	var listening int
 	if err == nil {
-		listening, err = unix.GetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_ACCEPTCONN)
+		listening, err = acceptConn(fd, typ)
 	}
 	if err != nil {
 		f.Close()

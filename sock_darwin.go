@@ -26,3 +26,24 @@ func streamSocket() (int, error) {
 	}
 	return fd, nil
 }
+
+// acceptConn is non-zero if the socket fd, of type typ, listens. macOS
+// does not answer getsockopt SO_ACCEPTCONN (ENOPROTOOPT: it is missing from
+// sogetoptlock in xnu's bsd/kern/uipc_socket.c), so a stream or seqpacket
+// socket counts as listening when it has no peer (getpeername fails with
+// ENOTCONN). That takes a socket never connected, or whose peer is gone,
+// for a listener too: FdConn refuses it, rightly, and a listener made of
+// one fails at Accept.
+func acceptConn(fd, typ int) (int, error) {
+	if typ != unix.SOCK_STREAM && typ != unix.SOCK_SEQPACKET {
+		return 0, nil
+	}
+	switch _, err := unix.Getpeername(fd); err {
+	case nil, unix.EAFNOSUPPORT: // the peer's address, which x/sys/unix may not parse
+		return 0, nil
+	case unix.ENOTCONN:
+		return 1, nil
+	default:
+		return 0, err
+	}
+}
