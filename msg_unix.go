@@ -138,6 +138,8 @@ func (m *msgConn) recvmsg(p, oob []byte) (n, oobn, flags int, err error) {
 }
 
 // sendmsg writes all of p, the control message oob with its first byte.
+// MSG_NOSIGNAL keeps a peer that is gone from raising SIGPIPE: all five
+// systems have it (macOS since 11, xnu's bsd/kern/uipc_syscalls.c).
 func (m *msgConn) sendmsg(p, oob []byte) error {
 	for len(p) > 0 {
 		m.setMsg(sysSendmsg, unix.MSG_NOSIGNAL, p, oob)
