@@ -1,3 +1,5 @@
+//go:build linux
+
 package graceful_test
 
 import (
@@ -173,13 +175,6 @@ func receiver(sock string, size int) {
 			log.Fatal(err)
 		}
 	}
-}
-
-func ExampleMeta() {
-	b, _ := graceful.Meta{"id": "42", "peer": "10.0.0.1:5000"}.MarshalBinary()
-	m, err := graceful.MetaFrom(bytes.NewReader(b))
-	fmt.Println(m["id"], m["peer"], err)
-	// Output: 42 10.0.0.1:5000 <nil>
 }
 
 // dial connects to sock once something listens there.

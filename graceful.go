@@ -46,12 +46,15 @@
 // callback is called, whatever the callback returns. The library closes every
 // descriptor it received and did not hand to a callback, on every path: a
 // protocol error, a limit exceeded, a timeout, the peer's death, a callback
-// that fails or panics. Received descriptors are close-on-exec.
+// that fails or panics. Received descriptors are close-on-exec (on macOS
+// from just after their receipt: see Platforms).
 //
 // # Trust and limits
 //
-// Both ends check the peer's credentials (SO_PEERCRED): by default only a
-// process of the same user, or root, is served or trusted; [Server.Allow] and
+// Both ends check the peer's credentials, as the kernel recorded them when
+// the connection was made (SO_PEERCRED on Linux and OpenBSD,
+// LOCAL_PEERCRED on macOS and FreeBSD, LOCAL_PEEREID on NetBSD): by
+// default only a process of the same user, or root, is served or trusted; [Server.Allow] and
 // [Client.Allow] change that. [ListenAndServe] creates the socket file 0600
 // whatever the umask, replaces a stale socket file left by a crashed process,
 // and never takes the address of a live server. A [Client] bounds the number
@@ -77,8 +80,9 @@
 // connects and stalls holds nothing. This library speaks version 1.
 //
 // A transfer is then a sequence of frames from sender to receiver, each sent
-// with one sendmsg(2) call that carries up to 253 descriptors (SCM_MAX_FD) as
-// SCM_RIGHTS ancillary data on its first byte. A frame is an 8-byte header
+// with one sendmsg(2) call that carries up to 253 descriptors (SCM_MAX_FD;
+// 127 on OpenBSD, whose kernel takes no more) as SCM_RIGHTS ancillary data
+// on its first byte. A frame is an 8-byte header
 //
 //	version(1) = 1 | flags(1) | nfds(2, big endian) | body length(4, big endian)
 //
@@ -97,6 +101,29 @@
 // unexpected descriptors, unknown flags or another version are protocol
 // errors. The next transfer on the same connection opens with a hello again;
 // a sender that has nothing more to send closes the connection instead.
+//
+// # Platforms
+//
+// Linux is where the library is tested. On macOS, FreeBSD, NetBSD and
+// OpenBSD it hands descriptors over with each system's own calls; the
+// tests that hand descriptors over run on Linux only, and CI builds and
+// vets the package and its tests for the others. Abstract socket names (@name)
+// are Linux's: elsewhere they fail with an error that matches
+// [errors.ErrUnsupported]. macOS cannot install received descriptors
+// close-on-exec, so the library marks them right after recvmsg(2), holding
+// [syscall.ForkLock] meanwhile: a child that os/exec starts then cannot
+// inherit them, but a process forked by other means (from C, or by a raw
+// system call) between the two calls can. [Instance.Restart] starts the
+// executable at the path this program was started from; if it is gone,
+// Restart fails on these systems, which have no /proc/self/exe.
+//
+// Elsewhere (Windows, js/wasm, wasip1, and other systems) the package
+// compiles, so that a program that uses it builds everywhere and decides
+// at run time: [Start], the Receive functions and methods, [SendTo] and its
+// typed variants, [Server.Serve], [Server.ListenAndServe], [Serve],
+// [ListenAndServe], [FdListener], [FdConn] and [FdPacketConn] return an
+// error that matches [errors.ErrUnsupported], and close nothing. [Meta]
+// and [Drainer] work everywhere.
 package graceful
 
 import (

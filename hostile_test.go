@@ -1,3 +1,5 @@
+//go:build linux
+
 package graceful
 
 // Hostile peers and faults: strangers, liars, crashes and silence on the

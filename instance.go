@@ -14,8 +14,6 @@ import (
 	"sync"
 	"syscall"
 	"time"
-
-	"golang.org/x/sys/unix"
 )
 
 // DefaultReadyTimeout is how long a running instance waits for a successor
@@ -153,7 +151,7 @@ func Start(cfg Config) (*Instance, error) {
 	if cfg.Socket == "" {
 		return nil, fmt.Errorf("graceful: Config.Socket is empty: %w", syscall.EINVAL)
 	}
-	if err := supported(); err != nil {
+	if err := checkAddr(cfg.Socket); err != nil {
 		return nil, err
 	}
 	in := &Instance{
@@ -218,7 +216,7 @@ func (in *Instance) inheritFromParent() error {
 	metas := strings.Split(list, ",")
 	const first = 3 // the connection, then one descriptor per meta
 	for fd := first; fd <= first+len(metas); fd++ {
-		unix.CloseOnExec(fd)
+		closeOnExec(fd)
 	}
 	c, err := FdConn(first)
 	if err != nil {

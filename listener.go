@@ -3,10 +3,7 @@ package graceful
 import (
 	"fmt"
 	"net"
-	"os"
 	"syscall"
-
-	"golang.org/x/sys/unix"
 )
 
 // FdListener returns a net.Listener for the listening socket fd, typically
@@ -35,7 +32,7 @@ func FdListener(fd int) (net.Listener, error) {
 // does.
 func FdConn(fd int) (net.Conn, error) {
 	f, err := fdSocket(fd, "a connected stream socket", func(typ int, listening bool) bool {
-		return (typ == unix.SOCK_STREAM || typ == unix.SOCK_SEQPACKET) && !listening
+		return (typ == syscall.SOCK_STREAM || typ == syscall.SOCK_SEQPACKET) && !listening
 	})
 	if err != nil {
 		return nil, err
@@ -52,7 +49,7 @@ func FdConn(fd int) (net.Conn, error) {
 // unixgram, or raw IP). It takes ownership of fd as [FdListener] does.
 func FdPacketConn(fd int) (net.PacketConn, error) {
 	f, err := fdSocket(fd, "a datagram socket", func(typ int, _ bool) bool {
-		return typ == unix.SOCK_DGRAM || typ == unix.SOCK_RAW
+		return typ == syscall.SOCK_DGRAM || typ == syscall.SOCK_RAW
 	})
 	if err != nil {
 		return nil, err
@@ -63,49 +60,6 @@ func FdPacketConn(fd int) (net.PacketConn, error) {
 		return nil, fmt.Errorf("graceful: %w", err)
 	}
 	return pc, nil
-}
-
-// fdSocket takes ownership of fd if it is a descriptor number, and returns
-// it as a file if it is a socket that ok accepts by its type and whether it
-// listens; otherwise it closes fd. A number the system calls' int cannot
-// hold would reach the kernel truncated, naming another descriptor: it is
-// rejected before anything is done with it.
-func fdSocket(fd int, want string, ok func(typ int, listening bool) bool) (*os.File, error) {
-	if fd < 0 || fd > 1<<31-1 {
-		return nil, fmt.Errorf("graceful: invalid descriptor %d: %w", fd, unix.EBADF)
-	}
-	f := os.NewFile(uintptr(fd), "")
-	typ, err := unix.GetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_TYPE)
-	var listening int
-	if err == nil {
-		listening, err = unix.GetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_ACCEPTCONN)
-	}
-	if err != nil {
-		f.Close()
-		return nil, fmt.Errorf("graceful: descriptor %d: %w", fd, os.NewSyscallError("getsockopt", err))
-	}
-	if !ok(typ, listening != 0) {
-		f.Close()
-		return nil, fmt.Errorf("graceful: descriptor %d is %s, not %s", fd, socketKind(typ, listening != 0), want)
-	}
-	return f, nil
-}
-
-// socketKind describes a socket for an error.
-func socketKind(typ int, listening bool) string {
-	switch {
-	case listening:
-		return "a listening socket"
-	case typ == unix.SOCK_STREAM:
-		return "a stream socket"
-	case typ == unix.SOCK_DGRAM:
-		return "a datagram socket"
-	case typ == unix.SOCK_SEQPACKET:
-		return "a seqpacket socket"
-	case typ == unix.SOCK_RAW:
-		return "a raw socket"
-	}
-	return fmt.Sprintf("a socket of type %d", typ)
 }
 
 // rawConn returns the descriptor access of a net or os object without

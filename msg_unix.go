@@ -1,3 +1,5 @@
+//go:build darwin || freebsd || linux || netbsd || openbsd
+
 package graceful
 
 import (
@@ -69,7 +71,7 @@ type msgConn struct {
 	rc    syscall.RawConn
 	iov   unix.Iovec
 	msg   unix.Msghdr
-	trap  uintptr // SYS_SENDMSG or SYS_RECVMSG
+	trap  uintptr // sysSendmsg or sysRecvmsg
 	flags uintptr
 	n     int
 	errno syscall.Errno
@@ -109,7 +111,7 @@ func (m *msgConn) setMsg(trap, flags uintptr, p, oob []byte) {
 // until the socket is ready.
 func (m *msgConn) call(fd uintptr) bool {
 	for {
-		r, _, e := unix.Syscall(m.trap, fd, uintptr(unsafe.Pointer(&m.msg)), m.flags)
+		r, e := m.invoke(fd)
 		switch e {
 		case unix.EINTR:
 			continue
@@ -125,7 +127,7 @@ func (m *msgConn) call(fd uintptr) bool {
 // number of bytes read (0 at end of stream), the control bytes used and the
 // message flags.
 func (m *msgConn) recvmsg(p, oob []byte) (n, oobn, flags int, err error) {
-	m.setMsg(unix.SYS_RECVMSG, unix.MSG_CMSG_CLOEXEC, p, oob)
+	m.setMsg(sysRecvmsg, recvFlags, p, oob)
 	if err := m.rc.Read(m.callFn); err != nil {
 		return 0, 0, 0, err
 	}
@@ -136,9 +138,11 @@ func (m *msgConn) recvmsg(p, oob []byte) (n, oobn, flags int, err error) {
 }
 
 // sendmsg writes all of p, the control message oob with its first byte.
+// MSG_NOSIGNAL keeps a peer that is gone from raising SIGPIPE: all five
+// systems have it (macOS since 11, xnu's bsd/kern/uipc_syscalls.c).
 func (m *msgConn) sendmsg(p, oob []byte) error {
 	for len(p) > 0 {
-		m.setMsg(unix.SYS_SENDMSG, unix.MSG_NOSIGNAL, p, oob)
+		m.setMsg(sysSendmsg, unix.MSG_NOSIGNAL, p, oob)
 		if err := m.rc.Write(m.callFn); err != nil {
 			return err
 		}
@@ -153,6 +157,10 @@ func (m *msgConn) sendmsg(p, oob []byte) error {
 func closeFd(fd int) {
 	unix.Close(fd)
 }
+
+// msgCtrunc is the flag of a message whose control data the kernel cut,
+// closing the descriptors that did not fit.
+const msgCtrunc = unix.MSG_CTRUNC
 
 // supported reports whether this platform can hand descriptors over.
 func supported() error {

@@ -8,7 +8,11 @@ import (
 )
 
 // Peer is the process at the other end of a connection, as the kernel
-// recorded it when the connection was made (SO_PEERCRED).
+// recorded it when the connection was made (SO_PEERCRED on Linux and
+// OpenBSD, LOCAL_PEERCRED on macOS and FreeBSD, LOCAL_PEEREID on NetBSD):
+// its effective user and group. PID is 0 where the system did not record
+// it (FreeBSD before 13); on macOS it is the last process that used the
+// other end (LOCAL_PEERPID).
 type Peer struct {
 	PID, UID, GID int
 }
@@ -24,6 +28,9 @@ func SameUser(p Peer) error {
 
 // checkPeer applies allow, or SameUser if nil, to the peer of conn.
 func checkPeer(conn net.Conn, allow func(Peer) error) error {
+	if err := supported(); err != nil {
+		return err
+	}
 	if allow == nil {
 		allow = SameUser
 	}

@@ -12,8 +12,6 @@ import (
 	"path/filepath"
 	"syscall"
 	"time"
-
-	"golang.org/x/sys/unix"
 )
 
 // ReceiveCallback is called once for each received descriptor, in the order
@@ -91,6 +89,9 @@ func (c *Client) Receive(addr string, cb ReceiveCallback) error {
 // ReceiveContext is [Client.Receive] with a context that bounds the whole
 // call, dial included.
 func (c *Client) ReceiveContext(ctx context.Context, addr string, cb ReceiveCallback) error {
+	if err := checkAddr(addr); err != nil {
+		return err
+	}
 	d := net.Dialer{}
 	if t := c.timeout(); t > 0 {
 		d.Timeout = t
@@ -168,7 +169,7 @@ func (c *Client) receive(ctx context.Context, conn net.Conn, cb ReceiveCallback,
 	if cb == nil {
 		// Without a callback no descriptor is wanted: refuse, not panic.
 		cb = func(fd int, _ io.Reader) error {
-			unix.Close(fd)
+			closeFd(fd)
 			return errors.New("no callback for descriptors")
 		}
 	}
@@ -401,7 +402,7 @@ func (r *receiver) read(p []byte, fds bool) (int, error) {
 	if oobn > 0 {
 		r.fds = appendRights(r.fds, r.oob[:oobn])
 	}
-	if flags&unix.MSG_CTRUNC != 0 {
+	if flags&msgCtrunc != 0 {
 		return 0, fmt.Errorf("%w: %d arrived", ErrTruncated, len(r.fds))
 	}
 	// Other control messages (SO_PASSCRED's credentials) are no concern.

@@ -9,9 +9,8 @@ import (
 	"io"
 	"net"
 	"os"
+	"syscall"
 	"time"
-
-	"golang.org/x/sys/unix"
 )
 
 // A ResponseWriter sends descriptors to the receiver on behalf of a
@@ -92,7 +91,7 @@ func (s *sender) Write(fd int, meta io.WriterTo) error {
 		return err
 	}
 	if fd < 0 || fd > 1<<31-1 {
-		return fmt.Errorf("graceful: invalid descriptor %d: %w", fd, unix.EBADF)
+		return fmt.Errorf("graceful: invalid descriptor %d: %w", fd, syscall.EBADF)
 	}
 	if len(s.fds) == maxBatch || len(s.buf)-hdrLen >= bodyTarget {
 		if err := s.send(0); err != nil {
@@ -185,7 +184,7 @@ func (s *sender) writeDup(fd int, meta io.WriterTo) error {
 	queued := false
 	defer func() {
 		if !queued { // an error, or a panic in meta's WriteTo
-			unix.Close(fd)
+			closeFd(fd)
 		}
 	}()
 	if err := s.Write(fd, meta); err != nil {
@@ -237,10 +236,10 @@ func (s *sender) send(flags byte) error {
 	oobn := putRights(s.oob, s.fds)
 	s.wd.arm()
 	err := s.wd.disarm(s.mc.sendmsg(s.buf[:hdrLen+body], s.oob[:oobn]))
-	if errors.Is(err, unix.ETOOMANYREFS) {
-		// The kernel lets a user other than root have no more descriptors
-		// in flight than its RLIMIT_NOFILE, which a large transfer reaches
-		// when the receiver lags. Nothing was sent: wait until the
+	if inFlightLimit(err) {
+		// The kernel bounds the descriptors in flight (on Linux, a user
+		// other than root has its RLIMIT_NOFILE), which a large transfer
+		// reaches when the receiver lags. Nothing was sent: wait until the
 		// receiver has taken every frame so far, then send again.
 		if cerr := s.catchUp(); cerr != nil {
 			s.clear()
@@ -253,7 +252,7 @@ func (s *sender) send(flags byte) error {
 	s.clear()
 	if err != nil {
 		s.err = ioError("sending descriptors", err)
-		if errors.Is(err, unix.EPIPE) || errors.Is(err, unix.ECONNRESET) {
+		if errors.Is(err, syscall.EPIPE) || errors.Is(err, syscall.ECONNRESET) {
 			// A receiver that refuses writes its reason before it closes:
 			// report that rather than the broken pipe it left.
 			if rerr := s.readAck(); errors.Is(rerr, ErrRejected) {
@@ -445,35 +444,9 @@ func writeObject(w ResponseWriter, obj any, meta io.WriterTo) error {
 	if s, ok := w.(*sender); ok {
 		return s.writeDup(fd, meta)
 	}
-	defer unix.Close(fd)
+	defer closeFd(fd)
 	if err := w.Write(fd, meta); err != nil {
 		return err
 	}
 	return w.Flush()
-}
-
-// dupObject returns a duplicate of obj's descriptor, close-on-exec. The
-// descriptor is borrowed through SyscallConn (Fd would switch obj to
-// blocking mode), for the fcntl call only: closing obj waits for such a
-// borrow to end.
-func dupObject(obj any) (int, error) {
-	rc, err := rawConn(obj)
-	if err != nil {
-		return -1, err
-	}
-	var dup int
-	var derr error
-	err = rc.Control(func(fd uintptr) {
-		// Above the standard descriptors, so that one closed by the
-		// application is not reused for a socket that the runtime would
-		// then write a crash report into.
-		dup, derr = unix.FcntlInt(fd, unix.F_DUPFD_CLOEXEC, 3)
-	})
-	if err != nil {
-		return -1, fmt.Errorf("graceful: %w", err)
-	}
-	if derr != nil {
-		return -1, fmt.Errorf("graceful: duplicating a descriptor to send: %w", os.NewSyscallError("fcntl", derr))
-	}
-	return dup, nil
 }

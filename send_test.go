@@ -1,3 +1,5 @@
+//go:build linux
+
 package graceful
 
 // The sender of objects (the object handlers and Send*To functions): it

@@ -79,6 +79,9 @@ func Serve(ln net.Listener, h Handler) error {
 // addr, the error satisfies errors.Is(err, syscall.EADDRINUSE) and that
 // server is left alone. The socket file is removed when the server closes.
 func (s *Server) ListenAndServe(addr string) error {
+	if err := supported(); err != nil {
+		return err
+	}
 	if s.Handler == nil {
 		return errNoHandler
 	}
@@ -120,6 +123,10 @@ func (s *Server) fileMode() (fs.FileMode, int, error) {
 // takes ownership of ln and closes it when it returns. It always returns an
 // error; after Close or Shutdown it is [ErrServerClosed].
 func (s *Server) Serve(ln net.Listener) error {
+	if err := supported(); err != nil {
+		ln.Close()
+		return err
+	}
 	if s.Handler == nil {
 		ln.Close()
 		return errNoHandler

@@ -9,3 +9,7 @@ import "strconv"
 func dirByFd(fd int) string {
 	return "/proc/self/fd/" + strconv.Itoa(fd)
 }
+
+// fullBacklogRefuses is false: connect(2) says EAGAIN when a live server's
+// backlog is full, and ECONNREFUSED only when nobody listens.
+const fullBacklogRefuses = false

@@ -19,8 +19,6 @@ const (
 	helloLen = 8
 	hdrLen   = 8
 	ackLen   = 4
-	// maxBatch is SCM_MAX_FD, the kernel's limit of descriptors per sendmsg.
-	maxBatch = 253
 	// maxRefusal bounds the message of a refusal on both sides.
 	maxRefusal = 1024
 

@@ -12,7 +12,6 @@
 package main
 
 import (
-	"errors"
 	"flag"
 	"fmt"
 	"log"
@@ -24,12 +23,6 @@ import (
 
 	"github.com/graceful-go/graceful"
 )
-
-// faultEnv makes a successor fail, for the tests only: "crash" exits right
-// after it took over the sockets, before Ready; "fds" lowers its limit of
-// open files before Ready so that the connections its predecessor passes
-// cannot arrive (PassConns fails), and restores it afterwards.
-const faultEnv = "GRACEFUL_STREAM_FAULT"
 
 type config struct {
 	listen, socket, pidFile string
@@ -82,24 +75,12 @@ func run(cfg config, logger *log.Logger) error {
 	if err != nil {
 		return err
 	}
-	fault := ""
-	if inst.Inherited() {
-		// A first instance keeps the fault dormant for its successors.
-		fault = os.Getenv(faultEnv)
-	}
-	if fault == "crash" {
-		logger.Print("fault: crashing before Ready")
-		os.Exit(3)
-	}
 	ln, err := inst.Listen("tcp", cfg.listen)
 	if err != nil {
 		inst.Stop()
 		return err
 	}
-	var restoreFds func()
-	if fault == "fds" {
-		restoreFds = limitFds(logger)
-	}
+	restoreFds := faultBeforeReady(inst, logger)
 	// Nothing is accepted before Ready: connections wait in the shared
 	// socket's queue meanwhile, so a failed Ready costs none of them.
 	if err := inst.Ready(); err != nil {
@@ -147,31 +128,6 @@ func run(cfg config, logger *log.Logger) error {
 			srv.handOver(inst)
 			srv.serveOn(sigs)
 			return nil
-		}
-	}
-}
-
-// limitFds lowers the soft limit of open files to a few more than are open,
-// for the fault "fds", and returns what restores it.
-func limitFds(logger *log.Logger) func() {
-	var old syscall.Rlimit
-	if err := syscall.Getrlimit(syscall.RLIMIT_NOFILE, &old); err != nil {
-		logger.Fatal(err)
-	}
-	fds, err := os.ReadDir("/proc/self/fd")
-	if err != nil {
-		logger.Fatal(err)
-	}
-	// Room for the pid file that Ready writes, not for passed connections.
-	low := old
-	low.Cur = uint64(len(fds) + 2)
-	if err := syscall.Setrlimit(syscall.RLIMIT_NOFILE, &low); err != nil {
-		logger.Fatal(err)
-	}
-	logger.Printf("fault: at most %d open files until the predecessor is done", low.Cur)
-	return func() {
-		if err := syscall.Setrlimit(syscall.RLIMIT_NOFILE, &old); err != nil {
-			logger.Print(errors.Join(errors.New("restoring the limit of open files"), err))
 		}
 	}
 }

@@ -29,7 +29,8 @@ func TestMain(m *testing.M) {
 		os.Exit(1)
 	}
 	streamBin = filepath.Join(dir, "stream")
-	args := []string{"build", "-o", streamBin}
+	// The test hooks (faults.go) are built in for the tests only.
+	args := []string{"build", "-tags", "gracefulfaults", "-o", streamBin}
 	if raceEnabled {
 		args = append(args, "-race")
 	}

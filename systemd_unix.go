@@ -1,3 +1,5 @@
+//go:build darwin || freebsd || linux || netbsd || openbsd
+
 package graceful
 
 import (
@@ -119,7 +121,7 @@ func socketMatches(fd int, kind, network, address string) bool {
 		if typ != unix.SOCK_STREAM && typ != unix.SOCK_SEQPACKET {
 			return false
 		}
-		if acc, err := unix.GetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_ACCEPTCONN); err != nil || acc == 0 {
+		if acc, err := acceptConn(fd, typ); err != nil || acc == 0 {
 			return false
 		}
 	} else if typ != unix.SOCK_DGRAM {

@@ -1,3 +1,5 @@
+//go:build darwin || freebsd || linux || netbsd || openbsd
+
 package graceful
 
 import (
@@ -9,18 +11,11 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
-	"strings"
 	"sync"
 	"time"
 
 	"golang.org/x/sys/unix"
 )
-
-// isAbstract reports whether addr names a socket in the abstract namespace,
-// which has no file and so no file mode: only credentials protect it.
-func isAbstract(addr string) bool {
-	return strings.HasPrefix(addr, "@")
-}
 
 // listenUnix listens on the Unix socket addr. A file socket appears at addr
 // only once it listens, with mode (and the group gid unless it is -1), so no
@@ -34,6 +29,9 @@ func isAbstract(addr string) bool {
 // name without a symlink being slipped in. It is then hard-linked into
 // place, which fails if anything is at addr instead of replacing it.
 func listenUnix(addr string, mode fs.FileMode, gid int) (net.Listener, error) {
+	if err := checkAddr(addr); err != nil {
+		return nil, err
+	}
 	if isAbstract(addr) {
 		ln, err := net.Listen("unix", addr)
 		if err != nil {
@@ -68,7 +66,7 @@ func listenUnix(addr string, mode fs.FileMode, gid int) (net.Listener, error) {
 		unix.Unlinkat(dirfd, tmp, unix.AT_REMOVEDIR)
 	}()
 
-	fd, err := unix.Socket(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC|unix.SOCK_NONBLOCK, 0)
+	fd, err := streamSocket()
 	if err != nil {
 		return nil, fmt.Errorf("graceful: %w", os.NewSyscallError("socket", err))
 	}
@@ -222,11 +220,29 @@ func isStale(dirfd int, base, addr string) (bool, error) {
 		}
 		return false, fmt.Errorf("a server is listening at %s: %w", addr, unix.EADDRINUSE)
 	case errors.Is(err, unix.ECONNREFUSED):
-		return true, nil
+		return !fullBacklogRefuses || keepsRefusing(addr), nil
 	case errors.Is(err, unix.ENOENT):
 		return false, nil
 	}
 	return false, err
+}
+
+// keepsRefusing reports whether the socket at addr refuses every connection
+// for a while. Where a live server whose backlog is full refuses
+// connections as a socket nobody listens on does (fullBacklogRefuses), that
+// server accepts again meanwhile, unless it stopped accepting altogether.
+func keepsRefusing(addr string) bool {
+	for range 10 {
+		time.Sleep(20 * time.Millisecond)
+		c, err := net.DialTimeout("unix", addr, time.Second)
+		if err == nil {
+			c.Close()
+		}
+		if !errors.Is(err, unix.ECONNREFUSED) {
+			return false
+		}
+	}
+	return true
 }
 
 // lockWait bounds the wait for the lock on a directory: instances of this
