@@ -73,8 +73,9 @@ func BenchmarkHandover(b *testing.B) {
 // sendmsg/recvmsg of 253 descriptors per call, the sender building the same
 // Metas in its loop, and the receiver building equal maps from the
 // encodings' bytes as the maps-ns/fd of BenchmarkHandover does (a copy of
-// each frame's bytes, strings cut from it, a map each). Reported, beside
-// the sender's allocations:
+// each frame's bytes, strings cut from it, a map each), closing each
+// descriptor and building its map in turn as the library's callback does.
+// Reported, beside the sender's allocations:
 //
 //	ns/fd, floor-ns/fd      the library's and the bare floor's windows
 //	floor+maps-ns/fd        the reference's window
@@ -483,11 +484,17 @@ func init() {
 			got, err = floorReceive(addr, n, nil)
 		case "floor-maps":
 			// The maps of the descriptors that arrive with each recvmsg,
-			// built from the bytes of their encodings.
+			// built from a copy of their encodings' bytes. Each
+			// descriptor is closed and its map built in turn, as the
+			// library's callback does.
 			base := min(n, benchBase)
-			got, err = floorReceive(addr, n, func(at, k int) {
+			got, err = floorReceive(addr, n, func(at int, fds []int32) {
 				j := at % base
-				splitFrame(string(all[j*size:(j+k)*size]), size)
+				frame := string(all[j*size : (j+len(fds))*size])
+				for i, fd := range fds {
+					unix.Close(int(fd))
+					mapSink = benchSplit(frame[i*size : (i+1)*size])
+				}
 			})
 		default:
 			err = fmt.Errorf("unknown kind %q", kind)
@@ -540,9 +547,10 @@ func startCPUProfile(dir, name string) (stop func(), err error) {
 
 // floorReceive dials addr with a blocking socket and receives n
 // descriptors with bare recvmsg, closing each, then acknowledges. If batch
-// is not nil, it is called after each recvmsg with the index of the first
-// descriptor received and how many came.
-func floorReceive(addr string, n int, batch func(at, k int)) (int, error) {
+// is not nil, it is called after each recvmsg, instead of the closes, with
+// the index of the first descriptor received and the descriptors, which it
+// closes.
+func floorReceive(addr string, n int, batch func(at int, fds []int32)) (int, error) {
 	fd, err := unix.Socket(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
 	if err != nil {
 		return 0, err
@@ -567,11 +575,10 @@ func floorReceive(addr string, n int, batch func(at, k int)) (int, error) {
 			return got, ErrTruncated
 		}
 		fds = appendRights(fds[:0], oob[:oobn])
-		for _, f := range fds {
-			unix.Close(int(f))
-		}
 		if batch != nil {
-			batch(got, len(fds))
+			batch(got, fds)
+		} else {
+			closeFds(fds)
 		}
 		got += len(fds)
 	}
