@@ -55,7 +55,7 @@ func (m Meta) appendPairs(b []byte, pairs []metaPair) []byte {
 		// A sender encodes a meta per descriptor: an insertion sort
 		// spares the calls of a general one.
 		for i := 1; i < len(pairs); i++ {
-			for j := i; j > 0 && pairs[j].k < pairs[j-1].k; j-- {
+			for j := i; j > 0 && keyLess(pairs[j].k, pairs[j-1].k); j-- {
 				pairs[j], pairs[j-1] = pairs[j-1], pairs[j]
 			}
 		}
@@ -85,6 +85,15 @@ func appendUvarint(b []byte, x int) []byte {
 }
 
 type metaPair struct{ k, v string }
+
+// keyLess reports whether a < b. Keys mostly differ in their first byte,
+// which it compares before it calls the runtime's comparison.
+func keyLess(a, b string) bool {
+	if a != "" && b != "" && a[0] != b[0] {
+		return a[0] < b[0]
+	}
+	return a < b
+}
 
 // MarshalBinary returns the encoding of m.
 func (m Meta) MarshalBinary() ([]byte, error) {
@@ -213,7 +222,7 @@ func decodeMetaString(s string) (Meta, error) {
 				return nil, err
 			}
 		}
-		if i > 0 && k <= prev {
+		if i > 0 && !keyLess(prev, k) {
 			return nil, fmt.Errorf("%w: meta keys not in increasing order", ErrProtocol)
 		}
 		m[k], prev = v, k

@@ -88,8 +88,10 @@ func (s *sender) Write(fd int, meta io.WriterTo) error {
 	if s.done {
 		return errEnded
 	}
-	if err := s.runAfter(); err != nil {
-		return err
+	if len(s.after) != 0 {
+		if err := s.runAfter(); err != nil {
+			return err
+		}
 	}
 	if fd < 0 || fd > 1<<31-1 {
 		return fmt.Errorf("graceful: invalid descriptor %d: %w", fd, unix.EBADF)
