@@ -75,7 +75,9 @@ func BenchmarkHandover(b *testing.B) {
 // encodings' bytes as the maps-ns/fd of BenchmarkHandover does (a copy of
 // each frame's bytes, strings cut from it, a map each), closing each
 // descriptor and building its map in turn as the library's callback does.
-// Reported, beside the sender's allocations:
+// Both receivers start with the young heap of a fresh process, whose new
+// pages are much of what the maps cost. Reported, beside the sender's
+// allocations:
 //
 //	ns/fd, floor-ns/fd      the library's and the bare floor's windows
 //	floor+maps-ns/fd        the reference's window
