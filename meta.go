@@ -28,18 +28,28 @@ const DefaultMaxMetaSize = 64 << 10
 // AppendBinary appends the encoding of m to b. It implements
 // [encoding.BinaryAppender]; senders use it to encode without allocating.
 func (m Meta) AppendBinary(b []byte) ([]byte, error) {
-	// The pairs are gathered and sorted on the stack, in one pass over the
-	// map; the common small Meta clears a small array.
-	switch {
-	case len(m) == 0:
+	if len(m) == 0 {
 		return b, nil
-	case len(m) <= 4:
-		var stack [4]metaPair
-		return m.appendPairs(b, stack[:0]), nil
-	default:
+	}
+	if len(m) > 4 {
 		var stack [16]metaPair
 		return m.appendPairs(b, stack[:0]), nil
 	}
+	// A sender encodes a meta per descriptor, most of a few pairs. They
+	// are sorted into a local array as they come, in one pass over the
+	// map, which takes neither the calls of a sort nor write barriers.
+	var pairs [4]metaPair
+	n, size := 0, 2
+	for k, v := range m {
+		i := n
+		for ; i > 0 && keyLess(k, pairs[i-1].k); i-- {
+			pairs[i] = pairs[i-1]
+		}
+		pairs[i] = metaPair{k, v}
+		n++
+		size += 2 + len(k) + len(v)
+	}
+	return appendSorted(slices.Grow(b, size), pairs[:n]), nil
 }
 
 // appendPairs appends the encoding of m, gathering its pairs in pairs.
@@ -52,8 +62,7 @@ func (m Meta) appendPairs(b []byte, pairs []metaPair) []byte {
 		size += 2 + len(k) + len(v)
 	}
 	if len(pairs) <= 16 {
-		// A sender encodes a meta per descriptor: an insertion sort
-		// spares the calls of a general one.
+		// An insertion sort spares the calls of a general one.
 		for i := 1; i < len(pairs); i++ {
 			for j := i; j > 0 && keyLess(pairs[j].k, pairs[j-1].k); j-- {
 				pairs[j], pairs[j-1] = pairs[j-1], pairs[j]
@@ -62,7 +71,11 @@ func (m Meta) appendPairs(b []byte, pairs []metaPair) []byte {
 	} else {
 		slices.SortFunc(pairs, func(a, b metaPair) int { return strings.Compare(a.k, b.k) })
 	}
-	b = slices.Grow(b, size)
+	return appendSorted(slices.Grow(b, size), pairs)
+}
+
+// appendSorted appends the encoding of the pairs, sorted by key.
+func appendSorted(b []byte, pairs []metaPair) []byte {
 	b = append(b, metaVersion)
 	b = appendUvarint(b, len(pairs))
 	for i := range pairs {
