@@ -13,6 +13,8 @@ import (
 	"net"
 	"os"
 	"runtime"
+	"runtime/pprof"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -60,6 +62,144 @@ func BenchmarkHandover(b *testing.B) {
 				benchHandover(b, n, meta == "two")
 			})
 		}
+	}
+}
+
+// BenchmarkHandoverMeta measures what a hand-over of live connections pays
+// for their state: the sender builds each descriptor's two-key Meta inside
+// the timed window, in its send loop, as a program builds it from a
+// connection's state, and writes it through its ResponseWriter; the fresh
+// receiving process decodes each with MetaFrom and closes the descriptor.
+// The reference, in the same iteration between fresh processes of the same
+// kind, is the floor plus the same maps built on both sides: bare
+// sendmsg/recvmsg of 253 descriptors per call, the sender building the same
+// Metas in its loop, and the receiver building equal maps from the
+// encodings' bytes as the maps-ns/fd of BenchmarkHandover does (a copy of
+// each frame's bytes, strings cut from it, a map each), closing each
+// descriptor and building its map in turn as the library's callback does.
+// Both receivers start with the young heap of a fresh process, whose new
+// pages are much of what the maps cost. Reported, beside the sender's
+// allocations:
+//
+//	ns/fd, floor-ns/fd      the library's and the bare floor's windows
+//	floor+maps-ns/fd        the reference's window
+//	x-floor+maps            ns/fd / floor+maps-ns/fd, the median of the
+//	                        ratios within each iteration
+//	cpu-ns/fd               CPU time, user and system, of both processes
+//	floor+maps-cpu-ns/fd    over the window, per descriptor
+//	x-floor+maps-cpu        their ratio, median of the iterations'
+//	recv-cpu-ns/fd          the receiving processes' part of cpu-ns/fd
+//	floor+maps-recv-cpu-ns/fd  and of floor+maps-cpu-ns/fd
+//
+// Run it with
+//
+//	go test -run '^$' -bench HandoverMeta -count 8 | tee bench.txt
+func BenchmarkHandoverMeta(b *testing.B) {
+	for _, n := range []int{1_000, 10_000, 100_000} {
+		b.Run(fmt.Sprintf("n=%d", n), func(b *testing.B) {
+			benchHandoverMeta(b, n)
+		})
+	}
+}
+
+func benchHandoverMeta(b *testing.B, n int) {
+	fds := benchFds(b, min(n, benchBase))
+	oobs := floorRights(fds, n)
+	addr := sockPath(b)
+	b.ReportAllocs()
+	var lib, floor, ref time.Duration
+	var cpu, refCPU, recvCPU, refRecvCPU time.Duration
+	var mallocs, bytes uint64
+	var ratios, cpuRatios []float64
+	for range b.N {
+		var fl recvStats
+		floor += runHandover(b, addr, "floor", n, false, func(conn net.Conn) (func() error, error) {
+			return floorSender(conn, oobs, n, nil)
+		}, &fl)
+
+		var rf recvStats
+		d := runHandover(b, addr, "floor-maps", n, true, func(conn net.Conn) (func() error, error) {
+			return floorSender(conn, oobs, n, func(i int) { metaSink = sendMeta(i % len(fds)) })
+		}, &rf)
+		ref += d
+		c := time.Duration(rf.cpu + rf.sendCPU)
+		refCPU += c
+		refRecvCPU += time.Duration(rf.cpu)
+
+		var rs recvStats
+		l := runHandover(b, addr, "lib", n, true, func(conn net.Conn) (func() error, error) {
+			return func() error {
+				return transfer(b.Context(), conn, nil, DefaultTimeout, func(s *sender) error {
+					var w ResponseWriter = s
+					for i := range n {
+						j := i % len(fds)
+						if err := w.Write(fds[j], sendMeta(j)); err != nil {
+							return err
+						}
+					}
+					return nil
+				})
+			}, nil
+		}, &rs)
+		lib += l
+		lc := time.Duration(rs.cpu + rs.sendCPU)
+		cpu += lc
+		recvCPU += time.Duration(rs.cpu)
+		mallocs += rs.sendMallocs
+		bytes += rs.sendBytes
+		ratios = append(ratios, float64(l)/float64(d))
+		cpuRatios = append(cpuRatios, float64(lc)/float64(c))
+	}
+	perFd := func(d time.Duration) float64 { return float64(d.Nanoseconds()) / float64(b.N*n) }
+	b.ReportMetric(float64(lib.Nanoseconds())/float64(b.N), "ns/op")
+	b.ReportMetric(float64(mallocs)/float64(b.N), "allocs/op")
+	b.ReportMetric(float64(bytes)/float64(b.N), "B/op")
+	b.ReportMetric(perFd(lib), "ns/fd")
+	b.ReportMetric(perFd(floor), "floor-ns/fd")
+	b.ReportMetric(perFd(ref), "floor+maps-ns/fd")
+	b.ReportMetric(median(ratios), "x-floor+maps")
+	b.ReportMetric(perFd(cpu), "cpu-ns/fd")
+	b.ReportMetric(perFd(refCPU), "floor+maps-cpu-ns/fd")
+	b.ReportMetric(median(cpuRatios), "x-floor+maps-cpu")
+	b.ReportMetric(perFd(recvCPU), "recv-cpu-ns/fd")
+	b.ReportMetric(perFd(refRecvCPU), "floor+maps-recv-cpu-ns/fd")
+}
+
+// median returns the median of xs, leaving xs as it is.
+func median(xs []float64) float64 {
+	xs = slices.Clone(xs)
+	slices.Sort(xs)
+	if len(xs)%2 == 1 {
+		return xs[len(xs)/2]
+	}
+	return (xs[len(xs)/2-1] + xs[len(xs)/2]) / 2
+}
+
+var metaSink Meta
+
+// sendMeta builds benchMeta(i) as a program builds a connection's state in
+// its send loop: two strings of fixed width and a map, without fmt.
+func sendMeta(i int) Meta {
+	id, peer := benchStrings(i)
+	return Meta{"id": string(id[:]), "peer": string(peer[:])}
+}
+
+// benchStrings writes the id and peer of benchMeta(i).
+func benchStrings(i int) (id [7]byte, peer [19]byte) {
+	id[0] = 'c'
+	putDecimal(id[1:], 100000+i)
+	copy(peer[:], "203.0.113.")
+	putDecimal(peer[10:13], i%256)
+	peer[13] = ':'
+	putDecimal(peer[14:], 10000+i)
+	return id, peer
+}
+
+// putDecimal writes v in decimal, zero-padded to fill b.
+func putDecimal(b []byte, v int) {
+	for k := len(b) - 1; k >= 0; k-- {
+		b[k] = byte('0' + v%10)
+		v /= 10
 	}
 }
 
@@ -112,7 +252,7 @@ func benchHandover(b *testing.B, n int, withMeta bool) {
 	for range b.N {
 		var fl recvStats
 		floor += runHandover(b, addr, "floor", n, withMeta, func(conn net.Conn) (func() error, error) {
-			return floorSender(conn, oobs)
+			return floorSender(conn, oobs, n, nil)
 		}, &fl)
 		floorCPU += time.Duration(fl.cpu + fl.sendCPU)
 
@@ -252,10 +392,12 @@ func floorRights(fds []int, n int) [][]byte {
 	return oobs
 }
 
-// floorSender returns the floor's send on conn: bare sendmsg of each of
-// oobs with one byte, on a blocking descriptor, then a wait for a one-byte
-// acknowledgement. The descriptor is conn's own, which stays open.
-func floorSender(conn net.Conn, oobs [][]byte) (func() error, error) {
+// floorSender returns the floor's send on conn of the n descriptors in
+// oobs: bare sendmsg of each of oobs with one byte, on a blocking
+// descriptor, then a wait for a one-byte acknowledgement. If build is not
+// nil, it is called for each descriptor's index before the sendmsg that
+// carries it. The descriptor is conn's own, which stays open.
+func floorSender(conn net.Conn, oobs [][]byte, n int, build func(i int)) (func() error, error) {
 	rc, err := conn.(*net.UnixConn).SyscallConn()
 	if err != nil {
 		return nil, err
@@ -272,7 +414,12 @@ func floorSender(conn net.Conn, oobs [][]byte) (func() error, error) {
 	}
 	return func() error {
 		one := []byte{0}
-		for _, oob := range oobs {
+		for k, oob := range oobs {
+			if build != nil {
+				for i := k * maxBatch; i < min(n, (k+1)*maxBatch); i++ {
+					build(i)
+				}
+			}
 			if err := unix.Sendmsg(fd, one, oob, nil, unix.MSG_NOSIGNAL); err != nil {
 				return err
 			}
@@ -292,6 +439,22 @@ func init() {
 			return err
 		}
 		withMeta := args[3] == "true"
+		if dir := os.Getenv(benchProfileEnv); dir != "" {
+			stop, err := startCPUProfile(dir, "recv-"+kind)
+			if err != nil {
+				return err
+			}
+			defer stop()
+		}
+		// The encodings that floor-maps builds its maps from, laid out
+		// before the clocks start.
+		var all []byte
+		var size int
+		if kind == "floor-maps" {
+			if all, size, err = benchEncodings(min(n, benchBase)); err != nil {
+				return err
+			}
+		}
 		var m0, m1 runtime.MemStats
 		runtime.ReadMemStats(&m0)
 		cpu0 := processCPU()
@@ -314,13 +477,30 @@ func init() {
 				if err != nil {
 					return err
 				}
-				if len(m) != 2 || m["id"] == "" {
+				// A look-up would be the callback's work, which the
+				// reference does not do: the fuzz and unit tests check
+				// what decodes.
+				if len(m) != 2 {
 					return fmt.Errorf("meta %v", m)
 				}
 				return nil
 			})
 		case "floor":
-			got, err = floorReceive(addr, n)
+			got, err = floorReceive(addr, n, nil)
+		case "floor-maps":
+			// The maps of the descriptors that arrive with each recvmsg,
+			// built from a copy of their encodings' bytes. Each
+			// descriptor is closed and its map built in turn, as the
+			// library's callback does.
+			base := min(n, benchBase)
+			got, err = floorReceive(addr, n, func(at int, fds []int32) {
+				j := at % base
+				frame := string(all[j*size : (j+len(fds))*size])
+				for i, fd := range fds {
+					unix.Close(int(fd))
+					mapSink = benchSplit(frame[i*size : (i+1)*size])
+				}
+			})
 		default:
 			err = fmt.Errorf("unknown kind %q", kind)
 		}
@@ -347,9 +527,35 @@ func init() {
 	}
 }
 
+// benchProfileEnv, when set to a directory, has each receiving child of
+// the hand-over benchmarks write its CPU profile there, in a file of its
+// own (recv-KIND-*.pprof): go tool pprof merges them. The sender's profile
+// is go test's -cpuprofile.
+const benchProfileEnv = "GRACEFUL_BENCH_CPUPROFILE"
+
+// startCPUProfile profiles this process into a new file in dir, until the
+// function it returns is called.
+func startCPUProfile(dir, name string) (stop func(), err error) {
+	f, err := os.CreateTemp(dir, name+"-*.pprof")
+	if err != nil {
+		return nil, err
+	}
+	if err := pprof.StartCPUProfile(f); err != nil {
+		f.Close()
+		return nil, err
+	}
+	return func() {
+		pprof.StopCPUProfile()
+		f.Close()
+	}, nil
+}
+
 // floorReceive dials addr with a blocking socket and receives n
-// descriptors with bare recvmsg, closing each, then acknowledges.
-func floorReceive(addr string, n int) (int, error) {
+// descriptors with bare recvmsg, closing each, then acknowledges. If batch
+// is not nil, it is called after each recvmsg, instead of the closes, with
+// the index of the first descriptor received and the descriptors, which it
+// closes.
+func floorReceive(addr string, n int, batch func(at int, fds []int32)) (int, error) {
 	fd, err := unix.Socket(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
 	if err != nil {
 		return 0, err
@@ -374,8 +580,10 @@ func floorReceive(addr string, n int) (int, error) {
 			return got, ErrTruncated
 		}
 		fds = appendRights(fds[:0], oob[:oobn])
-		for _, f := range fds {
-			unix.Close(int(f))
+		if batch != nil {
+			batch(got, fds)
+		} else {
+			closeFds(fds)
 		}
 		got += len(fds)
 	}
@@ -398,6 +606,49 @@ func buildMaps(b *testing.B, n int) time.Duration {
 
 var mapSink Meta
 
+// benchEncodings lays out the encodings of benchMeta(i) for i < base, then
+// the first maxBatch again, so that the bytes of any frame of the
+// benchmark, wrapping around, are contiguous. All have the same size. It
+// writes them in place, allocating only the result: a receiver that
+// builds its maps from them starts with the young heap of any fresh
+// process, as the library's does.
+func benchEncodings(base int) (all []byte, size int, err error) {
+	size = len(appendBenchEncoding(nil, 0))
+	all = make([]byte, 0, (base+maxBatch)*size)
+	for i := range base + maxBatch {
+		all = appendBenchEncoding(all, i%base)
+	}
+	for _, i := range []int{0, base - 1} {
+		want := benchMeta(i)
+		e, _ := want.MarshalBinary()
+		if got := all[i*size : (i+1)*size]; !bytes.Equal(got, e) {
+			return nil, 0, fmt.Errorf("benchMeta(%d) encodes as %q, not %q", i, e, got)
+		}
+		if !maps.Equal(benchSplit(string(e)), want) || !maps.Equal(sendMeta(i), want) {
+			return nil, 0, fmt.Errorf("benchSplit or sendMeta does not give %v", want)
+		}
+	}
+	return all, size, nil
+}
+
+// appendBenchEncoding appends the encoding of benchMeta(i), written by hand.
+func appendBenchEncoding(b []byte, i int) []byte {
+	id, peer := benchStrings(i)
+	b = append(b, metaVersion, 2, 2, 'i', 'd', byte(len(id)))
+	b = append(b, id[:]...)
+	b = append(b, 4, 'p', 'e', 'e', 'r', byte(len(peer)))
+	return append(b, peer[:]...)
+}
+
+// splitFrame builds the Metas of a frame's encodings, each of size bytes,
+// from frame, a copy of their bytes that all share (the receive buffer is
+// reused), as a decoder of the benchmark's meta must at least.
+func splitFrame(frame string, size int) {
+	for ; frame != ""; frame = frame[size:] {
+		mapSink = benchSplit(frame[:size])
+	}
+}
+
 // benchSplit builds the Meta of benchMeta's encoding e with the split
 // points known: the map's allocation and insertions alone, not a decoder.
 func benchSplit(e string) Meta {
@@ -413,33 +664,16 @@ func init() {
 		if err != nil {
 			return err
 		}
-		// The encodings arrive in frames of 253, each a copy of its bytes
-		// (the receive buffer is reused) that all its Metas share. They are
-		// laid out first, one after the other and wrapping around, so that
-		// any frame is contiguous; only the copies and maps are timed.
 		base := min(n, benchBase)
-		first, _ := benchMeta(0).MarshalBinary()
-		size := len(first)
-		var all []byte
-		for i := range base + maxBatch {
-			e, _ := benchMeta(i % base).MarshalBinary()
-			if len(e) != size {
-				return fmt.Errorf("benchMeta(%d) encodes in %d bytes, not %d", i, len(e), size)
-			}
-			all = append(all, e...)
-		}
-		last := base - 1
-		if want := benchMeta(last); !maps.Equal(benchSplit(string(all[last*size:(last+1)*size])), want) {
-			return fmt.Errorf("benchSplit does not match the encoding of %v", want)
+		all, size, err := benchEncodings(base)
+		if err != nil {
+			return err
 		}
 		runtime.GC()
 		t0 := time.Now()
 		for i := 0; i < n; i += maxBatch {
 			j, k := i%base, min(maxBatch, n-i)
-			frame := string(all[j*size : (j+k)*size])
-			for ; frame != ""; frame = frame[size:] {
-				mapSink = benchSplit(frame[:size])
-			}
+			splitFrame(string(all[j*size:(j+k)*size]), size)
 		}
 		ns := time.Since(t0)
 		fmt.Println((&recvStats{fds: uint64(n), ns: uint64(ns)}).String())

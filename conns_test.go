@@ -12,6 +12,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 	"testing"
 )
 
@@ -42,6 +43,8 @@ func init() {
 			os.Exit(0)
 		}
 		n := 0
+		var replies sync.WaitGroup
+		defer replies.Wait()
 		for {
 			c, m, err := inst.AcceptConn()
 			if err == io.EOF {
@@ -51,7 +54,9 @@ func init() {
 				return err
 			}
 			n++
+			replies.Add(1)
 			go func() {
+				defer replies.Done()
 				defer c.Close()
 				line, err := bufio.NewReader(c).ReadString('\n')
 				if err != nil {
@@ -62,6 +67,7 @@ func init() {
 		}
 		fmt.Println("accepted", n)
 		bufio.NewReader(os.Stdin).ReadString('\n')
+		replies.Wait()
 		ln.Close()
 		inst.Stop()
 		fmt.Println("leaked", countOwnFds()-before)

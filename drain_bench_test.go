@@ -12,7 +12,6 @@ import (
 	"net"
 	"net/http"
 	"runtime"
-	"slices"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -155,15 +154,6 @@ func benchDrainer(b *testing.B, keepAlive bool) {
 	}
 	b.ReportMetric(median(xWall), "x-plain")
 	b.ReportMetric(median(xCPU), "x-plain-cpu")
-}
-
-// median returns the median of v, which it sorts.
-func median(v []float64) float64 {
-	slices.Sort(v)
-	if len(v)%2 == 1 {
-		return v[len(v)/2]
-	}
-	return (v[len(v)/2-1] + v[len(v)/2]) / 2
 }
 
 // benchClients is the number of clients per GOMAXPROCS: enough to keep both

@@ -31,26 +31,82 @@ func (m Meta) AppendBinary(b []byte) ([]byte, error) {
 	if len(m) == 0 {
 		return b, nil
 	}
-	// Small maps gather and sort their pairs on the stack, in one pass
-	// over the map.
-	var stack [16]metaPair
-	pairs := stack[:0]
+	if len(m) > 4 {
+		var stack [16]metaPair
+		return m.appendPairs(b, stack[:0]), nil
+	}
+	// A sender encodes a meta per descriptor, most of a few pairs. They
+	// are sorted into a local array as they come, in one pass over the
+	// map, which takes neither the calls of a sort nor write barriers.
+	var pairs [4]metaPair
+	n, size := 0, 2
+	for k, v := range m {
+		i := n
+		for ; i > 0 && keyLess(k, pairs[i-1].k); i-- {
+			pairs[i] = pairs[i-1]
+		}
+		pairs[i] = metaPair{k, v}
+		n++
+		size += 2 + len(k) + len(v)
+	}
+	return appendSorted(slices.Grow(b, size), pairs[:n]), nil
+}
+
+// appendPairs appends the encoding of m, gathering its pairs in pairs.
+func (m Meta) appendPairs(b []byte, pairs []metaPair) []byte {
+	// The size, counting lengths of one byte: room for a whole meta
+	// almost always, in one allocation for MarshalBinary.
+	size := 2
 	for k, v := range m {
 		pairs = append(pairs, metaPair{k, v})
+		size += 2 + len(k) + len(v)
 	}
-	slices.SortFunc(pairs, func(a, b metaPair) int { return strings.Compare(a.k, b.k) })
+	if len(pairs) <= 16 {
+		// An insertion sort spares the calls of a general one.
+		for i := 1; i < len(pairs); i++ {
+			for j := i; j > 0 && keyLess(pairs[j].k, pairs[j-1].k); j-- {
+				pairs[j], pairs[j-1] = pairs[j-1], pairs[j]
+			}
+		}
+	} else {
+		slices.SortFunc(pairs, func(a, b metaPair) int { return strings.Compare(a.k, b.k) })
+	}
+	return appendSorted(slices.Grow(b, size), pairs)
+}
+
+// appendSorted appends the encoding of the pairs, sorted by key.
+func appendSorted(b []byte, pairs []metaPair) []byte {
 	b = append(b, metaVersion)
-	b = binary.AppendUvarint(b, uint64(len(pairs)))
-	for _, p := range pairs {
-		b = binary.AppendUvarint(b, uint64(len(p.k)))
+	b = appendUvarint(b, len(pairs))
+	for i := range pairs {
+		p := &pairs[i]
+		b = appendUvarint(b, len(p.k))
 		b = append(b, p.k...)
-		b = binary.AppendUvarint(b, uint64(len(p.v)))
+		b = appendUvarint(b, len(p.v))
 		b = append(b, p.v...)
 	}
-	return b, nil
+	return b
+}
+
+// appendUvarint appends x as a uvarint, a length below 0x80 as one byte
+// without a loop.
+func appendUvarint(b []byte, x int) []byte {
+	if x < 0x80 {
+		return append(b, byte(x))
+	}
+	return binary.AppendUvarint(b, uint64(x))
 }
 
 type metaPair struct{ k, v string }
+
+// keyLess reports whether a < b. Keys mostly differ in their first byte,
+// which it compares before it calls the runtime's comparison.
+func keyLess(a, b string) bool {
+	if a != "" && b != "" && a[0] != b[0] {
+		return a[0] < b[0]
+	}
+	return a < b
+}
 
 // MarshalBinary returns the encoding of m.
 func (m Meta) MarshalBinary() ([]byte, error) {
@@ -97,20 +153,14 @@ func MetaFrom(r io.Reader) (Meta, error) {
 	if r == nil {
 		return nil, nil
 	}
-	if d, ok := r.(metaDecoder); ok {
-		return d.decodeMeta()
+	if mr, ok := r.(*metaReader); ok {
+		return mr.decodeMeta()
 	}
 	b, err := readMeta(r)
 	if err != nil {
 		return nil, err
 	}
 	return decodeMeta(b)
-}
-
-// metaDecoder is a reader that decodes the Meta it holds without the copy
-// that reading it would make: the meta reader a callback gets.
-type metaDecoder interface {
-	decodeMeta() (Meta, error)
 }
 
 func readMeta(r io.Reader) ([]byte, error) {
@@ -139,9 +189,16 @@ func decodeMetaString(s string) (Meta, error) {
 	if s[0] != metaVersion {
 		return nil, fmt.Errorf("%w: meta version %d, want %d", ErrProtocol, s[0], metaVersion)
 	}
-	n, p, err := metaUvarint(s, 1)
-	if err != nil {
-		return nil, err
+	// A receiver decodes a meta per descriptor: lengths below 0x80, as of
+	// almost any count, key and value, are read here without a call.
+	n, p := uint64(0), 2
+	if len(s) > 1 && s[1] < 0x80 {
+		n = uint64(s[1])
+	} else {
+		var err error
+		if n, p, err = metaUvarint(s, 1); err != nil {
+			return nil, err
+		}
 	}
 	// An empty Meta encodes as zero bytes, not as a count of 0.
 	if n == 0 {
@@ -151,17 +208,34 @@ func decodeMetaString(s string) (Meta, error) {
 	if n > uint64(len(s)-p)/2 {
 		return nil, fmt.Errorf("%w: meta announces %d pairs in %d bytes", ErrProtocol, n, len(s)-1)
 	}
-	m := make(Meta, n)
-	prev := ""
+	// Up to a group's 8 slots a size hint allocates nothing: the cheaper
+	// make without one does the same.
+	var m Meta
+	if n <= 8 {
+		m = make(Meta)
+	} else {
+		m = make(Meta, n)
+	}
+	var prev string
 	for i := uint64(0); i < n; i++ {
 		var k, v string
-		if k, p, err = metaString(s, p); err != nil {
-			return nil, err
+		short := false
+		if p < len(s) && s[p] < 0x80 {
+			// q is the offset of the value's length.
+			if q := p + 1 + int(s[p]); q < len(s) && s[q] < 0x80 && int(s[q]) < len(s)-q {
+				k, v, p, short = s[p+1:q], s[q+1:q+1+int(s[q])], q+1+int(s[q]), true
+			}
 		}
-		if v, p, err = metaString(s, p); err != nil {
-			return nil, err
+		if !short {
+			var err error
+			if k, p, err = metaString(s, p); err != nil {
+				return nil, err
+			}
+			if v, p, err = metaString(s, p); err != nil {
+				return nil, err
+			}
 		}
-		if i > 0 && k <= prev {
+		if i > 0 && !keyLess(prev, k) {
 			return nil, fmt.Errorf("%w: meta keys not in increasing order", ErrProtocol)
 		}
 		m[k], prev = v, k

@@ -37,12 +37,12 @@ func (c *metaStrings) get(lo, hi int) string {
 // decodeMeta decodes the unread bytes in place, cutting the strings of a
 // whole meta from the frame's shared copies.
 func (r *metaReader) decodeMeta() (Meta, error) {
-	b := r.b[r.off:]
-	whole := r.off == 0
-	r.off = len(r.b)
-	if whole && r.strs != nil {
-		return decodeMetaString(r.strs.get(r.at, r.at+len(b)))
+	if r.off == 0 && r.strs != nil {
+		r.off = len(r.b)
+		return decodeMetaString(r.strs.get(r.at, r.at+len(r.b)))
 	}
+	b := r.b[r.off:]
+	r.off = len(r.b)
 	return decodeMeta(b)
 }
 

@@ -442,13 +442,14 @@ func (r *receiver) checkBody(bodyLen int) error {
 func (r *receiver) deliver(cb ReceiveCallback, bodyLen int) error {
 	body := r.body[:bodyLen]
 	r.strs = metaStrings{body: body}
+	r.meta.strs = &r.strs
 	for r.next < len(r.fds) {
 		fd := int(r.fds[r.next])
 		var meta io.Reader
 		if bodyLen > 0 {
 			n := binary.BigEndian.Uint32(body)
 			if n > 0 {
-				r.meta = metaReader{b: body[4 : 4+n], strs: &r.strs, at: bodyLen - len(body) + 4}
+				r.meta.b, r.meta.off, r.meta.at = body[4:4+n], 0, bodyLen-len(body)+4
 				meta = &r.meta
 			}
 			body = body[4+n:]

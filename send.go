@@ -87,8 +87,10 @@ func (s *sender) Write(fd int, meta io.WriterTo) error {
 	if s.done {
 		return errEnded
 	}
-	if err := s.runAfter(); err != nil {
-		return err
+	if len(s.after) != 0 {
+		if err := s.runAfter(); err != nil {
+			return err
+		}
 	}
 	if fd < 0 || fd > 1<<31-1 {
 		return fmt.Errorf("graceful: invalid descriptor %d: %w", fd, syscall.EBADF)
@@ -102,9 +104,12 @@ func (s *sender) Write(fd int, meta io.WriterTo) error {
 	s.buf = append(s.buf, 0, 0, 0, 0)
 	if meta != nil {
 		var err error
-		if a, ok := meta.(encoding.BinaryAppender); ok {
+		switch a := meta.(type) {
+		case Meta: // without the look-up of an interface
 			s.buf, err = a.AppendBinary(s.buf)
-		} else {
+		case encoding.BinaryAppender:
+			s.buf, err = a.AppendBinary(s.buf)
+		default:
 			_, err = meta.WriteTo((*metaWriter)(s))
 		}
 		if err != nil {
