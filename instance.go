@@ -2,6 +2,7 @@ package graceful
 
 import (
 	"bytes"
+	"context"
 	"encoding/base64"
 	"errors"
 	"fmt"
@@ -259,7 +260,7 @@ func (in *Instance) takeOver() error {
 	}
 	conn := c.(*net.UnixConn)
 	client := &Client{Timeout: in.timeout}
-	err = client.ReceiveFrom(conn, in.inherited)
+	_, err = client.receiveHello(context.Background(), conn, in.inherited, false, true)
 	if err == nil && in.handover == nil {
 		err = fmt.Errorf("%w: no hand-over socket among the descriptors", ErrProtocol)
 	}

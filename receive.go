@@ -106,7 +106,7 @@ func (c *Client) ReceiveContext(ctx context.Context, addr string, cb ReceiveCall
 			return fmt.Errorf("graceful: %w", err)
 		}
 	}
-	n, err := c.receive(ctx, conn, cb, true)
+	n, err := c.receiveHello(ctx, conn, cb, true, true)
 	if err == nil && n == 0 {
 		// A server always sends a transfer, if only an empty one.
 		return fmt.Errorf("graceful: %s closed the connection without a transfer: %w", addr, io.ErrUnexpectedEOF)
@@ -163,6 +163,23 @@ func dialError(addr string, err error) error {
 // receive runs one transfer, or all until a clean end of stream, and counts
 // those that completed.
 func (c *Client) receive(ctx context.Context, conn net.Conn, cb ReceiveCallback, all bool) (int, error) {
+	return c.receiveHello(ctx, conn, cb, all, false)
+}
+
+// receiveHello is receive on a connection that it may say its first hello on
+// before anything else, when early is set: one just dialled, whose buffer
+// the hello cannot fill. The sender waits for the hello, and need not wait
+// for this side's own first steps too; the hello tells nothing but the
+// versions.
+func (c *Client) receiveHello(ctx context.Context, conn net.Conn, cb ReceiveCallback, all, early bool) (int, error) {
+	if early {
+		var hello [helloLen]byte
+		putHello(hello[:])
+		_, err := conn.Write(hello[:])
+		if err != nil && !errors.Is(err, syscall.EPIPE) && !errors.Is(err, syscall.ECONNRESET) {
+			return 0, ioError("sending hello", err)
+		}
+	}
 	if err := checkPeer(conn, c.Allow); err != nil {
 		return 0, err
 	}
@@ -178,6 +195,7 @@ func (c *Client) receive(ctx context.Context, conn net.Conn, cb ReceiveCallback,
 		return 0, err
 	}
 	defer r.close()
+	r.greeted = early
 	for n := 0; ; n++ {
 		err := r.transfer(cb)
 		if err == io.EOF && all {
@@ -207,6 +225,7 @@ type receiver struct {
 	maxMeta int
 	hdr     [hdrLen]byte
 	ver     byte // the version of the transfer under way
+	greeted bool // the next transfer's hello is sent
 	body    []byte
 	oob     []byte
 	// fds holds the descriptors of the current frame; those from next on
@@ -282,15 +301,19 @@ func (r *receiver) transfer(cb ReceiveCallback) error {
 // side speaks, and reads the sender's answer. It returns io.EOF when the
 // sender closed the connection instead: it has nothing (more) to send.
 func (r *receiver) greet() error {
-	putHello(r.hdr[:])
-	r.wd.arm()
-	err := r.wd.disarm(r.mc.sendmsg(r.hdr[:helloLen], nil))
-	if errors.Is(err, syscall.EPIPE) || errors.Is(err, syscall.ECONNRESET) {
-		// Gone before the hello: the end of the stream, read as such.
-		err = nil
-	}
-	if err != nil {
-		return ioError("sending hello", err)
+	if r.greeted {
+		r.greeted = false // the first transfer's hello went already
+	} else {
+		putHello(r.hdr[:])
+		r.wd.arm()
+		err := r.wd.disarm(r.mc.sendmsg(r.hdr[:helloLen], nil))
+		if errors.Is(err, syscall.EPIPE) || errors.Is(err, syscall.ECONNRESET) {
+			// Gone before the hello: the end of the stream, read as such.
+			err = nil
+		}
+		if err != nil {
+			return ioError("sending hello", err)
+		}
 	}
 	n, err := r.readFull(r.hdr[:ackLen])
 	if err != nil {
