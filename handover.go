@@ -316,7 +316,7 @@ func (in *Instance) awaitReady(conn *net.UnixConn) error {
 	if msg[0] == version && msg[1] == statusRefused {
 		reason := make([]byte, int(msg[2])<<8|int(msg[3]))
 		io.ReadFull(conn, reason)
-		return fmt.Errorf("%w: it stopped before its Ready: %s", errGone, reason)
+		return fmt.Errorf("%w: %s", errGone, reason)
 	}
 	if msg[0] != version || msg[1] != statusReady || msg[2] != 0 || msg[3] != 0 {
 		return fmt.Errorf("%w: % x instead of ready", ErrProtocol, msg)
@@ -445,7 +445,7 @@ func (in *Instance) Stop() {
 	if in.pred != nil {
 		// The predecessor serves on, and learns why.
 		if in.abandoned == nil {
-			refuse(in.pred, "stopped")
+			refuse(in.pred, "it stopped before its Ready")
 		}
 		in.pred.Close()
 		in.pred = nil
