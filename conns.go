@@ -7,6 +7,7 @@ import (
 	"io"
 	"net"
 	"sync"
+	"time"
 )
 
 // This file moves live connections from an instance to its successor, on
@@ -35,9 +36,11 @@ type PassedConn struct {
 // the meta. PassConns never shuts a connection down: the successor's
 // descriptor keeps it open, and the peer sees nothing. The connections are
 // PassConns's during the call; after a failure they are all still the
-// caller's, open, and the successor holds none (it closed any it got), so
-// the application may serve them on. A failure ends the passing: the
-// successor has closed the connection, and a later PassConns fails too. PassConns blocks until the successor
+// caller's, open, and the successor holds none (it closes any it got), so
+// the application may serve them on: the successor keeps a transfer only
+// once this instance, which has read its acknowledgement, tells it so. A
+// failure ends the passing: the connection to the successor is closed, and
+// a later PassConns fails too. PassConns blocks until the successor
 // has acknowledged, at most Config.Timeout for each step.
 func (in *Instance) PassConns(conns []PassedConn) error {
 	in.mu.Lock()
@@ -69,7 +72,21 @@ func (in *Instance) PassConns(conns []PassedConn) error {
 		}
 		return nil
 	})
+	if err == nil {
+		// The successor keeps them only once told so: until then a
+		// failure here leaves them this instance's alone.
+		var msg [ackLen]byte
+		putAck(msg[:], version, statusOK, 0)
+		succ.conn.SetWriteDeadline(in.deadline())
+		_, err = succ.conn.Write(msg[:])
+		succ.conn.SetWriteDeadline(time.Time{})
+		if err != nil {
+			err = ioError("committing", err)
+		}
+	}
 	if err != nil {
+		// The successor closes what it got when the connection ends.
+		succ.conn.Close()
 		return fmt.Errorf("graceful: passing %d connections: %w", len(conns), err)
 	}
 	for _, c := range conns {
@@ -81,7 +98,8 @@ func (in *Instance) PassConns(conns []PassedConn) error {
 // AcceptConn waits for the next live connection that the predecessor passes
 // with PassConns, and returns it with its meta; the connection is the
 // caller's. It returns io.EOF once the predecessor will pass no more (it
-// stopped, or exited), at once for a first instance, and net.ErrClosed
+// stopped, or exited), as soon as Ready has run for a first instance, and
+// net.ErrClosed
 // after Stop. Connections arrive only after Ready, in the order they were
 // passed, each transfer once it is complete; those not taken when this
 // instance stops are closed.
@@ -170,6 +188,25 @@ func (in *Instance) receiveConns(client *Client, pred *net.UnixConn) (batch []pa
 		batch = append(batch, passedFd{fd, m})
 		return err
 	}, false)
+	if err != nil {
+		return batch, err
+	}
+	// The predecessor commits the batch, or keeps it: a predecessor that
+	// went away without a word has died, and its copies with it.
+	stop := context.AfterFunc(in.passing.ctx, func() { pred.SetReadDeadline(time.Unix(1, 0)) })
+	defer stop()
+	var msg [ackLen]byte
+	n, err := io.ReadFull(pred, msg[:])
+	switch {
+	case err == nil:
+		if status, _, perr := parseAck(msg[:], version); perr != nil || status != statusOK {
+			return batch, fmt.Errorf("%w: % x instead of the commit of passed connections", ErrProtocol, msg)
+		}
+	case n == 0 && errors.Is(ioError("", err), io.ErrUnexpectedEOF) && in.passing.ctx.Err() == nil && in.predGone():
+		err = nil
+	default:
+		err = fmt.Errorf("graceful: waiting for the commit of passed connections: %w", err)
+	}
 	return batch, err
 }
 

@@ -5,6 +5,7 @@ package graceful
 import (
 	"fmt"
 	"os"
+	"strconv"
 
 	"golang.org/x/sys/unix"
 )
@@ -81,4 +82,14 @@ func dupObject(obj any) (int, error) {
 // closeOnExec marks fd close-on-exec.
 func closeOnExec(fd int) {
 	unix.CloseOnExec(fd)
+}
+
+// socketID identifies the socket open as fd by its device and inode, "" if
+// fd is not an open socket.
+func socketID(fd int) string {
+	var st unix.Stat_t
+	if unix.Fstat(fd, &st) != nil || st.Mode&unix.S_IFMT != unix.S_IFSOCK {
+		return ""
+	}
+	return strconv.FormatUint(uint64(st.Dev), 10) + ":" + strconv.FormatUint(uint64(st.Ino), 10)
 }

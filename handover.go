@@ -34,7 +34,7 @@ import (
 // waiting (Config.ReadyTimeout) or stopped.
 func (in *Instance) Ready() error {
 	in.mu.Lock()
-	if in.phase != starting {
+	if in.phase != starting || in.readying {
 		err := in.abandoned
 		in.mu.Unlock()
 		if err != nil {
@@ -42,10 +42,15 @@ func (in *Instance) Ready() error {
 		}
 		return fmt.Errorf("graceful: Ready: %w", ErrInstanceState)
 	}
+	// From now on Stop waits for the outcome: once the ready message is
+	// on its way, the predecessor decides, and may have committed.
 	in.readying = true
-	in.closeUnclaimed()
+	unclaimed := in.closeUnclaimed()
 	pred := in.pred
 	in.mu.Unlock()
+	for _, l := range unclaimed {
+		in.logf("%s", l)
+	}
 
 	var err error
 	if pred != nil {
@@ -54,9 +59,8 @@ func (in *Instance) Ready() error {
 		err = in.listenHandover()
 	}
 	in.mu.Lock()
-	if err == nil && in.phase != starting {
-		err = fmt.Errorf("%w: stopped during Ready", ErrAborted)
-	}
+	in.readying = false
+	close(in.readyDone)
 	if err != nil {
 		in.mu.Unlock()
 		in.Stop()
@@ -88,16 +92,13 @@ func (in *Instance) Ready() error {
 func (in *Instance) commitTakeOver(pred *net.UnixConn) error {
 	var msg [ackLen]byte
 	putAck(msg[:], version, statusReady, 0)
-	pred.SetWriteDeadline(time.Now().Add(in.timeout))
+	pred.SetWriteDeadline(in.deadline())
 	// A predecessor that gave up may have closed the connection already:
 	// its refusal is then read all the same.
 	pred.Write(msg[:])
-	var err error
-	select {
-	case err = <-in.predAnswer:
-	case <-time.After(in.timeout):
-		err = fmt.Errorf("%w: no answer from the predecessor in %v (%w)", ErrAborted, in.timeout, os.ErrDeadlineExceeded)
-	}
+	// No bound of this side's own: the predecessor decides, and may have
+	// committed when a bound ran out; it answers at once, or it is dead.
+	err := <-in.predAnswer
 	if errors.Is(err, errPredDied) {
 		in.logf("the predecessor, pid %d, died during the hand-over: serving", in.predPID)
 		return nil
@@ -281,7 +282,7 @@ func (in *Instance) writeHandover(s *sender) error {
 	in.mu.Lock()
 	out, state, ln := slices.Clone(in.out), in.outState, in.handover
 	in.mu.Unlock()
-	if err := writeObject(s, ln, Meta{"kind": kindHandover, "state": string(state)}); err != nil {
+	if err := writeObject(s, ln, handoverMeta(state)); err != nil {
 		return err
 	}
 	for _, h := range out {
@@ -302,6 +303,10 @@ func (in *Instance) writeHandover(s *sender) error {
 func (in *Instance) awaitReady(conn *net.UnixConn) error {
 	conn.SetReadDeadline(time.Now().Add(in.readyTimeout))
 	defer conn.SetReadDeadline(time.Time{})
+	// Stop's past deadline may have come before this one, which undid it.
+	if in.isFinished() {
+		return fmt.Errorf("%w: stopping", ErrAborted)
+	}
 	var msg [ackLen]byte
 	// A plain read: descriptors sent along would be closed by the kernel.
 	if _, err := io.ReadFull(conn, msg[:]); err != nil {
@@ -329,11 +334,17 @@ func (in *Instance) awaitReady(conn *net.UnixConn) error {
 // answer cannot be written, the successor is gone and this instance serves
 // on, accepting again.
 func (in *Instance) commit(conn *net.UnixConn, pid int) (bool, error) {
+	var logs []string // written once the lock is released
+	defer func() {
+		for _, l := range logs {
+			in.logf("%s", l)
+		}
+	}()
 	in.mu.Lock()
 	defer in.mu.Unlock()
 	if in.phase != serving {
-		refuse(conn, "stopping")
-		return false, fmt.Errorf("%w: stopping", ErrAborted)
+		refuse(conn, "the predecessor stopped or handed over to another")
+		return false, fmt.Errorf("%w: stopped or handed over to another", ErrAborted)
 	}
 	// A spare descriptor keeps the socket, to serve on if need be.
 	spare, err := in.handover.File()
@@ -343,17 +354,17 @@ func (in *Instance) commit(conn *net.UnixConn, pid int) (bool, error) {
 	}
 	defer spare.Close()
 	if err := notify("MAINPID=" + strconv.Itoa(pid)); err != nil {
-		in.logf("telling systemd: %v", err)
+		logs = append(logs, fmt.Sprintf("telling systemd: %v", err))
 	}
 	in.handover.Close()
 	var msg [ackLen]byte
 	putAck(msg[:], version, statusOK, 0)
-	conn.SetWriteDeadline(time.Now().Add(in.timeout))
+	conn.SetWriteDeadline(in.deadline())
 	_, werr := conn.Write(msg[:])
 	conn.SetWriteDeadline(time.Time{})
 	if werr != nil {
 		if err := notify("MAINPID=" + strconv.Itoa(os.Getpid())); err != nil {
-			in.logf("telling systemd: %v", err)
+			logs = append(logs, fmt.Sprintf("telling systemd: %v", err))
 		}
 		ln, err := net.FileListener(spare)
 		if err != nil {
@@ -369,6 +380,16 @@ func (in *Instance) commit(conn *net.UnixConn, pid int) (bool, error) {
 	}
 	in.phase = finished
 	in.succ = &successor{conn: conn, pid: pid}
+	// Any other successor that holds this instance's sockets (a Restart's,
+	// while this one started beside) is refused now, while this process
+	// lives: one that found the connection closed without a word would
+	// take this instance for dead, and serve too.
+	for other := range in.pending {
+		if other != conn {
+			refuse(other, "the predecessor handed over to another")
+			other.SetReadDeadline(time.Unix(1, 0))
+		}
+	}
 	close(in.done)
 	return true, nil
 }
@@ -425,6 +446,12 @@ func (in *Instance) isFinished() bool {
 // not accepted.
 func (in *Instance) Stop() {
 	in.mu.Lock()
+	for in.readying {
+		// Ready's commit is under way: its outcome decides what to stop.
+		in.mu.Unlock()
+		<-in.readyDone
+		in.mu.Lock()
+	}
 	if in.phase == finished {
 		if in.succ != nil {
 			in.succ.conn.Close()
@@ -485,4 +512,10 @@ func (in *Instance) logf(format string, args ...any) {
 	if in.cfg.ErrorLog != nil {
 		in.cfg.ErrorLog.Printf(format, args...)
 	}
+}
+
+// handoverMeta is the meta of the hand-over socket: the state, and who
+// hands it over.
+func handoverMeta(state []byte) Meta {
+	return Meta{"kind": kindHandover, "state": string(state), "pid": strconv.Itoa(os.Getpid())}
 }

@@ -10,6 +10,7 @@ import (
 	"log"
 	"net"
 	"os"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -36,9 +37,10 @@ type Config struct {
 	// instance; 0 means DefaultTimeout.
 	Timeout time.Duration
 	// ReadyTimeout bounds how long a running instance waits for its
-	// successor's Ready after handing it its sockets, how long Restart waits
-	// for the successor it started, and how long Start waits while another
-	// instance is starting; 0 means DefaultReadyTimeout.
+	// successor's Ready after handing it its sockets (Restart waits
+	// Timeout more, for the successor it started to start), and how long
+	// Start waits while another instance is starting; 0 means
+	// DefaultReadyTimeout.
 	ReadyTimeout time.Duration
 	// ErrorLog, if set, receives a line for each hand-over that failed
 	// (the instance serves on); nothing is logged otherwise.
@@ -87,7 +89,8 @@ type Instance struct {
 	// watchPredecessor; abandoned is it when it came before Ready.
 	predAnswer chan error
 	abandoned  error
-	readying   bool // Ready has begun
+	readying   bool          // Ready's commit is under way
+	readyDone  chan struct{} // closed when it is over
 	predPID    int
 	inherit    map[string]int // descriptors from the predecessor not yet claimed
 	active     *activation    // sockets from systemd not yet claimed
@@ -155,6 +158,10 @@ func Start(cfg Config) (*Instance, error) {
 	if err := checkAddr(cfg.Socket); err != nil {
 		return nil, err
 	}
+	if isAbstract(cfg.Socket) {
+		// The start lock lives beside the socket's file.
+		return nil, fmt.Errorf("graceful: Config.Socket %s: a path is needed, not an abstract name: %w", cfg.Socket, syscall.EINVAL)
+	}
 	in := &Instance{
 		cfg:          cfg,
 		timeout:      cfg.Timeout,
@@ -164,6 +171,7 @@ func Start(cfg Config) (*Instance, error) {
 		done:         make(chan struct{}),
 		pending:      make(map[*net.UnixConn]struct{}),
 		predAnswer:   make(chan error, 1),
+		readyDone:    make(chan struct{}),
 	}
 	in.passing.init()
 	if in.timeout == 0 {
@@ -172,30 +180,49 @@ func Start(cfg Config) (*Instance, error) {
 	if in.readyTimeout <= 0 {
 		in.readyTimeout = DefaultReadyTimeout
 	}
-	lock, err := lockFile(cfg.Socket+".lock", in.readyTimeout)
-	if err != nil {
-		return nil, err
+	// What this process was given comes first, so that every path below
+	// closes it: sockets from systemd (kept for a first instance, closed
+	// at Ready otherwise), and those of a predecessor's Restart.
+	active, err := activated()
+	in.active = active
+	if err == nil {
+		err = in.inheritFromParent()
 	}
-	in.lock = lock
-	if cfg.PIDFile != "" {
-		if err := checkPIDFileDir(cfg.PIDFile); err != nil {
-			in.lock.unlock()
-			return nil, err
+	inherited := err == nil
+	if errors.Is(err, errNotInherited) {
+		err = nil
+	}
+	if err == nil {
+		in.lock, err = lockFile(cfg.Socket+".lock", in.readyTimeout)
+	}
+	if err == nil && cfg.PIDFile != "" {
+		err = checkPIDFileDir(cfg.PIDFile)
+	}
+	if err == nil && !inherited {
+		err = in.takeOver()
+		if errors.Is(err, ErrNoServer) {
+			err = nil // the first instance
 		}
 	}
-	err = in.inheritFromParent()
-	if errors.Is(err, errNotInherited) {
-		err = in.takeOver()
-	}
-	if errors.Is(err, ErrNoServer) {
-		in.active, err = activated()
-	}
 	if err != nil {
-		in.closeInherited()
-		in.lock.unlock()
+		in.abandon()
 		return nil, err
 	}
 	return in, nil
+}
+
+// abandon releases all that Start took when it fails.
+func (in *Instance) abandon() {
+	in.closeInherited()
+	if in.handover != nil {
+		in.handover.Close()
+	}
+	if in.pred != nil {
+		// Gone without its Ready: its predecessor serves on.
+		refuse(in.pred, "it failed to start")
+		in.pred.Close()
+	}
+	in.lock.unlock()
 }
 
 // errNotInherited: no descriptors were given at exec for this process.
@@ -210,9 +237,15 @@ func (in *Instance) inheritFromParent() error {
 	}
 	// Not for a successor of this process: its own Restart says anew.
 	os.Unsetenv(inheritEnv)
-	ppid, list, _ := strings.Cut(v, ";")
-	if ppid != strconv.Itoa(os.Getppid()) {
-		return errNotInherited // set for another process
+	ppid, rest, _ := strings.Cut(v, ";")
+	id, list, _ := strings.Cut(rest, ";")
+	pid, err := strconv.Atoi(ppid)
+	// Descriptor 3 is the connection the predecessor made for this
+	// process, or the variable is not for it: checked by the socket's
+	// identity, not by who the parent is (a wrapper may run in between,
+	// or the predecessor may be gone and this process reparented).
+	if err != nil || socketID(3) != id {
+		return errNotInherited
 	}
 	metas := strings.Split(list, ",")
 	const first = 3 // the connection, then one descriptor per meta
@@ -246,14 +279,14 @@ func (in *Instance) inheritFromParent() error {
 			return fmt.Errorf("graceful: taking over from pid %s: %w", ppid, err)
 		}
 	}
-	in.connected(conn)
+	in.connected(conn, pid)
 	return nil
 }
 
 // takeOver receives the sockets of the instance serving at the socket, and
 // keeps the connection open for the commit.
 func (in *Instance) takeOver() error {
-	d := net.Dialer{Timeout: in.timeout}
+	d := net.Dialer{Timeout: max(in.timeout, 0)}
 	c, err := d.Dial("unix", in.cfg.Socket)
 	if err != nil {
 		return dialError(in.cfg.Socket, err)
@@ -268,15 +301,17 @@ func (in *Instance) takeOver() error {
 		conn.Close()
 		return fmt.Errorf("graceful: taking over from %s: %w", in.cfg.Socket, err)
 	}
-	in.connected(conn)
+	in.connected(conn, in.predPID)
 	return nil
 }
 
 // connected keeps the connection to the predecessor, which has handed its
 // sockets over, for the commit.
-func (in *Instance) connected(conn *net.UnixConn) {
+func (in *Instance) connected(conn *net.UnixConn, pid int) {
 	in.pred = conn
-	in.predPID = peerPIDOf(conn)
+	// Not the peer's credentials: on a connection to a socket that was
+	// handed down, they name the instance that first listened.
+	in.predPID = pid
 	in.took = true
 	go in.watchPredecessor(conn)
 	// The predecessor serves the socket file now, so this is its file.
@@ -308,6 +343,7 @@ func (in *Instance) inherited(fd int, meta io.Reader) error {
 		ul.SetUnlinkOnClose(false)
 		in.handover = ul
 		in.state = []byte(m["state"])
+		in.predPID, _ = strconv.Atoi(m["pid"])
 		return nil
 	case kindListener, kindPacket, kindFile:
 		key := objectKey(kind, m["network"], m["address"])
@@ -360,9 +396,14 @@ func (in *Instance) listen(kind, network, address string) (any, error) {
 		return nil, fmt.Errorf("graceful: listen %s %s: %w", network, address, ErrInstanceState)
 	}
 	key := objectKey(kind, network, address)
-	for _, h := range in.out {
+	for i, h := range in.out {
 		if h.key == key {
-			return nil, fmt.Errorf("graceful: listen %s %s: already listening: %w", network, address, syscall.EADDRINUSE)
+			if !objectClosed(h.obj) {
+				return nil, fmt.Errorf("graceful: listen %s %s: already listening: %w", network, address, syscall.EADDRINUSE)
+			}
+			// Closed by the application, which listens anew.
+			in.out = slices.Delete(in.out, i, i+1)
+			break
 		}
 	}
 	obj, err := in.claim(kind, key, network, address)
@@ -382,8 +423,9 @@ func (in *Instance) listen(kind, network, address string) (any, error) {
 func (in *Instance) claim(kind, key, network, address string) (any, error) {
 	fd, ok := in.inherit[key]
 	if !ok {
-		// Spelled otherwise, the same address: "localhost:80" for
-		// "127.0.0.1:80", or the port a first instance got for ":0".
+		// The same address spelled otherwise: the predecessor's
+		// "localhost:80" for "127.0.0.1:80", or, for the port a first
+		// instance got with ":0", that port.
 		for k, ifd := range in.inherit {
 			if strings.HasPrefix(k, kind+"\x00") && socketMatches(ifd, kind, network, address) {
 				key, fd, ok = k, ifd, true
@@ -425,7 +467,8 @@ func isUnixNetwork(network string) bool {
 }
 
 // File returns the file the predecessor handed on under name, or nil. The
-// file is the caller's from then on; File returns it once.
+// file is the caller's from then on; File returns it once, and only before
+// Ready, which closes the files nobody asked for.
 func (in *Instance) File(name string) *os.File {
 	in.mu.Lock()
 	defer in.mu.Unlock()
@@ -465,12 +508,22 @@ func (in *Instance) State() []byte {
 	return in.state
 }
 
-// SetState sets a few bytes of application state (at most 60 KiB) for the
-// successor, which reads them with State. They travel when it connects.
-func (in *Instance) SetState(b []byte) {
+// maxState bounds the state: it travels in the hand-over socket's meta,
+// within a receiver's default limit and an environment variable's.
+const maxState = 32 << 10
+
+// SetState sets a few bytes of application state for the successor, which
+// reads them with State; they travel when it connects, or at its exec. More
+// than 32 KiB fails with ErrLimit: larger state belongs in a file handed on
+// with SetFile.
+func (in *Instance) SetState(b []byte) error {
+	if len(b) > maxState {
+		return fmt.Errorf("%w: state of %d bytes, more than %d", ErrLimit, len(b), maxState)
+	}
 	in.mu.Lock()
 	defer in.mu.Unlock()
 	in.outState = append([]byte(nil), b...)
+	return nil
 }
 
 // Inherited reports whether this instance took over from a predecessor.
@@ -487,16 +540,19 @@ func (in *Instance) Done() <-chan struct{} {
 	return in.done
 }
 
-// closeUnclaimed closes, at Ready, what the application did not claim,
-// saying so: a socket no Listen asked for stops serving with it.
-func (in *Instance) closeUnclaimed() {
+// closeUnclaimed closes, at Ready, what the application did not claim, and
+// returns the lines that say so, to log: a socket no Listen asked for stops
+// serving with it.
+func (in *Instance) closeUnclaimed() []string {
+	var logs []string
 	for key := range in.inherit {
-		in.logf("closing the inherited %s: no Listen asked for it", strings.ReplaceAll(strings.TrimLeft(key, "\x00"), "\x00", " "))
+		logs = append(logs, "closing the inherited "+strings.ReplaceAll(strings.TrimLeft(key, "\x00"), "\x00", " ")+": no Listen asked for it")
 	}
 	if n := in.active.unclaimed(); n > 0 {
-		in.logf("closing %d socket(s) from systemd: no Listen asked for them", n)
+		logs = append(logs, fmt.Sprintf("closing %d socket(s) from systemd: no Listen asked for them", n))
 	}
 	in.closeInherited()
+	return logs
 }
 
 // closeInherited closes every descriptor received or passed by systemd that
@@ -532,4 +588,13 @@ func (in *Instance) predGone() bool {
 		time.Sleep(5 * time.Millisecond)
 	}
 	return true
+}
+
+// deadline is the deadline of a step of a hand-over that starts now: none
+// for a negative Config.Timeout.
+func (in *Instance) deadline() time.Time {
+	if in.timeout < 0 {
+		return time.Time{}
+	}
+	return time.Now().Add(in.timeout)
 }

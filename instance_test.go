@@ -672,7 +672,12 @@ func TestInstanceInProcess(t *testing.T) {
 	}
 	defer logf.Close()
 	inst.SetFile("log", logf)
-	inst.SetState([]byte("counter=42"))
+	if err := inst.SetState([]byte("counter=42")); err != nil {
+		t.Fatal(err)
+	}
+	if err := inst.SetState(make([]byte, 33<<10)); !errors.Is(err, ErrLimit) {
+		t.Errorf("SetState of 33 KiB: %v, want ErrLimit", err)
+	}
 	if err := inst.Ready(); err != nil {
 		t.Fatal(err)
 	}

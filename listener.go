@@ -75,3 +75,9 @@ func rawConn(obj any) (syscall.RawConn, error) {
 	}
 	return rc, nil
 }
+
+// objectClosed reports whether obj, a net or os object, has been closed.
+func objectClosed(obj any) bool {
+	rc, err := rawConn(obj)
+	return err != nil || rc.Control(func(uintptr) {}) != nil
+}

@@ -45,6 +45,7 @@ func inFlightLimit(error) bool                   { return false }
 
 func dupObject(any) (int, error) { return -1, errUnsupported }
 func closeOnExec(int)            {}
+func socketID(int) string        { return "" }
 func writable(string) error      { return errUnsupported }
 
 const inheritEnv = "GRACEFUL_INHERIT"

@@ -5,6 +5,9 @@ import (
 	"fmt"
 	"io/fs"
 	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
 	"time"
 )
 
@@ -24,10 +27,11 @@ import (
 // saying which descriptors they are; its Start takes them, and the commit
 // is the same as for a successor that dials Config.Socket.
 //
-// The program started is the file at the path this one was started from
-// (as os.Executable said when it started), so that a new binary installed
-// there takes over, whether the old one was replaced, renamed over or moved
-// aside. If no file is there (go run removes its build when it ends), this
+// The program started is the file at the path this one was started by
+// (its os.Args[0] when it started, found in PATH if need be, or else
+// os.Executable), so that a new binary installed there takes over, whether
+// the old one was replaced, renamed over or moved aside, or a symlink on the
+// path now names a new release. If no file is there (go run removes its build when it ends), this
 // process's own binary is started again where the system can name it
 // (/proc/self/exe on Linux); elsewhere Restart fails then, and this instance
 // serves on.
@@ -49,8 +53,18 @@ func (in *Instance) Restart() error {
 	if err != nil {
 		return fmt.Errorf("graceful: Restart: %w", err)
 	}
+	// The child's hand-over counts as served from now on: Stop waits for
+	// it, and one that came first leaves no child to start.
+	in.mu.Lock()
+	if in.phase != serving {
+		in.mu.Unlock()
+		return fmt.Errorf("graceful: Restart: %w", ErrInstanceState)
+	}
+	in.serveWG.Add(1)
+	in.mu.Unlock()
 	proc, conn, err := in.startChild(exe)
 	if err != nil {
+		in.serveWG.Done()
 		return fmt.Errorf("graceful: Restart: %w", err)
 	}
 	pid := proc.Pid
@@ -63,7 +77,6 @@ func (in *Instance) Restart() error {
 		in.restarting = restarting{}
 		in.mu.Unlock()
 	}()
-	in.serveWG.Add(1)
 	go in.serveChild(conn, pid)
 	exited := make(chan error, 1)
 	go func() {
@@ -75,39 +88,52 @@ func (in *Instance) Restart() error {
 	}()
 	// The successor's predecessor, this instance, gives up on it
 	// ReadyTimeout after its hand-over: give it the time to start first.
-	timer := time.NewTimer(in.readyTimeout + in.timeout)
+	bound := in.readyTimeout + max(in.timeout, 0)
+	timer := time.NewTimer(bound)
 	defer timer.Stop()
 	var reason error
+	exitedEarly := func(err error, why error) error {
+		if err == nil {
+			err = errors.New("exit status 0")
+		}
+		if why != nil {
+			return fmt.Errorf("graceful: Restart: successor pid %d exited before it was ready: %v (%w)", pid, err, why)
+		}
+		return fmt.Errorf("graceful: Restart: successor pid %d exited before it was ready: %v", pid, err)
+	}
 	select {
 	case <-in.done:
 	case err := <-exited:
 		if in.tookOver() {
 			return nil
 		}
-		return fmt.Errorf("graceful: Restart: successor pid %d exited before it was ready: %v", pid, err)
+		return exitedEarly(err, nil)
 	case reason = <-failed:
 		if errors.Is(reason, errGone) {
 			// It is exiting: its status says more.
 			select {
 			case err := <-exited:
-				return fmt.Errorf("graceful: Restart: successor pid %d exited before it was ready: %v", pid, err)
+				return exitedEarly(err, reason)
 			case <-timer.C:
 			}
 		}
 	case <-timer.C:
-		reason = fmt.Errorf("%w: not ready after %v (%w)", ErrAborted, in.readyTimeout+in.timeout, os.ErrDeadlineExceeded)
+		reason = fmt.Errorf("%w: not ready after %v (%w)", ErrAborted, bound, os.ErrDeadlineExceeded)
 	}
-	if in.tookOver() {
+	if succ := in.Successor(); succ == pid {
+		return nil
+	} else if succ != 0 {
+		// Another successor came first: this one is refused, and goes.
+		proc.Kill()
+		<-exited
 		return nil
 	}
-	// Given up on, or this instance stopped meanwhile: a successor that
-	// carried on would take over from nobody, or from an instance that
-	// gave up on it.
+	// Given up on (this instance refused it already, so it cannot commit
+	// now), or this instance stopped meanwhile: a successor that carried
+	// on would take over from nobody, or from an instance that gave up on
+	// it.
 	proc.Kill()
 	<-exited
-	if in.tookOver() {
-		return nil
-	}
 	if reason == nil {
 		reason = fmt.Errorf("%w: stopped", ErrAborted)
 	}
@@ -140,9 +166,25 @@ func (in *Instance) tookOver() bool {
 	return in.succ != nil
 }
 
-// startedAs is the path of the binary when the program started, before a
-// deploy could move it aside (os.Executable follows the file where it goes).
-var startedAs, _ = os.Executable()
+// startedAs is the path the program was started by, taken when it
+// started: before a deploy could move the binary aside (os.Executable
+// follows the file where it goes), and through any symlink, which a deploy
+// may switch to a new release (os.Executable resolves it).
+var startedAs = startPath()
+
+func startPath() string {
+	arg0 := os.Args[0]
+	if !strings.Contains(arg0, "/") {
+		arg0, _ = exec.LookPath(arg0) // as a shell found it
+	}
+	if p, err := filepath.Abs(arg0); err == nil && arg0 != "" {
+		if fi, err := os.Stat(p); err == nil && fi.Mode().IsRegular() {
+			return p
+		}
+	}
+	exe, _ := os.Executable()
+	return exe
+}
 
 // executable returns the file to start as a successor.
 func executable() (string, error) {

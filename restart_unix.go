@@ -14,9 +14,10 @@ import (
 )
 
 // inheritEnv tells a successor that Restart starts which descriptors it is
-// given at exec: "<parent's pid>;<meta>,<meta>,...", the connection of the
-// hand-over being descriptor 3 and each base64 meta (as the hand-over's
-// metas) describing descriptor 4, 5, ... in turn. So a Restart hands the
+// given at exec: "<parent's pid>;<id>;<meta>,<meta>,...", the connection of
+// the hand-over being descriptor 3, which id identifies (its device and
+// inode), and each base64 meta (as the hand-over's metas) describing
+// descriptor 4, 5, ... in turn. So a Restart hands the
 // sockets over as a fork/exec does, and as fast, with the same commit.
 const inheritEnv = "GRACEFUL_INHERIT"
 
@@ -56,7 +57,7 @@ func (in *Instance) startChild(exe string) (*os.Process, *net.UnixConn, error) {
 		files = append(files, uintptr(fd))
 	}
 	env := slices.DeleteFunc(os.Environ(), func(e string) bool { return strings.HasPrefix(e, inheritEnv+"=") })
-	env = append(env, inheritEnv+"="+strconv.Itoa(os.Getpid())+";"+strings.Join(metas, ","))
+	env = append(env, inheritEnv+"="+strconv.Itoa(os.Getpid())+";"+socketID(pair[1])+";"+strings.Join(metas, ","))
 	argv := append([]string{os.Args[0]}, os.Args[1:]...)
 	// Not os/exec: it would put the descriptors in blocking mode, for the
 	// instance that shares them too.
@@ -80,7 +81,7 @@ func (in *Instance) dupHandedOn(fds *[]int) ([]string, error) {
 	in.mu.Lock()
 	out, state, ln := slices.Clone(in.out), in.outState, in.handover
 	in.mu.Unlock()
-	out = append([]handedOn{{meta: Meta{"kind": kindHandover, "state": string(state)}, obj: ln}}, out...)
+	out = append([]handedOn{{meta: handoverMeta(state), obj: ln}}, out...)
 	var metas []string
 	for _, h := range out {
 		fd, err := dupObject(h.obj)
