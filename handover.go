@@ -305,13 +305,13 @@ func (in *Instance) awaitReady(conn *net.UnixConn) error {
 	defer conn.SetReadDeadline(time.Time{})
 	// Stop's past deadline may have come before this one, which undid it.
 	if in.isFinished() {
-		return fmt.Errorf("%w: stopping", ErrAborted)
+		return in.whyFinished()
 	}
 	var msg [ackLen]byte
 	// A plain read: descriptors sent along would be closed by the kernel.
 	if _, err := io.ReadFull(conn, msg[:]); err != nil {
 		if in.isFinished() {
-			return fmt.Errorf("%w: stopping", ErrAborted)
+			return in.whyFinished()
 		}
 		if errors.Is(err, os.ErrDeadlineExceeded) {
 			return fmt.Errorf("%w: not ready after %v", ErrAborted, in.readyTimeout)
@@ -327,6 +327,14 @@ func (in *Instance) awaitReady(conn *net.UnixConn) error {
 		return fmt.Errorf("%w: % x instead of ready", ErrProtocol, msg)
 	}
 	return nil
+}
+
+// whyFinished says why a finished instance gave up on a successor.
+func (in *Instance) whyFinished() error {
+	if pid := in.Successor(); pid != 0 {
+		return fmt.Errorf("%w: handed over to pid %d", ErrAborted, pid)
+	}
+	return fmt.Errorf("%w: stopping", ErrAborted)
 }
 
 // commit makes the successor at conn the one that serves: this instance

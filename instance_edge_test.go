@@ -1,0 +1,748 @@
+//go:build linux
+
+package graceful
+
+import (
+	"bufio"
+	"bytes"
+	"errors"
+	"fmt"
+	"io"
+	"log"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"sort"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// A Start that fails after the hand-over socket arrived closes it with
+// everything else it received.
+func TestStartFailureClosesHandover(t *testing.T) {
+	noLeaks(t)
+	dir := sockPath(t)
+	os.Mkdir(dir, 0o700)
+	sock := filepath.Join(dir, "s")
+	hsock := filepath.Join(dir, "h")
+	hln, err := net.Listen("unix", hsock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f, err := os.Open(os.DevNull)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	srv := &Server{Handler: HandlerFunc(func(_ net.Conn, w ResponseWriter) error {
+		if err := writeObject(w, hln, Meta{"kind": kindHandover}); err != nil {
+			return err
+		}
+		return writeObject(w, f, Meta{"kind": "bogus"})
+	})}
+	ln, err := listenUnix(sock, 0o600, -1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	go srv.Serve(ln)
+	defer srv.Close()
+	_, err = Start(Config{Socket: sock})
+	t.Logf("Start: %v", err)
+	if err == nil {
+		t.Fatal("Start succeeded")
+	}
+	srv.Close()
+	hln.(*net.UnixListener).SetUnlinkOnClose(false)
+	hln.Close()
+	// Nobody should hold the hand-over socket now.
+	c, err := net.DialTimeout("unix", hsock, time.Second)
+	if err == nil {
+		c.Close()
+		t.Errorf("the hand-over socket still accepts connections after Start failed and the server closed it")
+	}
+}
+
+// A listener the application closed no longer holds its address: Listen
+// opens a new one.
+func TestListenAfterClose(t *testing.T) {
+	sock := sockPath(t)
+	inst, err := Start(Config{Socket: sock})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer inst.Stop()
+	ln, err := inst.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln.Close()
+	ln2, err := inst.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Errorf("Listen after closing the previous listener: %v", err)
+	} else {
+		ln2.Close()
+	}
+}
+
+func init() {
+	children["idle"] = func([]string) error {
+		if os.Getenv("GRACEFUL_TEST_EXIT0") != "" {
+			return nil
+		}
+		time.Sleep(time.Hour)
+		return nil
+	}
+}
+
+// Stop while a Restart starts its successor (example/main.go does this on
+// SIGTERM): Restart fails, Stop returns, no successor lives on.
+func TestStopDuringRestart(t *testing.T) {
+	t.Setenv(childEnv, "idle")
+	t.Setenv("GORACE", os.Getenv("GORACE")+" atexit_sleep_ms=0")
+	counts := map[string]int{}
+	var cmu sync.Mutex
+	defer func() { t.Logf("%v", counts) }()
+	for i := 0; i < 200; i++ {
+		sock := sockPath(t)
+		inst, err := Start(Config{Socket: sock})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := inst.Ready(); err != nil {
+			t.Fatal(err)
+		}
+		var wg sync.WaitGroup
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			err := inst.Restart()
+			if err == nil {
+				t.Errorf("Restart: nil")
+			}
+			k := "state"
+			if !errors.Is(err, ErrInstanceState) {
+				k = err.Error()
+				k = k[strings.LastIndex(k, ":")+1:]
+			}
+			cmu.Lock()
+			counts[k]++
+			cmu.Unlock()
+		}()
+		time.Sleep(time.Duration(i%30) * 100 * time.Microsecond)
+		inst.Stop()
+		wg.Wait()
+		if kids := childPids(t); len(kids) != 0 {
+			t.Fatalf("round %d: Stop and Restart returned, and the successors %v live on", i, kids)
+		}
+	}
+}
+
+// childPids lists the processes whose parent is this one.
+func childPids(t *testing.T) []int {
+	t.Helper()
+	ents, err := os.ReadDir("/proc")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var pids []int
+	for _, e := range ents {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		stat, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+		if err != nil {
+			continue // gone meanwhile
+		}
+		// pid (comm) state ppid ...: comm may hold spaces and parentheses.
+		f := strings.Fields(string(stat[bytes.LastIndexByte(stat, ')')+1:]))
+		if len(f) > 1 && f[1] == strconv.Itoa(os.Getpid()) {
+			pids = append(pids, pid)
+		}
+	}
+	return pids
+}
+
+// A successor that exits with status 0 before its Ready: Restart says so.
+func TestRestartSuccessorExitsZero(t *testing.T) {
+	t.Setenv(childEnv, "idle")
+	t.Setenv("GRACEFUL_TEST_EXIT0", "1")
+	t.Setenv("GORACE", os.Getenv("GORACE")+" atexit_sleep_ms=0")
+	inst, err := Start(Config{Socket: sockPath(t)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer inst.Stop()
+	if err := inst.Ready(); err != nil {
+		t.Fatal(err)
+	}
+	err = inst.Restart()
+	t.Logf("Restart: %v", err)
+	if err == nil || !strings.Contains(err.Error(), "exited before it was ready: exit status 0") {
+		t.Errorf("Restart: %v, want an exit before Ready with status 0", err)
+	}
+}
+
+func init() {
+	children["restarter"] = func(args []string) error {
+		sock, dir := args[0], args[1]
+		pid := os.Getpid()
+		say := func(format string, a ...any) { fmt.Printf("%d "+format+"\n", append([]any{pid}, a...)...) }
+		inst, err := Start(Config{Socket: sock, PIDFile: filepath.Join(dir, "pid"), ErrorLog: log.New(os.Stdout, fmt.Sprintf("%d log ", pid), 0)})
+		if err != nil {
+			say("start failed: %v", err)
+			return err
+		}
+		say("started inherited=%v predPID=%d", inst.Inherited(), inst.predPID)
+		ln, err := inst.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			say("listen failed: %v", err)
+			return err
+		}
+		go func() {
+			for {
+				c, err := ln.Accept()
+				if err != nil {
+					return
+				}
+				fmt.Fprintf(c, "%d\n", pid)
+				c.Close()
+			}
+		}()
+		if inst.Inherited() {
+			for {
+				if _, err := os.Stat(filepath.Join(dir, "gate."+strconv.Itoa(pid))); err == nil {
+					break
+				}
+				time.Sleep(10 * time.Millisecond)
+			}
+		}
+		err = inst.Ready()
+		say("ready %v %s", err, ln.Addr())
+		if err != nil {
+			return nil
+		}
+		go func() {
+			s := bufio.NewScanner(os.Stdin)
+			for s.Scan() {
+				switch s.Text() {
+				case "restart":
+					go func() { say("restart %v", inst.Restart()) }()
+				case "exit":
+					os.Exit(0)
+				}
+			}
+		}()
+		<-inst.Done()
+		say("done successor=%d", inst.Successor())
+		select {}
+	}
+}
+
+// readUntil reads lines from c until one starts with prefix.
+func readUntil(t *testing.T, c *child, prefix string) string {
+	t.Helper()
+	for {
+		l := c.line()
+		t.Logf("  | %s", l)
+		if strings.HasPrefix(l, prefix) {
+			return l
+		}
+	}
+}
+
+// A Restart's successor waits for the start lock while a successor started
+// beside takes over: that one commits, the Restart's own child is refused and
+// killed, and only one instance serves.
+func TestRestartLosesToSuccessorBeside(t *testing.T) {
+	dir := sockPath(t)
+	os.Mkdir(dir, 0o700)
+	sock := filepath.Join(dir, "s")
+	p := startChild(t, "restarter", sock, dir)
+	ppid := p.cmd.Process.Pid
+	l := readUntil(t, p, fmt.Sprintf("%d ready <nil>", ppid))
+	addr := strings.Fields(l)[3]
+	b := startChild(t, "restarter", sock, dir)
+	bpid := b.cmd.Process.Pid
+	readUntil(t, b, fmt.Sprintf("%d started inherited=true", bpid))
+	fmt.Fprintln(p.in, "restart") // C forks, waits for the start lock
+	time.Sleep(500 * time.Millisecond)
+	os.WriteFile(filepath.Join(dir, "gate."+strconv.Itoa(bpid)), nil, 0o600)
+	readUntil(t, b, fmt.Sprintf("%d ready <nil>", bpid))
+	// Restart returns once its child is gone: nil, since a successor is
+	// ready.
+	for restarted, done := false, false; !restarted || !done; {
+		l := p.line()
+		t.Logf("  | %s", l)
+		if strings.HasPrefix(l, fmt.Sprintf("%d restart ", ppid)) {
+			restarted = true
+			if l != fmt.Sprintf("%d restart <nil>", ppid) {
+				t.Errorf("Restart: %s", l)
+			}
+		}
+		if strings.HasPrefix(l, fmt.Sprintf("%d done ", ppid)) {
+			done = true
+			if l != fmt.Sprintf("%d done successor=%d", ppid, bpid) {
+				t.Errorf("Done: %s", l)
+			}
+		}
+	}
+	fmt.Fprintln(p.in, "exit")
+	// The child wrote to the same pipe and is gone: all is read at EOF.
+	rest, _ := io.ReadAll(p.out)
+	p.wait()
+	out := string(rest)
+	t.Logf("the rest of the output:\n%s", out)
+	for _, l := range strings.Split(out, "\n") {
+		if strings.Contains(l, " ready <nil>") {
+			t.Errorf("the Restart's child says it serves too: %s", l)
+		}
+	}
+	seen := map[string]int{}
+	for i := 0; i < 40; i++ {
+		c, err := net.Dial("tcp", addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		line, _ := bufio.NewReader(c).ReadString('\n')
+		c.Close()
+		seen[strings.TrimSpace(line)]++
+	}
+	pf, _ := os.ReadFile(filepath.Join(dir, "pid"))
+	if seen[strconv.Itoa(bpid)] != 40 || strings.TrimSpace(string(pf)) != strconv.Itoa(bpid) {
+		t.Errorf("answers by pid: %v, pid file %q; want all from %d", seen, pf, bpid)
+	}
+}
+
+func init() {
+	children["late"] = func(args []string) error {
+		inst, err := Start(Config{Socket: args[0], Timeout: 500 * time.Millisecond})
+		if err != nil {
+			return err
+		}
+		fmt.Println("started")
+		bufio.NewReader(os.Stdin).ReadString('\n')
+		err = inst.Ready()
+		fmt.Println("ready", err)
+		inst.Stop()
+		return nil
+	}
+}
+
+// The predecessor is slow to commit and the successor slow to read its
+// answer: once the predecessor committed, the successor serves.
+func TestReadyWaitsForSlowCommit(t *testing.T) {
+	sock := sockPath(t)
+	inst, err := Start(Config{Socket: sock})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer inst.Stop()
+	if err := inst.Ready(); err != nil {
+		t.Fatal(err)
+	}
+	c := startChild(t, "late", sock)
+	c.expect("started")
+	inst.mu.Lock() // the predecessor is slow to commit
+	fmt.Fprintln(c.in, "go")
+	time.Sleep(200 * time.Millisecond)
+	c.cmd.Process.Signal(syscall.SIGSTOP) // ... and the successor slow to read
+	time.Sleep(time.Second)
+	inst.mu.Unlock()
+	select {
+	case <-inst.Done():
+	case <-time.After(5 * time.Second):
+		t.Fatal("predecessor did not commit")
+	}
+	c.cmd.Process.Signal(syscall.SIGCONT)
+	l := c.line()
+	t.Logf("predecessor committed to pid %d; successor: %s", inst.Successor(), l)
+	if l != "ready <nil>" {
+		t.Errorf("the predecessor committed (Done closed, Successor()=%d) but the successor's Ready failed: nobody serves", inst.Successor())
+	}
+}
+
+func init() {
+	children["passee"] = func(args []string) error {
+		inst, err := Start(Config{Socket: args[0]})
+		if err != nil {
+			return err
+		}
+		if err := inst.Ready(); err != nil {
+			return err
+		}
+		fmt.Println("ready")
+		for {
+			c, m, err := inst.AcceptConn()
+			if err != nil {
+				fmt.Println("acceptconn", err)
+				return nil
+			}
+			fmt.Println("accepted", m["k"])
+			fmt.Fprintf(c, "successor %d\n", os.Getpid())
+			c.Close()
+		}
+	}
+}
+
+// PassConns fails (the successor stopped before acknowledging): the
+// connections are still the caller's, and the successor serves none.
+func TestPassConnsFailureKeepsConns(t *testing.T) {
+	sock := sockPath(t)
+	inst, err := Start(Config{Socket: sock, Timeout: 500 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer inst.Stop()
+	ln, err := inst.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	if err := inst.Ready(); err != nil {
+		t.Fatal(err)
+	}
+	c := startChild(t, "passee", sock)
+	c.expect("ready")
+	<-inst.Done()
+	client, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer client.Close()
+	server, err := ln.Accept()
+	if err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(100 * time.Millisecond)
+	c.cmd.Process.Signal(syscall.SIGSTOP)
+	err = inst.PassConns([]PassedConn{{Conn: server, Meta: Meta{"k": "v"}}})
+	c.cmd.Process.Signal(syscall.SIGCONT)
+	t.Logf("PassConns: %v", err)
+	if err == nil {
+		t.Fatal("PassConns succeeded with its successor stopped")
+	}
+	// "after a failure they are all still the caller's, open, and the
+	// successor holds none": the predecessor serves it on.
+	fmt.Fprintf(server, "predecessor %d\n", os.Getpid())
+	if l := c.line(); !strings.HasPrefix(l, "acceptconn ") {
+		t.Errorf("PassConns failed, yet the successor got a connection: %s", l)
+	}
+	client.SetReadDeadline(time.Now().Add(5 * time.Second))
+	l, err := bufio.NewReader(client).ReadString('\n')
+	if want := fmt.Sprintf("predecessor %d\n", os.Getpid()); l != want {
+		t.Errorf("the client read %q (%v), want %q", l, err, want)
+	}
+	server.Close()
+}
+
+// installCopy runs the chain from a copy of the test binary, which the test
+// then replaces by a script (as TestRestartRunsInstalledBinary does).
+func installCopy(t *testing.T, c *chain) (old string) {
+	bin := filepath.Join(c.dir, "bin")
+	os.Mkdir(bin, 0o700)
+	c.exe = filepath.Join(bin, "app")
+	data, err := os.ReadFile(os.Args[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(c.exe, data, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	return c.exe + ".old"
+}
+
+// waitSuffix waits for a line that ends with suffix and returns its pid.
+func (c *chain) waitSuffix(n int, suffix string) int {
+	c.t.Helper()
+	deadline := time.After(60 * time.Second)
+	for {
+		c.mu.Lock()
+		for _, l := range c.lines[n:] {
+			if strings.HasSuffix(l, suffix) {
+				c.mu.Unlock()
+				pid, _ := strconv.Atoi(strings.Fields(l)[0])
+				return pid
+			}
+		}
+		news := c.news
+		c.mu.Unlock()
+		select {
+		case <-news:
+		case <-deadline:
+			c.t.Fatalf("no line %q; output:\n%s", suffix, c.output())
+		}
+	}
+}
+
+// The predecessor dies while its Restart's successor is on its way to
+// Start (reparented): the successor, which holds every socket, serves.
+func TestRestartPredecessorDiesEarly(t *testing.T) {
+	c := newChain(t)
+	old := installCopy(t, c)
+	pid := c.startFirst()
+	os.Rename(c.exe, old)
+	script := "#!/bin/sh\necho \"$$ wrapper\"\nsleep 1\nexec " + old + " \"$@\"\n"
+	os.WriteFile(c.exe, []byte(script), 0o700)
+	n := c.mark()
+	syscall.Kill(pid, syscall.SIGHUP)
+	next := c.waitSuffix(n, " wrapper")
+	syscall.Kill(pid, syscall.SIGKILL)
+	start := time.Now()
+	deadline := time.After(30 * time.Second)
+	for {
+		out := c.output()
+		if strings.Contains(out, strconv.Itoa(next)+" ready ") || strings.Contains(out, strconv.Itoa(next)+" start failed") {
+			break
+		}
+		select {
+		case <-deadline:
+			t.Fatalf("nothing from %d:\n%s", next, out)
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
+	t.Logf("after %v:\n%s", time.Since(start).Round(time.Millisecond), c.output())
+	if strings.Contains(c.output(), strconv.Itoa(next)+" start failed") {
+		t.Errorf("the Restart's successor, which holds every socket, failed to start when its predecessor died: nobody serves")
+	}
+	syscall.Kill(next, syscall.SIGKILL)
+}
+
+// sockLinks lists the descriptors from 3 up of pid.
+func sockLinks(pid int) []string {
+	ents, _ := os.ReadDir(fmt.Sprintf("/proc/%d/fd", pid))
+	var out []string
+	for _, e := range ents {
+		n, _ := strconv.Atoi(e.Name())
+		if n < 3 {
+			continue
+		}
+		l, _ := os.Readlink(fmt.Sprintf("/proc/%d/fd/%s", pid, e.Name()))
+		if strings.HasPrefix(l, "socket:") {
+			out = append(out, e.Name()+"->"+l)
+		}
+	}
+	sort.Strings(out)
+	return out
+}
+
+// The new binary is a wrapper that runs the program without exec, as a
+// grandchild: it takes over, each socket once, none inheritable.
+func TestRestartThroughWrapper(t *testing.T) {
+	c := newChain(t)
+	old := installCopy(t, c)
+	pid := c.startFirst()
+	os.Rename(c.exe, old)
+	script := "#!/bin/sh\n" + old + " \"$@\"\n"
+	os.WriteFile(c.exe, []byte(script), 0o700)
+	n := c.mark()
+	syscall.Kill(pid, syscall.SIGHUP)
+	next := c.readyAfter(map[int]bool{pid: true})
+	c.waitFrom(n, pid, "restart ")
+	t.Logf("%s", c.output())
+	links := sockLinks(next)
+	t.Logf("sockets of the successor pid %d: %v", next, links)
+	count := map[string]int{}
+	for _, l := range links {
+		count[strings.SplitN(l, "->", 2)[1]]++
+	}
+	for s, k := range count {
+		if k > 1 {
+			t.Errorf("%s open %d times in the successor", s, k)
+		}
+	}
+	for _, l := range links {
+		fd := strings.SplitN(l, "->", 2)[0]
+		info, err := os.ReadFile(fmt.Sprintf("/proc/%d/fdinfo/%s", next, fd))
+		if err != nil {
+			t.Fatal(err)
+		}
+		var flags uint64
+		for _, f := range strings.Split(string(info), "\n") {
+			if v, ok := strings.CutPrefix(f, "flags:"); ok {
+				flags, _ = strconv.ParseUint(strings.TrimSpace(v), 8, 64)
+			}
+		}
+		if flags&syscall.O_CLOEXEC == 0 {
+			t.Errorf("descriptor %s of the successor is inheritable (flags %o)", l, flags)
+		}
+	}
+	c.stop(next)
+}
+
+func init() {
+	children["sdsucc"] = func(args []string) error {
+		inst, err := Start(Config{Socket: args[0]})
+		if err != nil {
+			return err
+		}
+		err = inst.Ready()
+		l, lerr := os.Readlink("/proc/self/fd/3")
+		if lerr != nil {
+			l = "closed"
+		}
+		fmt.Printf("ready %v inherited=%v fd3=%s LISTEN_PID=%q LISTEN_FDS=%q\n", err, inst.Inherited(), l, os.Getenv("LISTEN_PID"), os.Getenv("LISTEN_FDS"))
+		inst.Stop()
+		return nil
+	}
+}
+
+// A socket-activated process that takes over from a running instance
+// closes systemd's sockets it never claimed and unsets LISTEN_*.
+func TestActivatedTakeOverClosesSystemdSockets(t *testing.T) {
+	sock := sockPath(t)
+	inst, err := Start(Config{Socket: sock})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer inst.Stop()
+	if err := inst.Ready(); err != nil {
+		t.Fatal(err)
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	f, _ := ln.(*net.TCPListener).File()
+	defer f.Close()
+	cmd := exec.Command("/bin/sh", "-c", `LISTEN_PID=$$ LISTEN_FDS=1 exec "$0" "$@"`, os.Args[0], sock)
+	cmd.ExtraFiles = []*os.File{f}
+	c := startChildCmd(t, cmd, "sdsucc")
+	l := c.line()
+	t.Log(l)
+	c.wait()
+	if !strings.HasPrefix(l, "ready <nil> inherited=true ") {
+		t.Fatalf("the activated successor did not take over: %s", l)
+	}
+	if !strings.Contains(l, "fd3=closed") {
+		t.Errorf("systemd's socket is still open after Ready (the application never claimed it)")
+	}
+	if !strings.Contains(l, `LISTEN_PID="" LISTEN_FDS=""`) {
+		t.Errorf("LISTEN_* still set after Start, for the successor's own children to misread")
+	}
+}
+
+// A deploy that switches a symlink (current -> releases/N): Restart runs
+// the new release.
+func TestRestartFollowsSymlink(t *testing.T) {
+	c := newChain(t)
+	rel1 := filepath.Join(c.dir, "rel1")
+	rel2 := filepath.Join(c.dir, "rel2")
+	os.Mkdir(rel1, 0o700)
+	os.Mkdir(rel2, 0o700)
+	data, _ := os.ReadFile(os.Args[0])
+	os.WriteFile(filepath.Join(rel1, "app"), data, 0o700)
+	current := filepath.Join(c.dir, "current")
+	os.Symlink("rel1", current)
+	c.exe = filepath.Join(current, "app")
+	pid := c.startFirst()
+	script := "#!/bin/sh\necho \"$$ new release\"\nexec " + filepath.Join(rel1, "app") + " \"$@\"\n"
+	os.WriteFile(filepath.Join(rel2, "app"), []byte(script), 0o700)
+	os.Remove(current)
+	os.Symlink("rel2", current)
+	n := c.mark()
+	syscall.Kill(pid, syscall.SIGHUP)
+	next := c.readyAfter(map[int]bool{pid: true})
+	c.waitFrom(n, pid, "restart ")
+	if !strings.Contains(c.output(), fmt.Sprintf("%d new release", next)) {
+		t.Errorf("Restart ran the old release, not %s (now %s):\n%s", c.exe, filepath.Join(rel2, "app"), c.output())
+	}
+	c.stop(next)
+}
+
+// An abstract Config.Socket has no directory for the start lock beside it:
+// Start refuses it rather than put the lock in the working directory.
+func TestStartRefusesAbstractSocket(t *testing.T) {
+	dir := t.TempDir()
+	t.Chdir(dir)
+	name := fmt.Sprintf("@graceful-test-%d", os.Getpid())
+	inst, err := Start(Config{Socket: name})
+	if err == nil {
+		inst.Stop()
+		t.Fatalf("Start(%s) succeeded", name)
+	}
+	if !errors.Is(err, syscall.EINVAL) {
+		t.Errorf("Start(%s): %v, want EINVAL", name, err)
+	}
+	if ents, _ := os.ReadDir(dir); len(ents) != 0 {
+		t.Errorf("Start left %d files in the working directory", len(ents))
+	}
+}
+
+func init() {
+	children["negtimeout"] = func(args []string) error {
+		inst, err := Start(Config{Socket: args[0], Timeout: -1})
+		if err != nil {
+			fmt.Println("start", err)
+			return nil
+		}
+		fmt.Println("ready", inst.Ready())
+		inst.Stop()
+		return nil
+	}
+}
+
+// A negative Config.Timeout means no bound, as for Client and Server: the
+// take-over succeeds.
+func TestNegativeTimeout(t *testing.T) {
+	sock := sockPath(t)
+	inst, err := Start(Config{Socket: sock})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer inst.Stop()
+	inst.Ready()
+	c := startChild(t, "negtimeout", sock)
+	l := c.line()
+	t.Log(l)
+	c.wait()
+	if l != "ready <nil>" {
+		t.Errorf("Timeout -1: %s", l)
+	}
+}
+
+// A third instance knows its predecessor by pid (SO_PEERCRED would name
+// the first instance, which called listen): when the predecessor dies
+// before the commit, the successor serves.
+func TestPredecessorPIDThirdGeneration(t *testing.T) {
+	dir := sockPath(t)
+	os.Mkdir(dir, 0o700)
+	sock := filepath.Join(dir, "s")
+	first, err := Start(Config{Socket: sock})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer first.Stop()
+	ln, err := first.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	if err := first.Ready(); err != nil {
+		t.Fatal(err)
+	}
+	p2 := startChild(t, "restarter", sock, dir)
+	pid2 := p2.cmd.Process.Pid
+	readUntil(t, p2, fmt.Sprintf("%d started inherited=true predPID", pid2))
+	os.WriteFile(filepath.Join(dir, "gate."+strconv.Itoa(pid2)), nil, 0o600)
+	readUntil(t, p2, fmt.Sprintf("%d ready <nil>", pid2))
+	<-first.Done() // the first instance drains, alive
+	p3 := startChild(t, "restarter", sock, dir)
+	pid3 := p3.cmd.Process.Pid
+	readUntil(t, p3, fmt.Sprintf("%d started inherited=true predPID", pid3))
+	p2.cmd.Process.Kill() // the predecessor crashes
+	p2.cmd.Wait()
+	start := time.Now()
+	os.WriteFile(filepath.Join(dir, "gate."+strconv.Itoa(pid3)), nil, 0o600)
+	l := readUntil(t, p3, fmt.Sprintf("%d ready ", pid3))
+	t.Logf("after %v (first instance pid %d, predecessor pid %d)", time.Since(start).Round(time.Millisecond), os.Getpid(), pid2)
+	if l[len(fmt.Sprintf("%d ready ", pid3)):][:5] != "<nil>" {
+		t.Errorf("the successor of a dead predecessor did not serve: nobody serves")
+	}
+}
