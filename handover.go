@@ -22,7 +22,9 @@ import (
 // hand-over socket for its own successor, write the pid file and tell
 // systemd (READY=1, when NOTIFY_SOCKET is set). The sockets inherited or
 // passed by systemd that the application never claimed with Listen are
-// closed. Ready blocks at most Config.Timeout for the predecessor's answer.
+// closed. Ready blocks until the predecessor answers: it decides, within
+// Config.ReadyTimeout of its hand-over, and answers at once. If it dies
+// meanwhile, Ready succeeds: the sockets are this instance's alone.
 //
 // Call Ready once the application serves (its listeners accept): the
 // predecessor stops accepting right after. Until then both instances

@@ -25,8 +25,9 @@ const DefaultReadyTimeout = time.Minute
 // Config configures an [Instance]. Only Socket is required.
 type Config struct {
 	// Socket is the path of the Unix socket on which each instance hands
-	// its sockets to the next. Its directory must exist. The socket file is
-	// created 0600, for the same user (or root) only; a lock file,
+	// its sockets to the next: a path whose directory exists (not an
+	// abstract "@" name, for the lock file must be beside it). The socket
+	// file is created 0600, for the same user (or root) only; a lock file,
 	// Socket+".lock", stays beside it for good.
 	Socket string
 	// PIDFile, if set, names the file that holds the pid of the instance
