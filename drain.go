@@ -52,13 +52,13 @@ type Drainer struct {
 	empty  chan struct{} // made by Drain, closed when conns becomes empty
 }
 
-// Serve serves srv on ln until Drain, after which it returns
-// [ErrServerClosed] (which also matches [http.ErrServerClosed]). It sets srv.ConnState and srv.Handler to track
-// connections and mark responses during the drain; they call what srv had
-// (http.DefaultServeMux for a nil Handler), so set those fields before the
-// call, not after. Serve takes ownership of ln and closes it when Drain
-// starts; a successor keeps accepting on its own copy of the socket. Called
-// after Drain, or a second time, Serve closes ln and returns at once.
+// Serve serves srv on ln until Drain, after which it returns [ErrServerClosed]
+// (which also matches [http.ErrServerClosed]). It sets srv.ConnState and
+// srv.Handler to track connections and mark responses during the drain; they
+// call what srv had (http.DefaultServeMux for a nil Handler), so set those
+// fields before the call, not after. Serve takes ownership of ln and closes it
+// when Drain starts; a successor keeps accepting on its own copy of the socket.
+// Called after Drain, or a second time, Serve closes ln and returns at once.
 func (d *Drainer) Serve(srv *http.Server, ln net.Listener) error {
 	d.mu.Lock()
 	if d.draining.Load() {
@@ -138,7 +138,8 @@ func (d *Drainer) install(srv *http.Server) {
 // connections still idle and waits for the active ones. When ctx is done
 // first, it closes every connection ([http.Server.Close]) and returns ctx's
 // error. Give ctx more time than IdleGrace, so requests in flight can finish.
-// Drain before Serve makes Serve return at once.
+// Drain returns nil once every connection has closed. It blocks until then,
+// or until ctx is done. Drain before Serve makes Serve return at once.
 func (d *Drainer) Drain(ctx context.Context) error {
 	d.mu.Lock()
 	d.draining.Store(true)

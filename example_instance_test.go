@@ -52,7 +52,10 @@ func serve(dir, addr string, h http.Handler, sigs <-chan os.Signal) error {
 				inst.Stop()
 			}
 		case <-inst.Done():
-			return d.Drain(context.Background())
+			// Requests in flight finish, a minute at most.
+			ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+			defer cancel()
+			return d.Drain(ctx)
 		}
 	}
 }
@@ -62,6 +65,7 @@ func serve(dir, addr string, h http.Handler, sigs <-chan os.Signal) error {
 // starts it beside the old one. In a real program, main calls serve once
 // with the process's signals:
 //
+//	handler := http.NewServeMux() // with the application's routes
 //	sigs := make(chan os.Signal, 1)
 //	signal.Notify(sigs, syscall.SIGHUP, syscall.SIGTERM, os.Interrupt)
 //	if err := serve("/run/app", ":8080", handler, sigs); err != nil {

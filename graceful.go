@@ -51,15 +51,15 @@
 //
 // # Trust and limits
 //
-// Both ends check the peer's credentials, as the kernel recorded them when
-// the connection was made (SO_PEERCRED on Linux and OpenBSD,
-// LOCAL_PEERCRED on macOS and FreeBSD, LOCAL_PEEREID on NetBSD): by
-// default only a process of the same user, or root, is served or trusted; [Server.Allow] and
-// [Client.Allow] change that. [ListenAndServe] creates the socket file 0600
-// whatever the umask, replaces a stale socket file left by a crashed process,
-// and never takes the address of a live server. A [Client] bounds the number
-// of descriptors per transfer, the size of each meta, and how long it waits
-// for the peer.
+// Both ends check the peer's credentials, as the kernel recorded them when the
+// connection was made (SO_PEERCRED on Linux and OpenBSD, LOCAL_PEERCRED on
+// macOS and FreeBSD, LOCAL_PEEREID on NetBSD): by default only a process of the
+// same user, or root, is served or trusted; [Server.Allow] and [Client.Allow]
+// change that. [ListenAndServe] creates the socket file 0600 whatever the
+// umask, replaces a stale socket file left by a crashed process, and never
+// takes the address of a live server. A [Client] bounds the number of
+// descriptors per transfer, the size of each meta, and how long it waits for
+// the peer.
 //
 // # Wire protocol
 //

@@ -27,13 +27,13 @@ import (
 // meanwhile, Ready succeeds: the sockets are this instance's alone.
 //
 // Call Ready once the application serves (its listeners accept): the
-// predecessor stops accepting right after. Until then both instances
-// accept: a successor that dies before its Ready loses the connections it
-// accepted (the predecessor keeps all the others), so an application that
-// can fail on its way to Ready should do so before it serves. If Ready fails, the predecessor
-// (if any) serves on and this instance must not: it should close what it
-// serves and exit. The error is [ErrAborted] when the predecessor gave up
-// waiting (Config.ReadyTimeout) or stopped.
+// predecessor stops accepting right after. Until then both instances accept: a
+// successor that dies before its Ready loses the connections it accepted (the
+// predecessor keeps all the others), so an application that can fail on its way
+// to Ready should do so before it serves. If Ready fails, the predecessor (if
+// any) serves on and this instance must not: it should close what it serves and
+// exit. The error is [ErrAborted] when the predecessor gave up waiting
+// (Config.ReadyTimeout) or stopped.
 func (in *Instance) Ready() error {
 	in.mu.Lock()
 	if in.phase != starting || in.readying {

@@ -56,7 +56,8 @@ var (
 	// on.
 	ErrAborted = errors.New("graceful: hand-over aborted")
 	// ErrInstanceState means a method of an Instance was called at the
-	// wrong time: Listen after Stop, Ready twice, Restart before Ready.
+	// wrong time: Listen after Stop, Ready twice, Restart before Ready,
+	// after Done or while another Restart runs.
 	ErrInstanceState = errors.New("graceful: not allowed in the instance's state")
 	// ErrBusy means Start waited Config.ReadyTimeout in vain for another
 	// instance, between its own Start and Ready, to finish. The error
@@ -229,8 +230,8 @@ func (in *Instance) abandon() {
 // errNotInherited: no descriptors were given at exec for this process.
 var errNotInherited = errors.New("nothing inherited")
 
-// inheritFromParent takes the descriptors that the predecessor's Restart gave this
-// process at exec (inheritEnv), if it did.
+// inheritFromParent takes the descriptors that the predecessor's Restart gave
+// this process at exec (inheritEnv), if it did.
 func (in *Instance) inheritFromParent() error {
 	v, ok := os.LookupEnv(inheritEnv)
 	if !ok {
@@ -363,13 +364,13 @@ func (in *Instance) inherited(fd int, meta io.Reader) error {
 	}
 }
 
-// Listen returns the listener for network and address: the predecessor's,
-// if it listened on these very strings, or else on the address they name
-// (a predecessor's "localhost:8080" for "127.0.0.1:8080", its ":8080" for
-// ":8080" but not for "127.0.0.1:8080"); else one that systemd passed whose
-// address matches, for a first instance; else a new one from [net.Listen]. The listener is the
-// application's, and this instance hands it on to its successor while it is
-// open. A Unix socket's file stays in place across hand-overs (its listener
+// Listen returns the listener for network and address: the predecessor's, if it
+// listened on these very strings, or else on the address they name (a
+// predecessor's "localhost:8080" for "127.0.0.1:8080", its ":8080" for ":8080"
+// but not for "127.0.0.1:8080"); else one that systemd passed whose address
+// matches, for a first instance; else a new one from [net.Listen]. The listener
+// is the application's, and this instance hands it on to its successor while it
+// is open. A Unix socket's file stays in place across hand-overs (its listener
 // does not remove it on Close), and a stale one is replaced.
 func (in *Instance) Listen(network, address string) (net.Listener, error) {
 	ln, err := in.listen(kindListener, network, address)

@@ -18,9 +18,9 @@ import (
 // ready within Config.Timeout (to start) and Config.ReadyTimeout (then it
 // is killed); this instance serves on all along, as if nothing had
 // happened. Restart blocks until then; one Restart runs at a time, and only
-// between Ready and Done. If another successor (started beside, by a
-// deploy) is ready first, Restart returns nil too; the one it started is
-// then refused, and gives up.
+// between Ready and Done (otherwise it fails with ErrInstanceState). If
+// another successor (started beside, by a deploy) is ready first, Restart
+// returns nil too; the one it started is then refused, and gives up.
 //
 // The successor gets this instance's sockets at exec, as in a fork/exec
 // restart and as fast, with the environment variable GRACEFUL_INHERIT
@@ -28,13 +28,14 @@ import (
 // is the same as for a successor that dials Config.Socket.
 //
 // The program started is the file at the path this one was started by
-// (its os.Args[0] when it started, found in PATH if need be, or else
-// os.Executable), so that a new binary installed there takes over, whether
-// the old one was replaced, renamed over or moved aside, or a symlink on the
-// path now names a new release. If no file is there (go run removes its build when it ends), this
-// process's own binary is started again where the system can name it
-// (/proc/self/exe on Linux); elsewhere Restart fails then, and this instance
-// serves on.
+// (its os.Args[0], found in PATH if need be and taken from the working
+// directory at start if relative, or else os.Executable), so that a new
+// binary installed there takes over, whether the old one was replaced,
+// renamed over or moved aside, or a symlink on the path now names a new
+// release. If no file is there (go run removes its build when it ends),
+// this process's own binary is started again where the system can name it
+// (/proc/self/exe on Linux); elsewhere Restart fails then, and this
+// instance serves on.
 func (in *Instance) Restart() error {
 	in.mu.Lock()
 	if in.phase != serving || in.restart {

@@ -1,4 +1,4 @@
-//go:build gracefulfaults
+//go:build gracefulfaults && linux
 
 package main
 
