@@ -221,8 +221,9 @@ func (in *Instance) serveSuccessor(conn *net.UnixConn) {
 	pid := peerPIDOf(conn)
 	s, err := openTransfer(context.Background(), conn, nil, in.timeout)
 	if err != nil {
-		in.logf("hand-over to pid %d failed: %v", pid, err)
-		in.handOverFailed(pid, err)
+		if !in.handOverFailed(pid, err) {
+			in.logf("hand-over to pid %d failed: %v", pid, err)
+		}
 		return
 	}
 	// One successor at a time; a client earns its turn with its hello.
@@ -238,8 +239,9 @@ func (in *Instance) serveSuccessor(conn *net.UnixConn) {
 		committed, err = in.awaitCommit(conn, pid)
 	}
 	if err != nil {
-		in.logf("hand-over to pid %d failed: %v", pid, err)
-		in.handOverFailed(pid, err)
+		if !in.handOverFailed(pid, err) {
+			in.logf("hand-over to pid %d failed: %v", pid, err)
+		}
 	}
 }
 
@@ -273,8 +275,9 @@ func (in *Instance) serveChild(conn *net.UnixConn, pid int) {
 		conn.Close()
 	}
 	if err != nil {
-		in.logf("hand-over to pid %d failed: %v", pid, err)
-		in.handOverFailed(pid, err)
+		if !in.handOverFailed(pid, err) {
+			in.logf("hand-over to pid %d failed: %v", pid, err)
+		}
 	}
 }
 

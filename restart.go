@@ -148,16 +148,19 @@ type restarting struct {
 }
 
 // handOverFailed tells a Restart waiting for the successor pid that its
-// hand-over failed.
-func (in *Instance) handOverFailed(pid int, err error) {
+// hand-over failed, and reports whether one did: that Restart returns the
+// error, else the caller logs it.
+func (in *Instance) handOverFailed(pid int, err error) bool {
 	in.mu.Lock()
 	defer in.mu.Unlock()
 	if in.restarting.pid == pid && pid != 0 {
 		select {
 		case in.restarting.failed <- err:
+			return true
 		default:
 		}
 	}
+	return false
 }
 
 // tookOver reports whether a successor has committed.
