@@ -44,7 +44,8 @@ type Config struct {
 	// DefaultReadyTimeout.
 	ReadyTimeout time.Duration
 	// ErrorLog, if set, receives a line for each hand-over that failed
-	// (the instance serves on); nothing is logged otherwise.
+	// (the instance serves on) but for a Restart's, which Restart returns;
+	// nothing is logged otherwise.
 	ErrorLog *log.Logger
 }
 
