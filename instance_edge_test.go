@@ -173,15 +173,8 @@ func TestRestartSuccessorExitsZero(t *testing.T) {
 	t.Setenv(childEnv, "idle")
 	t.Setenv("GRACEFUL_TEST_EXIT0", "1")
 	t.Setenv("GORACE", os.Getenv("GORACE")+" atexit_sleep_ms=0")
-	inst, err := Start(Config{Socket: sockPath(t)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer inst.Stop()
-	if err := inst.Ready(); err != nil {
-		t.Fatal(err)
-	}
-	err = inst.Restart()
+	inst := readyFirst(t, Config{Socket: sockPath(t)})
+	err := inst.Restart()
 	t.Logf("Restart: %v", err)
 	if err == nil || !strings.Contains(err.Error(), "exited before it was ready: exit status 0") {
 		t.Errorf("Restart: %v, want an exit before Ready with status 0", err)
@@ -338,14 +331,7 @@ func init() {
 // answer: once the predecessor committed, the successor serves.
 func TestReadyWaitsForSlowCommit(t *testing.T) {
 	sock := sockPath(t)
-	inst, err := Start(Config{Socket: sock})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer inst.Stop()
-	if err := inst.Ready(); err != nil {
-		t.Fatal(err)
-	}
+	inst := readyFirst(t, Config{Socket: sock})
 	c := startChild(t, "late", sock)
 	c.expect("started")
 	inst.mu.Lock() // the predecessor is slow to commit
@@ -460,24 +446,9 @@ func installCopy(t *testing.T, c *chain) (old string) {
 // waitSuffix waits for a line that ends with suffix and returns its pid.
 func (c *chain) waitSuffix(n int, suffix string) int {
 	c.t.Helper()
-	deadline := time.After(60 * time.Second)
-	for {
-		c.mu.Lock()
-		for _, l := range c.lines[n:] {
-			if strings.HasSuffix(l, suffix) {
-				c.mu.Unlock()
-				pid, _ := strconv.Atoi(strings.Fields(l)[0])
-				return pid
-			}
-		}
-		news := c.news
-		c.mu.Unlock()
-		select {
-		case <-news:
-		case <-deadline:
-			c.t.Fatalf("no line %q; output:\n%s", suffix, c.output())
-		}
-	}
+	l := c.waitLine(n, suffix, func(l string) bool { return strings.HasSuffix(l, suffix) })
+	pid, _ := strconv.Atoi(strings.Fields(l)[0])
+	return pid
 }
 
 // The predecessor dies while its Restart's successor is on its way to
@@ -596,14 +567,7 @@ func init() {
 // closes systemd's sockets it never claimed and unsets LISTEN_*.
 func TestActivatedTakeOverClosesSystemdSockets(t *testing.T) {
 	sock := sockPath(t)
-	inst, err := Start(Config{Socket: sock})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer inst.Stop()
-	if err := inst.Ready(); err != nil {
-		t.Fatal(err)
-	}
+	readyFirst(t, Config{Socket: sock})
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -692,12 +656,7 @@ func init() {
 // take-over succeeds.
 func TestNegativeTimeout(t *testing.T) {
 	sock := sockPath(t)
-	inst, err := Start(Config{Socket: sock})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer inst.Stop()
-	inst.Ready()
+	readyFirst(t, Config{Socket: sock})
 	c := startChild(t, "negtimeout", sock)
 	l := c.line()
 	t.Log(l)
@@ -745,4 +704,19 @@ func TestPredecessorPIDThirdGeneration(t *testing.T) {
 	if l[len(fmt.Sprintf("%d ready ", pid3)):][:5] != "<nil>" {
 		t.Errorf("the successor of a dead predecessor did not serve: nobody serves")
 	}
+}
+
+// readyFirst starts a first instance in this process, ready, and stops it
+// when the test ends.
+func readyFirst(t *testing.T, cfg Config) *Instance {
+	t.Helper()
+	inst, err := Start(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(inst.Stop)
+	if err := inst.Ready(); err != nil {
+		t.Fatal(err)
+	}
+	return inst
 }

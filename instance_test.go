@@ -222,11 +222,18 @@ func (c *chain) mark() int {
 func (c *chain) waitFrom(n, pid int, what string) string {
 	c.t.Helper()
 	prefix := strconv.Itoa(pid) + " " + what
+	return c.waitLine(n, prefix, func(l string) bool { return strings.HasPrefix(l, prefix) })
+}
+
+// waitLine waits for a line from the nth on that matches, what describing
+// it for the failure, and returns it.
+func (c *chain) waitLine(n int, what string, match func(string) bool) string {
+	c.t.Helper()
 	deadline := time.After(60 * time.Second)
 	for {
 		c.mu.Lock()
 		for _, l := range c.lines[n:] {
-			if strings.HasPrefix(l, prefix) {
+			if match(l) {
 				c.mu.Unlock()
 				return l
 			}
@@ -236,7 +243,7 @@ func (c *chain) waitFrom(n, pid int, what string) string {
 		select {
 		case <-news:
 		case <-deadline:
-			c.t.Fatalf("no line %q; output:\n%s", prefix, c.output())
+			c.t.Fatalf("no line %q; output:\n%s", what, c.output())
 		}
 	}
 }
