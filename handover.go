@@ -266,6 +266,10 @@ func (in *Instance) awaitCommit(conn *net.UnixConn, pid int) (bool, error) {
 func (in *Instance) serveChild(conn *net.UnixConn, pid int) {
 	defer in.serveWG.Done()
 	if !in.track(conn) {
+		// It holds this instance's sockets since its exec: one that found
+		// the connection closed without a word would take this instance
+		// for dead, and serve.
+		refuse(conn, "the predecessor stopped or handed over to another")
 		conn.Close()
 		return
 	}
@@ -451,12 +455,14 @@ func (in *Instance) isFinished() bool {
 // fails; before this instance's own Ready, its predecessor serves on), and
 // closes Done. An instance that was serving also removes the hand-over
 // socket file and the pid file if it names this process, and tells systemd
-// STOPPING=1. Stop does not close
-// the application's listeners: the application drains them. After a
-// successor took over, Stop only releases what the instance still holds:
-// the connection to the successor (which then knows that no more
-// connections will be passed) and connections passed to this instance and
-// not accepted.
+// STOPPING=1. Stop does not close the application's listeners: the
+// application drains them. After a successor took over, Stop only releases
+// what the instance still holds: the connection to the successor (which
+// then knows that no more connections will be passed) and connections
+// passed to this instance and not accepted.
+//
+// Stop blocks until all that is done, after a Ready or a PassConns under
+// way has ended: their outcome decides what there is to stop.
 func (in *Instance) Stop() {
 	in.mu.Lock()
 	for in.readying {
@@ -466,11 +472,16 @@ func (in *Instance) Stop() {
 		in.mu.Lock()
 	}
 	if in.phase == finished {
-		if in.succ != nil {
-			in.succ.conn.Close()
-		}
-		stopping := in.stopping
+		succ, stopping := in.succ, in.stopping
 		in.mu.Unlock()
+		if succ != nil {
+			// Not between a PassConns's acknowledgement and its commit:
+			// the successor would take the batch for its own while
+			// PassConns says the connections are still the caller's.
+			in.passing.send.Lock()
+			succ.conn.Close()
+			in.passing.send.Unlock()
+		}
 		if stopping != nil {
 			<-stopping // another Stop is cleaning up
 		}

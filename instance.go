@@ -211,6 +211,11 @@ func Start(cfg Config) (*Instance, error) {
 		in.abandon()
 		return nil, err
 	}
+	if in.pred != nil {
+		// Only now: it may Stop the instance, which Start must have
+		// finished building.
+		go in.watchPredecessor(in.pred)
+	}
 	return in, nil
 }
 
@@ -316,7 +321,6 @@ func (in *Instance) connected(conn *net.UnixConn, pid int) {
 	// handed down, they name the instance that first listened.
 	in.predPID = pid
 	in.took = true
-	go in.watchPredecessor(conn)
 	// The predecessor serves the socket file now, so this is its file.
 	in.sockFile, _ = os.Lstat(in.cfg.Socket)
 }
@@ -580,10 +584,15 @@ func (in *Instance) Successor() int {
 	return in.succ.pid
 }
 
-// predGone waits, Config.Timeout at most, until the predecessor's process
-// has ended, and reports whether it has.
+// predGone waits, Config.Timeout at most (DefaultTimeout for no bound: the
+// process of a connection that closed is ending), until the predecessor's
+// process has ended, and reports whether it has.
 func (in *Instance) predGone() bool {
-	deadline := time.Now().Add(in.timeout)
+	wait := in.timeout
+	if wait < 0 {
+		wait = DefaultTimeout
+	}
+	deadline := time.Now().Add(wait)
 	for !processGone(in.predPID) {
 		if time.Now().After(deadline) {
 			return false

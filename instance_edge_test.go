@@ -712,3 +712,264 @@ func readyFirst(t *testing.T, cfg Config) *Instance {
 	}
 	return inst
 }
+
+// wrapstop is an application modelled on example/main.go: a first instance
+// that, while its Restart starts a successor, is told to stop (SIGTERM):
+// it calls Stop, waits for Restart, and exits. A successor (its grandchild,
+// through a wrapper that runs the program without exec) reports whether its
+// Ready succeeded.
+func init() {
+	children["wrapstop"] = func(args []string) error {
+		sock := args[0]
+		pid := os.Getpid()
+		say := func(format string, a ...any) { fmt.Printf("%d "+format+"\n", append([]any{pid}, a...)...) }
+		inst, err := Start(Config{Socket: sock, Timeout: 3 * time.Second, ErrorLog: log.New(os.Stdout, strconv.Itoa(pid)+" log ", 0)})
+		if err != nil {
+			say("start failed: %v", err)
+			return nil
+		}
+		inherited := inst.Inherited()
+		ln, err := inst.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			say("listen failed: %v", err)
+			return nil
+		}
+		defer ln.Close()
+		err = inst.Ready()
+		say("ready %v inherited=%v", err, inherited)
+		if err != nil || inherited {
+			inst.Stop()
+			return nil
+		}
+		d, _ := strconv.Atoi(os.Getenv("GRACEFUL_TEST_DELAY_US"))
+		var wg sync.WaitGroup
+		wg.Add(1)
+		go func() { defer wg.Done(); say("restart %v", inst.Restart()) }()
+		time.Sleep(time.Duration(d) * time.Microsecond)
+		inst.Stop()
+		say("stopped")
+		wg.Wait()
+		return nil
+	}
+}
+
+// Stop while Restart starts its successor, which a wrapper runs without
+// exec (so Restart's kill misses it): the successor is refused, and never
+// serves after the instance that started it stopped.
+func TestStopDuringRestartThroughWrapper(t *testing.T) {
+	dir := sockPath(t)
+	os.Mkdir(dir, 0o700)
+	script := filepath.Join(dir, "app")
+	os.WriteFile(script, []byte("#!/bin/sh\n"+os.Args[0]+" \"$@\"\n"), 0o700)
+	counts := map[string]int{}
+	defer func() { t.Logf("outcomes: %v", counts) }()
+	for i := 0; i < 150; i++ {
+		sock := filepath.Join(dir, "s"+strconv.Itoa(i))
+		r, w, _ := os.Pipe()
+		// argv[0] is the wrapper: Restart runs it.
+		cmd := &exec.Cmd{Path: os.Args[0], Args: []string{script, sock}, Stdout: w, Stderr: w}
+		cmd.Env = append(os.Environ(), childEnv+"=wrapstop", "GORACE="+os.Getenv("GORACE")+" atexit_sleep_ms=0",
+			"GRACEFUL_TEST_DELAY_US="+strconv.Itoa((i%40)*75))
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		w.Close()
+		ppid := cmd.Process.Pid
+		var lines []string
+		s := bufio.NewScanner(r)
+		done := make(chan struct{})
+		go func() {
+			for s.Scan() {
+				lines = append(lines, s.Text())
+			}
+			close(done)
+		}()
+		select {
+		case <-done:
+		case <-time.After(30 * time.Second):
+			t.Fatalf("round %d: no EOF", i)
+		}
+		r.Close()
+		cmd.Wait()
+		out := strings.Join(lines, "\n")
+		var succServes string
+		stopped := false
+		for _, l := range lines {
+			f := strings.Fields(l)
+			if len(f) < 2 {
+				continue
+			}
+			if f[0] == strconv.Itoa(ppid) && f[1] == "stopped" {
+				stopped = true
+			}
+			if f[0] != strconv.Itoa(ppid) && strings.Contains(l, " ready <nil> inherited=true") {
+				succServes = l
+			}
+		}
+		k := "no successor"
+		for _, l := range lines {
+			if strings.HasPrefix(l, strconv.Itoa(ppid)+" restart ") {
+				k = l[strings.LastIndex(l, ":")+1:]
+			}
+		}
+		if succServes != "" {
+			k = "SUCCESSOR SERVES"
+		}
+		counts[k]++
+		committed := false
+		for _, l := range lines {
+			if l == strconv.Itoa(ppid)+" restart <nil>" {
+				committed = true // before Stop: the successor serves rightly
+			}
+		}
+		if stopped && succServes != "" && !committed {
+			t.Fatalf("round %d: the instance was stopped during its Restart, yet its successor serves after it (%s):\n%s", i, succServes, out)
+		}
+	}
+}
+
+func init() {
+	children["lockwaiter"] = func([]string) error {
+		out, err := os.OpenFile(os.Getenv("GRACEFUL_TEST_OUT"), os.O_WRONLY|os.O_APPEND, 0)
+		if err != nil {
+			return err
+		}
+		say := func(format string, a ...any) { fmt.Fprintf(out, format+"\n", a...) }
+		inst, err := Start(Config{Socket: os.Getenv("GRACEFUL_TEST_SOCK"), ReadyTimeout: 20 * time.Second, ErrorLog: log.New(out, "log ", 0)})
+		say("start %v", err)
+		if err != nil {
+			return nil
+		}
+		say("ready %v", inst.Ready())
+		inst.Stop() // as an application whose Ready failed does
+		say("stopped")
+		time.Sleep(3 * time.Second) // draining what it accepted, say
+		return nil
+	}
+}
+
+// A successor that Restart started waits in Start for the start lock (another
+// instance is between its Start and Ready), and its predecessor refuses it
+// meanwhile: its Start returns, its Ready fails, and once it stopped the lock
+// is free; no data race in the child (under -race).
+func TestRefusedWhileWaitingForLock(t *testing.T) {
+	dir := sockPath(t)
+	os.Mkdir(dir, 0o700)
+	sock := filepath.Join(dir, "s")
+	outPath := filepath.Join(dir, "out")
+	os.WriteFile(outPath, nil, 0o600)
+	raceLog := filepath.Join(dir, "race")
+	inst, err := Start(Config{Socket: sock})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer inst.Stop()
+	if err := inst.Ready(); err != nil {
+		t.Fatal(err)
+	}
+	// Another instance is between its Start and Ready: it holds the lock.
+	other, err := lockFile(sock+".lock", 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Setenv(childEnv, "lockwaiter")
+	t.Setenv("GRACEFUL_TEST_SOCK", sock)
+	t.Setenv("GRACEFUL_TEST_OUT", outPath)
+	t.Setenv("GORACE", "atexit_sleep_ms=0 log_path="+raceLog)
+	// What Restart does, without its kill of the child (as with a wrapper).
+	inst.serveWG.Add(1)
+	proc, conn, err := inst.startChild(os.Args[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	go inst.serveChild(conn, proc.Pid)
+	time.Sleep(time.Second) // the child waits for the lock
+	inst.Stop()             // the predecessor refuses it
+	time.Sleep(500 * time.Millisecond)
+	other.unlock() // the other instance is done
+	// The child reports; once it says "stopped", nobody is between Start
+	// and Ready: a new instance must get the lock at once.
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		b, _ := os.ReadFile(outPath)
+		if strings.Contains(string(b), "stopped") || time.Now().After(deadline) {
+			break
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	l, lerr := lockFile(sock+".lock", time.Second)
+	if lerr == nil {
+		l.unlock()
+	}
+	st, _ := proc.Wait()
+	b, _ := os.ReadFile(outPath)
+	t.Logf("child (%v):\n%s", st, b)
+	if lerr != nil {
+		t.Errorf("the refused successor stopped, yet still holds the start lock: %v", lerr)
+	}
+	ents, _ := filepath.Glob(raceLog + ".*")
+	for _, e := range ents {
+		rb, _ := os.ReadFile(e)
+		s := bufio.NewScanner(strings.NewReader(string(rb)))
+		var first []string
+		for s.Scan() && len(first) < 40 {
+			first = append(first, s.Text())
+		}
+		t.Errorf("race report in the child:\n%s", strings.Join(first, "\n"))
+	}
+}
+
+func init() {
+	children["negpred"] = func(args []string) error {
+		inst, err := Start(Config{Socket: args[0], Timeout: -1})
+		if err != nil {
+			return err
+		}
+		if _, err := inst.Listen("tcp", "127.0.0.1:0"); err != nil {
+			return err
+		}
+		fmt.Println("ready", inst.Ready())
+		time.Sleep(time.Hour)
+		return nil
+	}
+	children["negsucc"] = func(args []string) error {
+		inst, err := Start(Config{Socket: args[0], Timeout: -1})
+		if err != nil {
+			fmt.Println("start", err)
+			return nil
+		}
+		fmt.Println("started")
+		bufio.NewReader(os.Stdin).ReadString('\n')
+		fmt.Println("ready", inst.Ready())
+		inst.Stop()
+		return nil
+	}
+}
+
+// With Config.Timeout -1 ("no bound"), a successor whose predecessor
+// crashed before the commit serves: a closed connection and a process
+// about to end are its predecessor's death.
+func TestNegativeTimeoutPredecessorDies(t *testing.T) {
+	fails := 0
+	const rounds = 60
+	for i := 0; i < rounds; i++ {
+		sock := sockPath(t)
+		p := startChild(t, "negpred", sock)
+		p.expect("ready <nil>")
+		s := startChild(t, "negsucc", sock)
+		s.expect("started")
+		p.cmd.Process.Kill() // the predecessor crashes; not reaped yet
+		time.Sleep(20 * time.Millisecond)
+		fmt.Fprintln(s.in, "go")
+		l := s.line()
+		p.cmd.Wait()
+		s.wait()
+		if l != "ready <nil>" {
+			fails++
+			t.Logf("round %d: %s", i, l)
+		}
+	}
+	if fails > 0 {
+		t.Errorf("%d of %d successors of a crashed predecessor did not serve (Timeout -1)", fails, rounds)
+	}
+}
