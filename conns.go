@@ -85,7 +85,11 @@ func (in *Instance) PassConns(conns []PassedConn) error {
 		}
 	}
 	if err != nil {
-		// The successor closes what it got when the connection ends.
+		// The successor closes what it got, told so in words where the
+		// connection still carries them: a silent close, once this
+		// process has ended, would read as its death, which leaves the
+		// connections to the successor.
+		refuse(succ.conn, "the predecessor keeps them")
 		succ.conn.Close()
 		return fmt.Errorf("graceful: passing %d connections: %w", len(conns), err)
 	}
@@ -199,7 +203,11 @@ func (in *Instance) receiveConns(client *Client, pred *net.UnixConn) (batch []pa
 	n, err := io.ReadFull(pred, msg[:])
 	switch {
 	case err == nil:
-		if status, _, perr := parseAck(msg[:], version); perr != nil || status != statusOK {
+		status, _, perr := parseAck(msg[:], version)
+		if perr == nil && status == statusRefused {
+			return batch, errPassKept
+		}
+		if perr != nil || status != statusOK {
 			return batch, fmt.Errorf("%w: % x instead of the commit of passed connections", ErrProtocol, msg)
 		}
 	case n == 0 && errors.Is(ioError("", err), io.ErrUnexpectedEOF) && in.passing.ctx.Err() == nil && in.predGone():
@@ -209,6 +217,10 @@ func (in *Instance) receiveConns(client *Client, pred *net.UnixConn) (batch []pa
 	}
 	return batch, err
 }
+
+// errPassKept is a PassConns that failed: the predecessor keeps the
+// connections.
+var errPassKept = errors.New("graceful: the predecessor failed to pass connections, and keeps them")
 
 type passedFd struct {
 	fd   int

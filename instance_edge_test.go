@@ -5,6 +5,7 @@ package graceful
 import (
 	"bufio"
 	"bytes"
+	"context"
 	"errors"
 	"fmt"
 	"io"
@@ -971,5 +972,45 @@ func TestNegativeTimeoutPredecessorDies(t *testing.T) {
 	}
 	if fails > 0 {
 		t.Errorf("%d of %d successors of a crashed predecessor did not serve (Timeout -1)", fails, rounds)
+	}
+}
+
+// A PassConns that fails after the successor acknowledged writes that the
+// predecessor keeps the connections (without the words, a close followed by
+// the predecessor's exit would read as its death, which leaves them to the
+// successor): the successor, here with a predecessor that has ended, closes
+// its copies and says why.
+func TestPassedConnsKeptByPredecessor(t *testing.T) {
+	inst := readyFirst(t, Config{Socket: sockPath(t)})
+	noLeaks(t)
+	// The predecessor, emulated: one connection passed and acknowledged,
+	// then the refusal PassConns writes when it fails, and its end.
+	gone := exec.Command("true")
+	if err := gone.Run(); err != nil {
+		t.Fatal(err)
+	}
+	inst.predPID = gone.Process.Pid
+	pred, succ := socketPair(t)
+	defer succ.Close()
+	f, err := os.Open(os.DevNull)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	sent := make(chan error, 1)
+	go func() {
+		defer pred.Close()
+		err := transfer(context.Background(), pred, nil, time.Minute, func(s *sender) error {
+			return writeObject(s, f, Meta{"n": "1"})
+		})
+		refuse(pred, "the predecessor keeps them")
+		sent <- err
+	}()
+	batch, err := inst.receiveConns(&Client{Timeout: -1}, succ)
+	if err := <-sent; err != nil {
+		t.Fatal(err)
+	}
+	if !errors.Is(err, errPassKept) {
+		t.Errorf("receiveConns: %v with %d descriptors, want errPassKept", err, len(batch))
 	}
 }
