@@ -338,7 +338,7 @@ func TestReadyWaitsForSlowCommit(t *testing.T) {
 	inst.mu.Lock() // the predecessor is slow to commit
 	fmt.Fprintln(c.in, "go")
 	time.Sleep(200 * time.Millisecond)
-	c.cmd.Process.Signal(syscall.SIGSTOP) // ... and the successor slow to read
+	stopProcess(t, c.cmd.Process.Pid) // ... and the successor slow to read
 	time.Sleep(time.Second)
 	inst.mu.Unlock()
 	select {
@@ -407,7 +407,7 @@ func TestPassConnsFailureKeepsConns(t *testing.T) {
 		t.Fatal(err)
 	}
 	time.Sleep(100 * time.Millisecond)
-	c.cmd.Process.Signal(syscall.SIGSTOP)
+	stopProcess(t, c.cmd.Process.Pid)
 	err = inst.PassConns([]PassedConn{{Conn: server, Meta: Meta{"k": "v"}}})
 	c.cmd.Process.Signal(syscall.SIGCONT)
 	t.Logf("PassConns: %v", err)
@@ -1012,5 +1012,34 @@ func TestPassedConnsKeptByPredecessor(t *testing.T) {
 	}
 	if !errors.Is(err, errPassKept) {
 		t.Errorf("receiveConns: %v with %d descriptors, want errPassKept", err, len(batch))
+	}
+}
+
+// stopProcess stops pid with SIGSTOP and waits until all its threads are
+// stopped: the signal alone takes effect some time later.
+func stopProcess(t *testing.T, pid int) {
+	t.Helper()
+	if err := syscall.Kill(pid, syscall.SIGSTOP); err != nil {
+		t.Fatal(err)
+	}
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(time.Millisecond) {
+		tasks, err := os.ReadDir(fmt.Sprintf("/proc/%d/task", pid))
+		if err != nil {
+			t.Fatal(err)
+		}
+		stopped := 0
+		for _, task := range tasks {
+			stat, err := os.ReadFile(fmt.Sprintf("/proc/%d/task/%s/stat", pid, task.Name()))
+			// pid (comm) state ...: comm may hold spaces and parentheses.
+			if f := strings.Fields(string(stat[bytes.LastIndexByte(stat, ')')+1:])); err == nil && len(f) > 0 && f[0] == "T" {
+				stopped++
+			}
+		}
+		if stopped == len(tasks) {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("pid %d: %d of %d threads stopped after SIGSTOP", pid, stopped, len(tasks))
+		}
 	}
 }
