@@ -137,14 +137,14 @@ func TestStopDuringRestart(t *testing.T) {
 		time.Sleep(time.Duration(i%30) * 100 * time.Microsecond)
 		inst.Stop()
 		wg.Wait()
-		if kids := childPids(t); len(kids) != 0 {
+		if kids := childPids(t, os.Getpid()); len(kids) != 0 {
 			t.Fatalf("round %d: Stop and Restart returned, and the successors %v live on", i, kids)
 		}
 	}
 }
 
-// childPids lists the processes whose parent is this one.
-func childPids(t *testing.T) []int {
+// childPids lists the processes whose parent is parent.
+func childPids(t *testing.T, parent int) []int {
 	t.Helper()
 	ents, err := os.ReadDir("/proc")
 	if err != nil {
@@ -162,7 +162,7 @@ func childPids(t *testing.T) []int {
 		}
 		// pid (comm) state ppid ...: comm may hold spaces and parentheses.
 		f := strings.Fields(string(stat[bytes.LastIndexByte(stat, ')')+1:]))
-		if len(f) > 1 && f[1] == strconv.Itoa(os.Getpid()) {
+		if len(f) > 1 && f[1] == strconv.Itoa(parent) {
 			pids = append(pids, pid)
 		}
 	}
@@ -265,7 +265,10 @@ func TestRestartLosesToSuccessorBeside(t *testing.T) {
 	bpid := b.cmd.Process.Pid
 	readUntil(t, b, fmt.Sprintf("%d started inherited=true", bpid))
 	fmt.Fprintln(p.in, "restart") // C forks, waits for the start lock
-	time.Sleep(500 * time.Millisecond)
+	for len(childPids(t, ppid)) == 0 {
+		time.Sleep(time.Millisecond)
+	}
+	time.Sleep(100 * time.Millisecond)
 	os.WriteFile(filepath.Join(dir, "gate."+strconv.Itoa(bpid)), nil, 0o600)
 	readUntil(t, b, fmt.Sprintf("%d ready <nil>", bpid))
 	// Restart returns once its child is gone: nil, since a successor is
