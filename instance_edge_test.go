@@ -745,6 +745,8 @@ func init() {
 			inst.Stop()
 			return nil
 		}
+		// The test installs the wrapper now.
+		bufio.NewReader(os.Stdin).ReadString('\n')
 		d, _ := strconv.Atoi(os.Getenv("GRACEFUL_TEST_DELAY_US"))
 		var wg sync.WaitGroup
 		wg.Add(1)
@@ -763,72 +765,100 @@ func init() {
 func TestStopDuringRestartThroughWrapper(t *testing.T) {
 	dir := sockPath(t)
 	os.Mkdir(dir, 0o700)
-	script := filepath.Join(dir, "app")
-	os.WriteFile(script, []byte("#!/bin/sh\n"+os.Args[0]+" \"$@\"\n"), 0o700)
+	// The program is started by the path app, a symlink to the binary;
+	// once it serves, app is switched to a wrapper, which Restart runs.
+	app := filepath.Join(dir, "app")
+	script := filepath.Join(dir, "wrapper")
+	os.WriteFile(script, []byte("#!/bin/sh\necho \"$$ wrapper\"\n"+os.Args[0]+" \"$@\"\n"), 0o700)
+	point := func(target string) {
+		tmp := app + ".new"
+		os.Remove(tmp)
+		if err := os.Symlink(target, tmp); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Rename(tmp, app); err != nil {
+			t.Fatal(err)
+		}
+	}
 	counts := map[string]int{}
-	defer func() { t.Logf("outcomes: %v", counts) }()
+	wrapped := 0 // rounds where the wrapper ran
+	defer func() { t.Logf("outcomes: %v; the wrapper ran in %d rounds", counts, wrapped) }()
 	for i := 0; i < 150; i++ {
+		point(os.Args[0])
 		sock := filepath.Join(dir, "s"+strconv.Itoa(i))
 		r, w, _ := os.Pipe()
-		// argv[0] is the wrapper: Restart runs it.
-		cmd := &exec.Cmd{Path: os.Args[0], Args: []string{script, sock}, Stdout: w, Stderr: w}
+		cmd := &exec.Cmd{Path: app, Args: []string{app, sock}, Stdout: w, Stderr: w}
 		cmd.Env = append(os.Environ(), childEnv+"=wrapstop", "GORACE="+os.Getenv("GORACE")+" atexit_sleep_ms=0",
 			"GRACEFUL_TEST_DELAY_US="+strconv.Itoa((i%40)*75))
+		in, err := cmd.StdinPipe()
+		if err != nil {
+			t.Fatal(err)
+		}
 		if err := cmd.Start(); err != nil {
 			t.Fatal(err)
 		}
 		w.Close()
 		ppid := cmd.Process.Pid
-		var lines []string
-		s := bufio.NewScanner(r)
-		done := make(chan struct{})
+		lines := make(chan string, 100)
 		go func() {
-			for s.Scan() {
-				lines = append(lines, s.Text())
+			defer close(lines)
+			for s := bufio.NewScanner(r); s.Scan(); {
+				lines <- s.Text()
 			}
-			close(done)
 		}()
-		select {
-		case <-done:
-		case <-time.After(30 * time.Second):
-			t.Fatalf("round %d: no EOF", i)
+		var out []string
+		timeout := time.After(30 * time.Second)
+	read:
+		for {
+			select {
+			case l, ok := <-lines:
+				if !ok {
+					break read
+				}
+				out = append(out, l)
+				if strings.HasPrefix(l, strconv.Itoa(ppid)+" ready ") {
+					point(script)
+					fmt.Fprintln(in, "go")
+				}
+			case <-timeout:
+				t.Fatalf("round %d: no EOF; output:\n%s", i, strings.Join(out, "\n"))
+			}
 		}
 		r.Close()
+		in.Close()
 		cmd.Wait()
-		out := strings.Join(lines, "\n")
 		var succServes string
-		stopped := false
-		for _, l := range lines {
+		stopped, committed := false, false
+		k := "no successor"
+		for _, l := range out {
 			f := strings.Fields(l)
 			if len(f) < 2 {
 				continue
 			}
-			if f[0] == strconv.Itoa(ppid) && f[1] == "stopped" {
+			switch {
+			case f[0] == strconv.Itoa(ppid) && f[1] == "stopped":
 				stopped = true
-			}
-			if f[0] != strconv.Itoa(ppid) && strings.Contains(l, " ready <nil> inherited=true") {
+			case f[0] == strconv.Itoa(ppid) && f[1] == "restart":
+				k = l[strings.LastIndex(l, ":")+1:]
+				// A commit before Stop: the successor serves rightly.
+				committed = l == strconv.Itoa(ppid)+" restart <nil>"
+			case f[0] != strconv.Itoa(ppid) && strings.Contains(l, " ready <nil> inherited=true"):
 				succServes = l
 			}
-		}
-		k := "no successor"
-		for _, l := range lines {
-			if strings.HasPrefix(l, strconv.Itoa(ppid)+" restart ") {
-				k = l[strings.LastIndex(l, ":")+1:]
+			if f[1] == "wrapper" {
+				wrapped++
 			}
 		}
 		if succServes != "" {
-			k = "SUCCESSOR SERVES"
+			k = "serves"
 		}
 		counts[k]++
-		committed := false
-		for _, l := range lines {
-			if l == strconv.Itoa(ppid)+" restart <nil>" {
-				committed = true // before Stop: the successor serves rightly
-			}
-		}
 		if stopped && succServes != "" && !committed {
-			t.Fatalf("round %d: the instance was stopped during its Restart, yet its successor serves after it (%s):\n%s", i, succServes, out)
+			t.Fatalf("round %d: the instance was stopped during its Restart, yet its successor serves after it (%s):\n%s", i, succServes, strings.Join(out, "\n"))
 		}
+	}
+	if wrapped == 0 {
+		t.Error("Restart never ran the wrapper")
 	}
 }
 
@@ -1045,4 +1075,44 @@ func stopProcess(t *testing.T, pid int) {
 			t.Fatalf("pid %d: %d of %d threads stopped after SIGSTOP", pid, stopped, len(tasks))
 		}
 	}
+}
+
+func init() {
+	children["argv0"] = func(args []string) error {
+		inst, err := Start(Config{Socket: args[0]})
+		if err != nil {
+			return err
+		}
+		defer inst.Stop()
+		if err := inst.Ready(); err != nil {
+			fmt.Println("ready", err)
+			return nil
+		}
+		if inst.Inherited() {
+			fmt.Println("successor ready")
+			return nil
+		}
+		fmt.Println("restart", inst.Restart())
+		return nil
+	}
+}
+
+// A program whose argv[0] names another program ("true", found in PATH)
+// restarts as itself.
+func TestRestartArgv0NamesAnother(t *testing.T) {
+	if _, err := exec.LookPath("true"); err != nil {
+		t.Skip("no true in PATH")
+	}
+	cmd := &exec.Cmd{Path: os.Args[0], Args: []string{"true", sockPath(t)}}
+	c := startChildCmd(t, cmd, "argv0")
+	for {
+		l := c.line()
+		if strings.HasPrefix(l, "restart ") {
+			if l != "restart <nil>" {
+				t.Errorf("Restart: %s", l)
+			}
+			break
+		}
+	}
+	c.wait()
 }

@@ -29,13 +29,13 @@ import (
 //
 // The program started is the file at the path this one was started by
 // (its os.Args[0], found in PATH if need be and taken from the working
-// directory at start if relative, or else os.Executable), so that a new
-// binary installed there takes over, whether the old one was replaced,
-// renamed over or moved aside, or a symlink on the path now names a new
-// release. If no file is there (go run removes its build when it ends),
-// this process's own binary is started again where the system can name it
-// (/proc/self/exe on Linux); elsewhere Restart fails then, and this
-// instance serves on.
+// directory at start if relative, if it named this program then; or else
+// os.Executable), so that a new binary installed there takes over, whether
+// the old one was replaced, renamed over or moved aside, or a symlink on
+// the path now names a new release. If no file is there (go run removes its
+// build when it ends), this process's own binary is started again where the
+// system can name it (/proc/self/exe on Linux); elsewhere Restart fails
+// then, and this instance serves on.
 func (in *Instance) Restart() error {
 	in.mu.Lock()
 	if in.phase != serving || in.restart {
@@ -177,16 +177,20 @@ func (in *Instance) tookOver() bool {
 var startedAs = startPath()
 
 func startPath() string {
+	exe, _ := os.Executable()
 	arg0 := os.Args[0]
 	if !strings.Contains(arg0, "/") {
 		arg0, _ = exec.LookPath(arg0) // as a shell found it
 	}
 	if p, err := filepath.Abs(arg0); err == nil && arg0 != "" {
-		if fi, err := os.Stat(p); err == nil && fi.Mode().IsRegular() {
+		// Only the path of this very program: an argv[0] set to something
+		// else ("-name", a name of another program in PATH) is not.
+		fi, err := os.Stat(p)
+		xi, xerr := os.Stat(exe)
+		if err == nil && xerr == nil && fi.Mode().IsRegular() && os.SameFile(fi, xi) {
 			return p
 		}
 	}
-	exe, _ := os.Executable()
 	return exe
 }
 
