@@ -542,6 +542,25 @@ func TestRestartThroughWrapper(t *testing.T) {
 	c.stop(next)
 }
 
+// The new binary is a wrapper that starts the program in the background
+// and exits 0 at once: Restart waits for the program's Ready all the same,
+// and returns nil.
+func TestRestartThroughDaemonizingWrapper(t *testing.T) {
+	c := newChain(t)
+	old := installCopy(t, c)
+	pid := c.startFirst()
+	os.Rename(c.exe, old)
+	script := "#!/bin/sh\n" + old + " \"$@\" &\nexit 0\n"
+	os.WriteFile(c.exe, []byte(script), 0o700)
+	n := c.mark()
+	syscall.Kill(pid, syscall.SIGHUP)
+	next := c.readyAfter(map[int]bool{pid: true})
+	if l := c.waitFrom(n, pid, "restart "); l != strconv.Itoa(pid)+" restart <nil>" {
+		t.Errorf("Restart through a wrapper that daemonizes: %s\n%s", l, c.output())
+	}
+	c.stop(next)
+}
+
 func init() {
 	children["sdsucc"] = func(args []string) error {
 		inst, err := Start(Config{Socket: args[0]})

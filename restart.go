@@ -14,10 +14,11 @@ import (
 // Restart starts a successor, this program again with the same arguments
 // and environment and its output going where this one's goes, and returns
 // nil once the successor is ready (its Ready succeeded, and Done is closed).
-// It returns an error if the successor exits before it is ready, or is not
-// ready within Config.Timeout (to start) and Config.ReadyTimeout (then it
-// is killed); this instance serves on all along, as if nothing had
-// happened. Restart blocks until then; one Restart runs at a time, and only
+// It returns an error if the successor exits before it is ready (a process
+// that lives on with its connection, as a wrapper's background job, is
+// waited for), or is not ready within Config.Timeout (to start) and
+// Config.ReadyTimeout (then it is killed); this instance serves on all
+// along, as if nothing had happened. Restart blocks until then; one Restart runs at a time, and only
 // between Ready and Done (otherwise it fails with ErrInstanceState). If
 // another successor (started beside, by a deploy) is ready first, Restart
 // returns nil too; the one it started is then refused, and gives up.
@@ -102,39 +103,57 @@ func (in *Instance) Restart() error {
 		}
 		return fmt.Errorf("graceful: Restart: successor pid %d exited before it was ready: %v", pid, err)
 	}
-	select {
-	case <-in.done:
-	case err := <-exited:
-		if in.tookOver() {
-			return nil
-		}
-		return exitedEarly(err, nil)
-	case reason = <-failed:
-		if errors.Is(reason, errGone) {
-			// It is exiting: its status says more.
-			select {
-			case err := <-exited:
-				return exitedEarly(err, reason)
-			case <-timer.C:
+	var exitErr error
+	hasExited := false
+wait:
+	for {
+		select {
+		case <-in.done:
+			break wait
+		case exitErr = <-exited:
+			hasExited, exited = true, nil
+			if in.tookOver() {
+				break wait
 			}
+			// The program may live on in a process of its own (a wrapper
+			// started it in the background): its hand-over decides, and
+			// ends at once if nobody holds the connection any more.
+		case reason = <-failed:
+			if errors.Is(reason, errGone) && !hasExited {
+				// It is exiting: its status says more.
+				select {
+				case exitErr = <-exited:
+					hasExited = true
+				case <-timer.C:
+				}
+			}
+			if errors.Is(reason, errGone) && hasExited {
+				return exitedEarly(exitErr, reason)
+			}
+			break wait
+		case <-timer.C:
+			reason = fmt.Errorf("%w: not ready after %v (%w)", ErrAborted, bound, os.ErrDeadlineExceeded)
+			break wait
 		}
-	case <-timer.C:
-		reason = fmt.Errorf("%w: not ready after %v (%w)", ErrAborted, bound, os.ErrDeadlineExceeded)
+	}
+	kill := func() {
+		if !hasExited {
+			proc.Kill()
+			<-exited
+		}
 	}
 	if succ := in.Successor(); succ == pid {
 		return nil
 	} else if succ != 0 {
 		// Another successor came first: this one is refused, and goes.
-		proc.Kill()
-		<-exited
+		kill()
 		return nil
 	}
 	// Given up on (this instance refused it already, so it cannot commit
 	// now), or this instance stopped meanwhile: a successor that carried
 	// on would take over from nobody, or from an instance that gave up on
 	// it.
-	proc.Kill()
-	<-exited
+	kill()
 	if reason == nil {
 		reason = fmt.Errorf("%w: stopped", ErrAborted)
 	}
