@@ -40,8 +40,8 @@ type PassedConn struct {
 // the application may serve them on: the successor keeps a transfer only
 // once this instance, which has read its acknowledgement, tells it so. A
 // failure ends the passing: the connection to the successor is closed, and
-// a later PassConns fails too. PassConns blocks until the successor
-// has acknowledged, at most Config.Timeout for each step.
+// a later PassConns fails too. PassConns blocks until the successor has
+// acknowledged, at most Config.Timeout for each step; Stop calls it off.
 func (in *Instance) PassConns(conns []PassedConn) error {
 	in.mu.Lock()
 	succ := in.succ
@@ -64,7 +64,9 @@ func (in *Instance) PassConns(conns []PassedConn) error {
 	}
 	in.passing.send.Lock()
 	defer in.passing.send.Unlock()
-	err := transfer(context.Background(), succ.conn, nil, in.timeout, func(s *sender) error {
+	// Stop calls it off (the context), but not once the successor has
+	// acknowledged: the commit follows at once.
+	err := transfer(in.passing.ctx, succ.conn, nil, in.timeout, func(s *sender) error {
 		for i, c := range conns {
 			if err := s.Write(fds[i], c.Meta); err != nil {
 				return err

@@ -461,8 +461,9 @@ func (in *Instance) isFinished() bool {
 // then knows that no more connections will be passed) and connections
 // passed to this instance and not accepted.
 //
-// Stop blocks until all that is done, after a Ready or a PassConns under
-// way has ended: their outcome decides what there is to stop.
+// Stop calls off a PassConns under way (it fails, the connections still
+// the caller's) and blocks until all that is done, after a Ready under way
+// has ended: its outcome decides what there is to stop.
 func (in *Instance) Stop() {
 	in.mu.Lock()
 	for in.readying {
@@ -475,9 +476,12 @@ func (in *Instance) Stop() {
 		succ, stopping := in.succ, in.stopping
 		in.mu.Unlock()
 		if succ != nil {
-			// Not between a PassConns's acknowledgement and its commit:
-			// the successor would take the batch for its own while
-			// PassConns says the connections are still the caller's.
+			// A PassConns under way is called off, and says so to the
+			// successor; the connection is closed after it, not between
+			// its acknowledgement and its commit: the successor would
+			// take the batch for its own while PassConns says the
+			// connections are still the caller's.
+			in.passing.cancel()
 			in.passing.send.Lock()
 			succ.conn.Close()
 			in.passing.send.Unlock()

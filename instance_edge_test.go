@@ -1135,3 +1135,74 @@ func TestRestartArgv0NamesAnother(t *testing.T) {
 	}
 	c.wait()
 }
+
+func init() {
+	children["noaccept"] = func(args []string) error {
+		inst, err := Start(Config{Socket: args[0], Timeout: -1})
+		if err != nil {
+			return err
+		}
+		if err := inst.Ready(); err != nil {
+			return err
+		}
+		fmt.Println("ready")
+		time.Sleep(time.Hour) // takes no passed connection (yet)
+		return nil
+	}
+}
+
+// Stop calls off a PassConns that waits on its successor, even with no
+// bound (Timeout -1): PassConns fails, and the connection is the caller's.
+func TestStopCallsOffPassConns(t *testing.T) {
+	sock := sockPath(t)
+	inst, err := Start(Config{Socket: sock, Timeout: -1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln, err := inst.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	if err := inst.Ready(); err != nil {
+		t.Fatal(err)
+	}
+	c := startChild(t, "noaccept", sock)
+	c.expect("ready")
+	<-inst.Done()
+	conn := func() net.Conn {
+		cl, err := net.Dial("tcp", ln.Addr().String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { cl.Close() })
+		s, err := ln.Accept()
+		if err != nil {
+			t.Fatal(err)
+		}
+		return s
+	}
+	// The successor takes the first transfer and blocks delivering it; the
+	// second waits for its hello for good.
+	if err := inst.PassConns([]PassedConn{{Conn: conn()}}); err != nil {
+		t.Fatal(err)
+	}
+	kept := conn()
+	defer kept.Close()
+	passed := make(chan error, 1)
+	go func() { passed <- inst.PassConns([]PassedConn{{Conn: kept}}) }()
+	time.Sleep(200 * time.Millisecond)
+	stopped := make(chan struct{})
+	go func() { inst.Stop(); close(stopped) }()
+	select {
+	case <-stopped:
+	case <-time.After(20 * time.Second):
+		t.Fatal("Stop blocked behind a PassConns")
+	}
+	if err := <-passed; err == nil {
+		t.Error("PassConns called off by Stop succeeded")
+	}
+	if _, err := kept.Write([]byte("x")); err != nil {
+		t.Errorf("the connection PassConns failed to pass: %v", err)
+	}
+}
