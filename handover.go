@@ -90,14 +90,17 @@ func (in *Instance) Ready() error {
 }
 
 // commitTakeOver sends the ready message to the predecessor and waits for
-// its answer, which watchPredecessor reads.
+// its answer, which watchPredecessor reads. The message carries this
+// process's pid: the connection does not tell it when it was made at exec
+// by the predecessor itself, and the child it started may be a wrapper.
 func (in *Instance) commitTakeOver(pred *net.UnixConn) error {
-	var msg [ackLen]byte
-	putAck(msg[:], version, statusReady, 0)
+	pid := strconv.Itoa(os.Getpid())
+	msg := make([]byte, ackLen, ackLen+len(pid))
+	putAck(msg, version, statusReady, len(pid))
 	pred.SetWriteDeadline(in.deadline())
 	// A predecessor that gave up may have closed the connection already:
 	// its refusal is then read all the same.
-	pred.Write(msg[:])
+	pred.Write(append(msg, pid...))
 	// No bound of this side's own: the predecessor decides, and may have
 	// committed when a bound ran out; it answers at once, or it is dead.
 	err := <-in.predAnswer
@@ -221,7 +224,7 @@ func (in *Instance) serveSuccessor(conn *net.UnixConn) {
 	pid := peerPIDOf(conn)
 	s, err := openTransfer(context.Background(), conn, nil, in.timeout)
 	if err != nil {
-		if !in.handOverFailed(pid, err) {
+		if !in.handOverFailed(conn, err) {
 			in.logf("hand-over to pid %d failed: %v", pid, err)
 		}
 		return
@@ -239,17 +242,22 @@ func (in *Instance) serveSuccessor(conn *net.UnixConn) {
 		committed, err = in.awaitCommit(conn, pid)
 	}
 	if err != nil {
-		if !in.handOverFailed(pid, err) {
+		if !in.handOverFailed(conn, err) {
 			in.logf("hand-over to pid %d failed: %v", pid, err)
 		}
 	}
 }
 
 // awaitCommit waits for the Ready of the successor at conn, which holds
-// this instance's sockets, and commits. It reports whether conn is now the
+// this instance's sockets, and commits. pid is the successor's by its
+// connection; 0 for a child started by Restart, where the pid that its
+// ready message states is taken. It reports whether conn is now the
 // committed successor's.
 func (in *Instance) awaitCommit(conn *net.UnixConn, pid int) (bool, error) {
-	err := in.awaitReady(conn)
+	stated, err := in.awaitReady(conn)
+	if pid == 0 {
+		pid = stated
+	}
 	if err == nil {
 		return in.commit(conn, pid)
 	}
@@ -273,13 +281,13 @@ func (in *Instance) serveChild(conn *net.UnixConn, pid int) {
 		conn.Close()
 		return
 	}
-	committed, err := in.awaitCommit(conn, pid)
+	committed, err := in.awaitCommit(conn, 0)
 	in.untrack(conn)
 	if !committed {
 		conn.Close()
 	}
 	if err != nil {
-		if !in.handOverFailed(pid, err) {
+		if !in.handOverFailed(conn, err) {
 			in.logf("hand-over to pid %d failed: %v", pid, err)
 		}
 	}
@@ -308,34 +316,40 @@ func (in *Instance) writeHandover(s *sender) error {
 }
 
 // awaitReady waits for the successor's ready message, Config.ReadyTimeout
-// at most. A successor that stops before its Ready says so.
-func (in *Instance) awaitReady(conn *net.UnixConn) error {
+// at most, and returns the pid it states. A successor that stops before its
+// Ready says so.
+func (in *Instance) awaitReady(conn *net.UnixConn) (int, error) {
 	conn.SetReadDeadline(time.Now().Add(in.readyTimeout))
 	defer conn.SetReadDeadline(time.Time{})
 	// Stop's past deadline may have come before this one, which undid it.
 	if in.isFinished() {
-		return in.whyFinished()
+		return 0, in.whyFinished()
 	}
 	var msg [ackLen]byte
-	// A plain read: descriptors sent along would be closed by the kernel.
-	if _, err := io.ReadFull(conn, msg[:]); err != nil {
+	// Plain reads: descriptors sent along would be closed by the kernel.
+	_, err := io.ReadFull(conn, msg[:])
+	var body []byte
+	if err == nil && msg[0] == version && (msg[1] == statusRefused || msg[1] == statusReady) {
+		body = make([]byte, min(int(msg[2])<<8|int(msg[3]), maxRefusal))
+		_, err = io.ReadFull(conn, body)
+	}
+	if err != nil {
 		if in.isFinished() {
-			return in.whyFinished()
+			return 0, in.whyFinished()
 		}
 		if errors.Is(err, os.ErrDeadlineExceeded) {
-			return fmt.Errorf("%w: not ready after %v", ErrAborted, in.readyTimeout)
+			return 0, fmt.Errorf("%w: not ready after %v", ErrAborted, in.readyTimeout)
 		}
-		return fmt.Errorf("%w: %w", errGone, ioError("waiting for Ready", err))
+		return 0, fmt.Errorf("%w: %w", errGone, ioError("waiting for Ready", err))
 	}
 	if msg[0] == version && msg[1] == statusRefused {
-		reason := make([]byte, int(msg[2])<<8|int(msg[3]))
-		io.ReadFull(conn, reason)
-		return fmt.Errorf("%w: %s", errGone, reason)
+		return 0, fmt.Errorf("%w: %s", errGone, body)
 	}
-	if msg[0] != version || msg[1] != statusReady || msg[2] != 0 || msg[3] != 0 {
-		return fmt.Errorf("%w: % x instead of ready", ErrProtocol, msg)
+	pid, perr := strconv.Atoi(string(body))
+	if msg[0] != version || msg[1] != statusReady || perr != nil || pid <= 0 {
+		return 0, fmt.Errorf("%w: % x %q instead of ready", ErrProtocol, msg, body)
 	}
-	return nil
+	return pid, nil
 }
 
 // whyFinished says why a finished instance gave up on a successor.

@@ -511,6 +511,10 @@ func TestRestartThroughWrapper(t *testing.T) {
 	syscall.Kill(pid, syscall.SIGHUP)
 	next := c.readyAfter(map[int]bool{pid: true})
 	c.waitFrom(n, pid, "restart ")
+	// The successor is the program, not the wrapper that started it.
+	if l := c.waitFrom(n, pid, "exit "); l != fmt.Sprintf("%d exit successor=%d <nil>", pid, next) {
+		t.Errorf("the predecessor: %s; want its successor %d", l, next)
+	}
 	t.Logf("%s", c.output())
 	links := sockLinks(next)
 	t.Logf("sockets of the successor pid %d: %v", next, links)
@@ -557,6 +561,9 @@ func TestRestartThroughDaemonizingWrapper(t *testing.T) {
 	next := c.readyAfter(map[int]bool{pid: true})
 	if l := c.waitFrom(n, pid, "restart "); l != strconv.Itoa(pid)+" restart <nil>" {
 		t.Errorf("Restart through a wrapper that daemonizes: %s\n%s", l, c.output())
+	}
+	if l := c.waitFrom(n, pid, "exit "); l != fmt.Sprintf("%d exit successor=%d <nil>", pid, next) {
+		t.Errorf("the predecessor: %s; want its successor %d", l, next)
 	}
 	c.stop(next)
 }

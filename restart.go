@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -72,7 +73,7 @@ func (in *Instance) Restart() error {
 	pid := proc.Pid
 	failed := make(chan error, 1)
 	in.mu.Lock()
-	in.restarting = restarting{pid: pid, failed: failed}
+	in.restarting = restarting{conn: conn, failed: failed}
 	in.mu.Unlock()
 	defer func() {
 		in.mu.Lock()
@@ -142,9 +143,9 @@ wait:
 			<-exited
 		}
 	}
-	if succ := in.Successor(); succ == pid {
+	if in.committedTo(conn) {
 		return nil
-	} else if succ != 0 {
+	} else if in.tookOver() {
 		// Another successor came first: this one is refused, and goes.
 		kill()
 		return nil
@@ -160,19 +161,20 @@ wait:
 	return fmt.Errorf("graceful: Restart: successor pid %d: %w", pid, reason)
 }
 
-// restarting is the successor a Restart waits for.
+// restarting is the successor a Restart waits for, by the connection of
+// its hand-over (its pid may be a wrapper's, and reused once it is gone).
 type restarting struct {
-	pid    int
+	conn   *net.UnixConn
 	failed chan<- error // why its hand-over failed
 }
 
-// handOverFailed tells a Restart waiting for the successor pid that its
+// handOverFailed tells a Restart waiting for the successor at conn that its
 // hand-over failed, and reports whether one did: that Restart returns the
 // error, else the caller logs it.
-func (in *Instance) handOverFailed(pid int, err error) bool {
+func (in *Instance) handOverFailed(conn *net.UnixConn, err error) bool {
 	in.mu.Lock()
 	defer in.mu.Unlock()
-	if in.restarting.pid == pid && pid != 0 {
+	if in.restarting.conn == conn && conn != nil {
 		select {
 		case in.restarting.failed <- err:
 			return true
@@ -180,6 +182,13 @@ func (in *Instance) handOverFailed(pid int, err error) bool {
 		}
 	}
 	return false
+}
+
+// committedTo reports whether the successor at conn has committed.
+func (in *Instance) committedTo(conn *net.UnixConn) bool {
+	in.mu.Lock()
+	defer in.mu.Unlock()
+	return in.succ != nil && in.succ.conn == conn
 }
 
 // tookOver reports whether a successor has committed.
