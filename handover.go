@@ -85,6 +85,11 @@ func (in *Instance) Ready() error {
 	if err := notify("READY=1\nMAINPID=" + strconv.Itoa(os.Getpid())); err != nil {
 		in.logf("telling systemd: %v", err)
 	}
+	// For a successor that a Restart of its predecessor started and that
+	// waited its turn meanwhile: this instance took over, not that one.
+	if err := in.lock.record(os.Getpid()); err != nil {
+		in.logf("start lock: %v", err)
+	}
 	in.lock.unlock()
 	return nil
 }

@@ -28,7 +28,8 @@ type Config struct {
 	// its sockets to the next: a path whose directory exists (not an
 	// abstract "@" name, for the lock file must be beside it). The socket
 	// file is created 0600, for the same user (or root) only; a lock file,
-	// Socket+".lock", stays beside it for good.
+	// Socket+".lock", which names the last instance that got ready, stays
+	// beside it for good.
 	Socket string
 	// PIDFile, if set, names the file that holds the pid of the instance
 	// that serves: written at each Ready, replaced atomically, and removed
@@ -52,9 +53,9 @@ type Config struct {
 // Errors of the restart layer.
 var (
 	// ErrAborted means a hand-over was called off before it completed:
-	// the running instance gave up waiting for Ready, or stopped. The
-	// instance whose Ready fails with it must not serve: the other serves
-	// on.
+	// the running instance gave up waiting for Ready, or stopped, or
+	// another successor took over first. The instance whose Start or Ready
+	// fails with it must not serve: the other serves on.
 	ErrAborted = errors.New("graceful: hand-over aborted")
 	// ErrInstanceState means a method of an Instance was called at the
 	// wrong time: Listen after Stop, Ready twice, Restart before Ready,
@@ -148,7 +149,9 @@ func objectKey(kind, network, address string) string {
 // on until this one's Ready. Otherwise this is the first instance: Listen
 // takes the sockets systemd passed (socket activation), else listens anew.
 // Another instance between its own Start and Ready makes Start wait its turn,
-// at most Config.ReadyTimeout.
+// at most Config.ReadyTimeout; a successor that Restart started, whose turn
+// comes after another successor of the same predecessor took over, fails
+// with ErrAborted.
 //
 // Start blocks for the hand-over: at most Config.Timeout for each step. The
 // descriptors it receives are the Instance's until the application claims
@@ -197,6 +200,15 @@ func Start(cfg Config) (*Instance, error) {
 	}
 	if err == nil {
 		in.lock, err = lockFile(cfg.Socket+".lock", in.readyTimeout)
+	}
+	if err == nil && inherited {
+		// While this process waited for its turn, another successor of
+		// the same predecessor may have taken over (the predecessor then
+		// refuses this one, unless it died meanwhile): its sockets are
+		// that one's now.
+		if last := in.lock.recorded(); last != 0 && last != in.predPID {
+			err = fmt.Errorf("%w: pid %d took over from pid %d first", ErrAborted, last, in.predPID)
+		}
 	}
 	if err == nil && cfg.PIDFile != "" {
 		err = checkPIDFileDir(cfg.PIDFile)

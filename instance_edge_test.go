@@ -1213,3 +1213,64 @@ func TestStopCallsOffPassConns(t *testing.T) {
 		t.Errorf("the connection PassConns failed to pass: %v", err)
 	}
 }
+
+func init() {
+	children["slowready"] = func(args []string) error {
+		sock, addr := args[0], args[1]
+		pid := os.Getpid()
+		inst, err := Start(Config{Socket: sock})
+		if err != nil {
+			fmt.Printf("%d start failed: %v\n", pid, err)
+			return err
+		}
+		defer inst.Stop()
+		ln, err := inst.Listen("tcp", addr)
+		if err != nil {
+			return err
+		}
+		defer ln.Close()
+		fmt.Printf("%d started\n", pid)
+		time.Sleep(2 * time.Second) // holds the start lock
+		if err := inst.Ready(); err != nil {
+			fmt.Printf("%d ready failed: %v\n", pid, err)
+			return err
+		}
+		fmt.Printf("%d ready %s\n", pid, ln.Addr())
+		time.Sleep(time.Hour)
+		return nil
+	}
+}
+
+// A successor started beside holds the start lock before its Ready; the
+// running instance's Restart starts another, which waits its turn; the
+// predecessor of both dies. The first serves, on its predecessor's death;
+// the other, its turn come, finds that it was not first, and does not.
+func TestSuccessorsOfDeadPredecessor(t *testing.T) {
+	c := newChain(t)
+	a := c.startFirst()
+	x := exec.Command(os.Args[0], c.sock, c.addr)
+	x.Env = append(os.Environ(), childEnv+"=slowready", "GORACE="+os.Getenv("GORACE")+" atexit_sleep_ms=0")
+	c.startCmd(x)
+	c.wait(x.Process.Pid, "started")
+	syscall.Kill(a, syscall.SIGHUP)
+	var kids []int
+	for deadline := time.Now().Add(10 * time.Second); len(kids) == 0; time.Sleep(5 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("no child of the Restart")
+		}
+		kids = childPids(t, a)
+	}
+	time.Sleep(300 * time.Millisecond) // the child waits for the start lock
+	syscall.Kill(a, syscall.SIGKILL)
+	if l := c.wait(x.Process.Pid, "ready"); !strings.HasPrefix(l, fmt.Sprintf("%d ready 127.", x.Process.Pid)) {
+		t.Fatalf("the successor beside: %s", l)
+	}
+	child := strconv.Itoa(kids[0])
+	l := c.waitLine(0, child+" ready or start failed", func(l string) bool {
+		return strings.HasPrefix(l, child+" ready ") || strings.HasPrefix(l, child+" start failed")
+	})
+	if !strings.HasPrefix(l, child+" start failed") {
+		t.Errorf("the Restart's child serves too: %s\n%s", l, c.output())
+	}
+	syscall.Kill(kids[0], syscall.SIGKILL)
+}

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"os"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -21,7 +22,7 @@ type fileLock struct {
 }
 
 // lockFile takes the lock on path, waiting at most wait for another holder.
-// Nothing is written: taking the lock is on the way of every start.
+// The file holds the pid of the last instance that got ready (record).
 func lockFile(path string, wait time.Duration) (*fileLock, error) {
 	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o600)
 	if err != nil {
@@ -60,6 +61,27 @@ func lockFile(path string, wait time.Duration) (*fileLock, error) {
 		delay = min(2*delay, 50*time.Millisecond)
 	}
 	return &fileLock{f: f}, nil
+}
+
+// record writes pid into the file as the last instance that got ready.
+func (l *fileLock) record(pid int) error {
+	if err := l.f.Truncate(0); err != nil {
+		return err
+	}
+	_, err := l.f.WriteAt([]byte(strconv.Itoa(pid)+"\n"), 0)
+	return err
+}
+
+// recorded returns the pid of the last instance that got ready, 0 if none
+// is recorded.
+func (l *fileLock) recorded() int {
+	var b [24]byte
+	n, _ := l.f.ReadAt(b[:], 0)
+	pid, err := strconv.Atoi(strings.TrimSpace(string(b[:n])))
+	if err != nil {
+		return 0
+	}
+	return pid
 }
 
 // unlock releases the lock; it may be called more than once.

@@ -70,6 +70,8 @@ type fileLock struct{}
 
 func lockFile(string, time.Duration) (*fileLock, error) { return nil, errUnsupported }
 func (*fileLock) unlock()                               {}
+func (*fileLock) record(int) error                      { return errUnsupported }
+func (*fileLock) recorded() int                         { return 0 }
 
 type activation struct{}
 
