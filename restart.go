@@ -134,6 +134,12 @@ wait:
 			break wait
 		case <-timer.C:
 			reason = fmt.Errorf("%w: not ready after %v (%w)", ErrAborted, bound, os.ErrDeadlineExceeded)
+			// The hand-over's own deadline, no later than this one,
+			// decides: a Ready read just now commits.
+			select {
+			case <-in.done:
+			case <-failed:
+			}
 			break wait
 		}
 	}
