@@ -19,10 +19,11 @@ import (
 // that lives on with its connection, as a wrapper's background job, is
 // waited for), or is not ready within Config.Timeout (to start) and
 // Config.ReadyTimeout (then it is killed); this instance serves on all
-// along, as if nothing had happened. Restart blocks until then; one Restart runs at a time, and only
-// between Ready and Done (otherwise it fails with ErrInstanceState). If
-// another successor (started beside, by a deploy) is ready first, Restart
-// returns nil too; the one it started is then refused, and gives up.
+// along, as if nothing had happened. Restart blocks until then; one Restart
+// runs at a time, and only between Ready and Done (otherwise it fails with
+// ErrInstanceState). If another successor (started beside, by a deploy) is
+// ready first, Restart returns nil too; the one it started is then refused,
+// and gives up.
 //
 // The successor gets this instance's sockets at exec, as in a fork/exec
 // restart and as fast, with the environment variable GRACEFUL_INHERIT
