@@ -96,10 +96,14 @@ func (in *Instance) Ready() error {
 
 // commitTakeOver sends the ready message to the predecessor and waits for
 // its answer, which watchPredecessor reads. The message carries this
-// process's pid: the connection does not tell it when it was made at exec
-// by the predecessor itself, and the child it started may be a wrapper.
+// process's pid if the predecessor asked for it (statePIDEnv): the
+// connection does not tell it when it was made at exec by the predecessor
+// itself, and the child it started may be a wrapper.
 func (in *Instance) commitTakeOver(pred *net.UnixConn) error {
-	pid := strconv.Itoa(os.Getpid())
+	var pid string
+	if in.statePID {
+		pid = strconv.Itoa(os.Getpid())
+	}
 	msg := make([]byte, ackLen, ackLen+len(pid))
 	putAck(msg, version, statusReady, len(pid))
 	pred.SetWriteDeadline(in.deadline())
@@ -255,12 +259,12 @@ func (in *Instance) serveSuccessor(conn *net.UnixConn) {
 
 // awaitCommit waits for the Ready of the successor at conn, which holds
 // this instance's sockets, and commits. pid is the successor's by its
-// connection; 0 for a child started by Restart, where the pid that its
-// ready message states is taken. It reports whether conn is now the
+// connection or, for one that Restart started, the process started, unless
+// its ready message states another. It reports whether conn is now the
 // committed successor's.
 func (in *Instance) awaitCommit(conn *net.UnixConn, pid int) (bool, error) {
 	stated, err := in.awaitReady(conn)
-	if pid == 0 {
+	if stated != 0 {
 		pid = stated
 	}
 	if err == nil {
@@ -286,7 +290,7 @@ func (in *Instance) serveChild(conn *net.UnixConn, pid int) {
 		conn.Close()
 		return
 	}
-	committed, err := in.awaitCommit(conn, 0)
+	committed, err := in.awaitCommit(conn, pid)
 	in.untrack(conn)
 	if !committed {
 		conn.Close()
@@ -321,8 +325,8 @@ func (in *Instance) writeHandover(s *sender) error {
 }
 
 // awaitReady waits for the successor's ready message, Config.ReadyTimeout
-// at most, and returns the pid it states. A successor that stops before its
-// Ready says so.
+// at most, and returns the pid it states, 0 if none. A successor that stops
+// before its Ready says so.
 func (in *Instance) awaitReady(conn *net.UnixConn) (int, error) {
 	conn.SetReadDeadline(time.Now().Add(in.readyTimeout))
 	defer conn.SetReadDeadline(time.Time{})
@@ -350,9 +354,15 @@ func (in *Instance) awaitReady(conn *net.UnixConn) (int, error) {
 	if msg[0] == version && msg[1] == statusRefused {
 		return 0, fmt.Errorf("%w: %s", errGone, body)
 	}
-	pid, perr := strconv.Atoi(string(body))
-	if msg[0] != version || msg[1] != statusReady || perr != nil || pid <= 0 {
-		return 0, fmt.Errorf("%w: % x %q instead of ready", ErrProtocol, msg, body)
+	if msg[0] != version || msg[1] != statusReady {
+		return 0, fmt.Errorf("%w: % x instead of ready", ErrProtocol, msg)
+	}
+	if len(body) == 0 {
+		return 0, nil
+	}
+	pid, err := strconv.Atoi(string(body))
+	if err != nil || pid <= 0 {
+		return 0, fmt.Errorf("%w: ready for pid %q", ErrProtocol, body)
 	}
 	return pid, nil
 }

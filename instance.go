@@ -101,6 +101,7 @@ type Instance struct {
 	handover   *net.UnixListener
 	sockFile   os.FileInfo // the hand-over socket's file, to remove at Stop
 	took       bool        // whether this instance took over from another
+	statePID   bool        // whether its ready message states its pid
 	turn       sync.Mutex  // held while a successor is served
 	state      []byte      // the predecessor's application state
 	out        []handedOn  // what goes to the successor, in order
@@ -252,11 +253,13 @@ var errNotInherited = errors.New("nothing inherited")
 // this process at exec (inheritEnv), if it did.
 func (in *Instance) inheritFromParent() error {
 	v, ok := os.LookupEnv(inheritEnv)
+	statePID := os.Getenv(statePIDEnv) == "1"
+	// Not for a successor of this process: its own Restart says anew.
+	os.Unsetenv(inheritEnv)
+	os.Unsetenv(statePIDEnv)
 	if !ok {
 		return errNotInherited
 	}
-	// Not for a successor of this process: its own Restart says anew.
-	os.Unsetenv(inheritEnv)
 	ppid, rest, _ := strings.Cut(v, ";")
 	id, list, _ := strings.Cut(rest, ";")
 	pid, err := strconv.Atoi(ppid)
@@ -300,6 +303,7 @@ func (in *Instance) inheritFromParent() error {
 		}
 	}
 	in.connected(conn, pid)
+	in.statePID = statePID
 	return nil
 }
 

@@ -168,6 +168,15 @@ wait:
 	return fmt.Errorf("graceful: Restart: successor pid %d: %w", pid, reason)
 }
 
+// statePIDEnv set to 1 asks a successor that Restart starts to state its
+// pid in its ready message: its connection, made by this process, does not
+// tell it, and it may run under a wrapper. A variable of its own, which a
+// successor built with an older version of this library ignores (its
+// ready message is then without a pid, and the started process's is
+// taken), while a predecessor of an older version, which would not read
+// one, never sets it.
+const statePIDEnv = "GRACEFUL_STATE_PID"
+
 // restarting is the successor a Restart waits for, by the connection of
 // its hand-over (its pid may be a wrapper's, and reused once it is gone).
 type restarting struct {

@@ -56,8 +56,10 @@ func (in *Instance) startChild(exe string) (*os.Process, *net.UnixConn, error) {
 	for _, fd := range fds {
 		files = append(files, uintptr(fd))
 	}
-	env := slices.DeleteFunc(os.Environ(), func(e string) bool { return strings.HasPrefix(e, inheritEnv+"=") })
-	env = append(env, inheritEnv+"="+strconv.Itoa(os.Getpid())+";"+socketID(pair[1])+";"+strings.Join(metas, ","))
+	env := slices.DeleteFunc(os.Environ(), func(e string) bool {
+		return strings.HasPrefix(e, inheritEnv+"=") || strings.HasPrefix(e, statePIDEnv+"=")
+	})
+	env = append(env, inheritEnv+"="+strconv.Itoa(os.Getpid())+";"+socketID(pair[1])+";"+strings.Join(metas, ","), statePIDEnv+"=1")
 	argv := append([]string{os.Args[0]}, os.Args[1:]...)
 	// Not os/exec: it would put the descriptors in blocking mode, for the
 	// instance that shares them too.
