@@ -431,22 +431,6 @@ func TestPassConnsFailureKeepsConns(t *testing.T) {
 	server.Close()
 }
 
-// installCopy runs the chain from a copy of the test binary, which the test
-// then replaces by a script (as TestRestartRunsInstalledBinary does).
-func installCopy(t *testing.T, c *chain) (old string) {
-	bin := filepath.Join(c.dir, "bin")
-	os.Mkdir(bin, 0o700)
-	c.exe = filepath.Join(bin, "app")
-	data, err := os.ReadFile(os.Args[0])
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(c.exe, data, 0o700); err != nil {
-		t.Fatal(err)
-	}
-	return c.exe + ".old"
-}
-
 // waitSuffix waits for a line that ends with suffix and returns its pid.
 func (c *chain) waitSuffix(n int, suffix string) int {
 	c.t.Helper()
@@ -459,11 +443,9 @@ func (c *chain) waitSuffix(n int, suffix string) int {
 // Start (reparented): the successor, which holds every socket, serves.
 func TestRestartPredecessorDiesEarly(t *testing.T) {
 	c := newChain(t)
-	old := installCopy(t, c)
+	c.installCopy()
 	pid := c.startFirst()
-	os.Rename(c.exe, old)
-	script := "#!/bin/sh\necho \"$$ wrapper\"\nsleep 1\nexec " + old + " \"$@\"\n"
-	os.WriteFile(c.exe, []byte(script), 0o700)
+	c.deploy(func(old string) string { return "echo \"$$ wrapper\"\nsleep 1\nexec " + old + " \"$@\"\n" })
 	n := c.mark()
 	syscall.Kill(pid, syscall.SIGHUP)
 	next := c.waitSuffix(n, " wrapper")
@@ -502,11 +484,9 @@ func sockLinks(pid int) []string {
 // grandchild: it takes over, each socket once, none inheritable.
 func TestRestartThroughWrapper(t *testing.T) {
 	c := newChain(t)
-	old := installCopy(t, c)
+	c.installCopy()
 	pid := c.startFirst()
-	os.Rename(c.exe, old)
-	script := "#!/bin/sh\n" + old + " \"$@\"\n"
-	os.WriteFile(c.exe, []byte(script), 0o700)
+	c.deploy(func(old string) string { return old + " \"$@\"\n" })
 	n := c.mark()
 	syscall.Kill(pid, syscall.SIGHUP)
 	next := c.readyAfter(map[int]bool{pid: true})
@@ -551,11 +531,9 @@ func TestRestartThroughWrapper(t *testing.T) {
 // and returns nil.
 func TestRestartThroughDaemonizingWrapper(t *testing.T) {
 	c := newChain(t)
-	old := installCopy(t, c)
+	c.installCopy()
 	pid := c.startFirst()
-	os.Rename(c.exe, old)
-	script := "#!/bin/sh\n" + old + " \"$@\" &\nexit 0\n"
-	os.WriteFile(c.exe, []byte(script), 0o700)
+	c.deploy(func(old string) string { return old + " \"$@\" &\nexit 0\n" })
 	n := c.mark()
 	syscall.Kill(pid, syscall.SIGHUP)
 	next := c.readyAfter(map[int]bool{pid: true})

@@ -876,31 +876,47 @@ func TestInstanceStopBeforeDone(t *testing.T) {
 	}
 }
 
+// installCopy makes the chain run from a copy of the test binary, which
+// deploy can replace.
+func (c *chain) installCopy() {
+	c.t.Helper()
+	bin := filepath.Join(c.dir, "bin")
+	if err := os.Mkdir(bin, 0o700); err != nil {
+		c.t.Fatal(err)
+	}
+	c.exe = filepath.Join(bin, "app")
+	data, err := os.ReadFile(os.Args[0])
+	if err != nil {
+		c.t.Fatal(err)
+	}
+	if err := os.WriteFile(c.exe, data, 0o700); err != nil {
+		c.t.Fatal(err)
+	}
+}
+
+// deploy moves the installed binary aside, as a deploy that keeps a backup
+// does, and puts in its place the shell script that script writes for the
+// old binary's path.
+func (c *chain) deploy(script func(old string) string) {
+	c.t.Helper()
+	old := c.exe + ".old"
+	if err := os.Rename(c.exe, old); err != nil {
+		c.t.Fatal(err)
+	}
+	if err := os.WriteFile(c.exe, []byte("#!/bin/sh\n"+script(old)), 0o700); err != nil {
+		c.t.Fatal(err)
+	}
+}
+
 // TestRestartRunsInstalledBinary installs a new binary at the path the
 // running instance was started from, moving the running one aside as a
 // deploy that keeps a backup does: SIGHUP starts the new one.
 func TestRestartRunsInstalledBinary(t *testing.T) {
 	c := newChain(t)
-	bin := filepath.Join(c.dir, "bin")
-	os.Mkdir(bin, 0o700)
-	c.exe = filepath.Join(bin, "app")
-	data, err := os.ReadFile(os.Args[0])
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(c.exe, data, 0o700); err != nil {
-		t.Fatal(err)
-	}
+	c.installCopy()
 	pid := c.startFirst()
-	old := c.exe + ".old"
-	if err := os.Rename(c.exe, old); err != nil {
-		t.Fatal(err)
-	}
 	// The "new version": it says so, then runs the same code.
-	script := "#!/bin/sh\necho \"$$ new binary\"\nexec " + old + " \"$@\"\n"
-	if err := os.WriteFile(c.exe, []byte(script), 0o700); err != nil {
-		t.Fatal(err)
-	}
+	c.deploy(func(old string) string { return "echo \"$$ new binary\"\nexec " + old + " \"$@\"\n" })
 	n := c.mark()
 	syscall.Kill(pid, syscall.SIGHUP)
 	next := c.readyAfter(map[int]bool{pid: true})
