@@ -85,6 +85,23 @@ type passFixture struct {
 	servers []net.Conn
 }
 
+// connectTo dials ln and accepts the connection: the client's end and the
+// server's, both closed when the test ends.
+func connectTo(t *testing.T, ln net.Listener) (client, server net.Conn) {
+	t.Helper()
+	client, err := net.Dial(ln.Addr().Network(), ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { client.Close() })
+	server, err = ln.Accept()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { server.Close() })
+	return client, server
+}
+
 func newPassFixture(t *testing.T, n int) *passFixture {
 	dir := sockPath(t)
 	os.Mkdir(dir, 0o700)
@@ -105,16 +122,7 @@ func newPassFixture(t *testing.T, n int) *passFixture {
 		t.Fatal(err)
 	}
 	for i := 0; i < n; i++ {
-		c, err := net.Dial("tcp", f.addr)
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { c.Close() })
-		s, err := ln.Accept()
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { s.Close() })
+		c, s := connectTo(t, ln)
 		io.WriteString(c, "part")
 		if _, err := io.ReadFull(s, make([]byte, 4)); err != nil {
 			t.Fatal(err)

@@ -400,15 +400,7 @@ func TestPassConnsFailureKeepsConns(t *testing.T) {
 	c := startChild(t, "passee", sock)
 	c.expect("ready")
 	<-inst.Done()
-	client, err := net.Dial("tcp", ln.Addr().String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer client.Close()
-	server, err := ln.Accept()
-	if err != nil {
-		t.Fatal(err)
-	}
+	client, server := connectTo(t, ln)
 	time.Sleep(100 * time.Millisecond)
 	stopProcess(t, c.cmd.Process.Pid)
 	err = inst.PassConns([]PassedConn{{Conn: server, Meta: Meta{"k": "v"}}})
@@ -428,7 +420,6 @@ func TestPassConnsFailureKeepsConns(t *testing.T) {
 	if want := fmt.Sprintf("predecessor %d\n", os.Getpid()); l != want {
 		t.Errorf("the client read %q (%v), want %q", l, err, want)
 	}
-	server.Close()
 }
 
 // waitSuffix waits for a line that ends with suffix and returns its pid.
@@ -1155,25 +1146,13 @@ func TestStopCallsOffPassConns(t *testing.T) {
 	c := startChild(t, "noaccept", sock)
 	c.expect("ready")
 	<-inst.Done()
-	conn := func() net.Conn {
-		cl, err := net.Dial("tcp", ln.Addr().String())
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { cl.Close() })
-		s, err := ln.Accept()
-		if err != nil {
-			t.Fatal(err)
-		}
-		return s
-	}
 	// The successor takes the first transfer and blocks delivering it; the
 	// second waits for its hello for good.
-	if err := inst.PassConns([]PassedConn{{Conn: conn()}}); err != nil {
+	_, first := connectTo(t, ln)
+	if err := inst.PassConns([]PassedConn{{Conn: first}}); err != nil {
 		t.Fatal(err)
 	}
-	kept := conn()
-	defer kept.Close()
+	_, kept := connectTo(t, ln)
 	passed := make(chan error, 1)
 	go func() { passed <- inst.PassConns([]PassedConn{{Conn: kept}}) }()
 	time.Sleep(200 * time.Millisecond)
