@@ -201,21 +201,12 @@ func (in *Instance) receiveConns(client *Client, pred *net.UnixConn) (batch []pa
 	// went away without a word has died, and its copies with it.
 	stop := context.AfterFunc(in.passing.ctx, func() { pred.SetReadDeadline(time.Unix(1, 0)) })
 	defer stop()
-	var msg [ackLen]byte
-	n, err := io.ReadFull(pred, msg[:])
+	status, _, err := in.readAnswer(pred, "waiting for the commit of passed connections")
 	switch {
-	case err == nil:
-		status, _, perr := parseAck(msg[:], version)
-		if perr == nil && status == statusRefused {
-			return batch, errPassKept
-		}
-		if perr != nil || status != statusOK {
-			return batch, fmt.Errorf("%w: % x instead of the commit of passed connections", ErrProtocol, msg)
-		}
-	case n == 0 && errors.Is(ioError("", err), io.ErrUnexpectedEOF) && in.passing.ctx.Err() == nil && in.predGone():
+	case errors.Is(err, errPredDied):
 		err = nil
-	default:
-		err = fmt.Errorf("graceful: waiting for the commit of passed connections: %w", err)
+	case err == nil && status == statusRefused:
+		err = errPassKept
 	}
 	return batch, err
 }

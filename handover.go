@@ -149,29 +149,42 @@ func (in *Instance) watchPredecessor(pred *net.UnixConn) {
 // readPredAnswer reads the predecessor's answer: nil to commit, an
 // ErrAborted with its reason, or errPredDied.
 func (in *Instance) readPredAnswer(pred *net.UnixConn) error {
-	var msg [ackLen]byte
-	n, err := io.ReadFull(pred, msg[:])
-	if err != nil {
-		err = ioError("waiting for the predecessor", err)
-		// A predecessor that gives up says so before it closes the
-		// connection: one that closed it without a word has died.
-		if n == 0 && errors.Is(err, io.ErrUnexpectedEOF) && in.predGone() {
-			return errPredDied
-		}
-		return fmt.Errorf("%w: %w", ErrAborted, err)
-	}
-	status, n, err := parseAck(msg[:], version)
-	if err != nil {
+	status, reason, err := in.readAnswer(pred, "waiting for the predecessor")
+	switch {
+	case errors.Is(err, errPredDied) || errors.Is(err, ErrProtocol):
 		return err
-	}
-	if status == statusOK {
+	case err != nil:
+		return fmt.Errorf("%w: %w", ErrAborted, err)
+	case status == statusOK:
 		return nil
 	}
-	reason := make([]byte, n)
-	if _, err := io.ReadFull(pred, reason); err != nil {
-		return fmt.Errorf("%w: %w", ErrAborted, ioError("waiting for the predecessor", err))
-	}
 	return fmt.Errorf("%w: the predecessor says %s", ErrAborted, reason)
+}
+
+// readAnswer reads an answer of the predecessor, its status and message,
+// doing what (for errors). A predecessor that gives up says so before it
+// closes the connection: one that closed it without a word, and whose
+// process has ended, died (errPredDied).
+func (in *Instance) readAnswer(pred *net.UnixConn, what string) (status byte, msg []byte, err error) {
+	var head [ackLen]byte
+	n, err := io.ReadFull(pred, head[:])
+	if err != nil {
+		err = ioError(what, err)
+		// Not while stopping: Stop interrupts the read.
+		if n == 0 && errors.Is(err, io.ErrUnexpectedEOF) && in.passing.ctx.Err() == nil && in.predGone() {
+			return 0, nil, errPredDied
+		}
+		return 0, nil, err
+	}
+	status, n, err = parseAck(head[:], version)
+	if err != nil {
+		return 0, nil, err
+	}
+	msg = make([]byte, n)
+	if _, err := io.ReadFull(pred, msg); err != nil {
+		return 0, nil, ioError(what, err)
+	}
+	return status, msg, nil
 }
 
 // listenHandover creates the hand-over socket of a first instance.
