@@ -77,12 +77,7 @@ func (in *Instance) PassConns(conns []PassedConn) error {
 	if err == nil {
 		// The successor keeps them only once told so: until then a
 		// failure here leaves them this instance's alone.
-		var msg [ackLen]byte
-		putAck(msg[:], version, statusOK, 0)
-		succ.conn.SetWriteDeadline(in.deadline())
-		_, err = succ.conn.Write(msg[:])
-		succ.conn.SetWriteDeadline(time.Time{})
-		if err != nil {
+		if err = sendAnswer(succ.conn, in.deadline(), statusOK, ""); err != nil {
 			err = ioError("committing", err)
 		}
 	}

@@ -104,12 +104,9 @@ func (in *Instance) commitTakeOver(pred *net.UnixConn) error {
 	if in.statePID {
 		pid = strconv.Itoa(os.Getpid())
 	}
-	msg := make([]byte, ackLen, ackLen+len(pid))
-	putAck(msg, version, statusReady, len(pid))
-	pred.SetWriteDeadline(in.deadline())
 	// A predecessor that gave up may have closed the connection already:
 	// its refusal is then read all the same.
-	pred.Write(append(msg, pid...))
+	sendAnswer(pred, in.deadline(), statusReady, pid)
 	// No bound of this side's own: the predecessor decides, and may have
 	// committed when a bound ran out; it answers at once, or it is dead.
 	err := <-in.predAnswer
@@ -416,12 +413,7 @@ func (in *Instance) commit(conn *net.UnixConn, pid int) (bool, error) {
 		logs = append(logs, fmt.Sprintf("telling systemd: %v", err))
 	}
 	in.handover.Close()
-	var msg [ackLen]byte
-	putAck(msg[:], version, statusOK, 0)
-	conn.SetWriteDeadline(in.deadline())
-	_, werr := conn.Write(msg[:])
-	conn.SetWriteDeadline(time.Time{})
-	if werr != nil {
+	if werr := sendAnswer(conn, in.deadline(), statusOK, ""); werr != nil {
 		if err := notify("MAINPID=" + strconv.Itoa(os.Getpid())); err != nil {
 			logs = append(logs, fmt.Sprintf("telling systemd: %v", err))
 		}
@@ -458,10 +450,18 @@ var errGone = errors.New("the successor is gone")
 
 // refuse tells a successor that it will not take over.
 func refuse(conn net.Conn, reason string) {
-	b := make([]byte, ackLen, ackLen+len(reason))
-	putAck(b, version, statusRefused, len(reason))
-	conn.SetWriteDeadline(time.Now().Add(time.Second))
-	conn.Write(append(b, reason...))
+	sendAnswer(conn, time.Now().Add(time.Second), statusRefused, reason)
+}
+
+// sendAnswer writes a message of the restart layer on conn, a status and its
+// text, by deadline (none for the zero time).
+func sendAnswer(conn net.Conn, deadline time.Time, status byte, text string) error {
+	b := make([]byte, ackLen, ackLen+len(text))
+	putAck(b, version, status, len(text))
+	conn.SetWriteDeadline(deadline)
+	defer conn.SetWriteDeadline(time.Time{})
+	_, err := conn.Write(append(b, text...))
+	return err
 }
 
 // successor is the instance that took over from this one.
