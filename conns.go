@@ -43,12 +43,6 @@ type PassedConn struct {
 // a later PassConns fails too. PassConns blocks until the successor has
 // acknowledged, at most Config.Timeout for each step; Stop calls it off.
 func (in *Instance) PassConns(conns []PassedConn) error {
-	in.mu.Lock()
-	succ := in.succ
-	in.mu.Unlock()
-	if succ == nil {
-		return fmt.Errorf("graceful: PassConns without a successor: %w", ErrInstanceState)
-	}
 	// The descriptors are borrowed, not duplicated: the connections are
 	// this call's, so nothing closes them meanwhile.
 	fds := make([]int, len(conns))
@@ -62,11 +56,15 @@ func (in *Instance) PassConns(conns []PassedConn) error {
 			return fmt.Errorf("graceful: PassConns: %w", err)
 		}
 	}
-	in.passing.send.Lock()
-	defer in.passing.send.Unlock()
+	grant := make(chan passGrant, 1)
+	in.call(func(m *machine) { m.passRequest(grant) })
+	g := <-grant
+	if g.err != nil {
+		return g.err
+	}
 	// Stop calls it off (the context), but not once the successor has
 	// acknowledged: the commit follows at once.
-	err := transfer(in.passing.ctx, succ.conn, nil, in.timeout, func(s *sender) error {
+	err := transfer(in.ctx, g.conn, nil, in.timeout, func(s *sender) error {
 		for i, c := range conns {
 			if err := s.Write(fds[i], c.Meta); err != nil {
 				return err
@@ -77,17 +75,12 @@ func (in *Instance) PassConns(conns []PassedConn) error {
 	if err == nil {
 		// The successor keeps them only once told so: until then a
 		// failure here leaves them this instance's alone.
-		if err = sendAnswer(succ.conn, in.deadline(), statusOK, ""); err != nil {
+		if err = writeReply(g.conn, in.deadline(), statusOK, ""); err != nil {
 			err = ioError("committing", err)
 		}
 	}
+	in.call(func(m *machine) { m.passEnded(err) })
 	if err != nil {
-		// The successor closes what it got, told so in words where the
-		// connection still carries them: a silent close, once this
-		// process has ended, would read as its death, which leaves the
-		// connections to the successor.
-		refuse(succ.conn, "the predecessor keeps them")
-		succ.conn.Close()
 		return fmt.Errorf("graceful: passing %d connections: %w", len(conns), err)
 	}
 	for _, c := range conns {
@@ -96,87 +89,107 @@ func (in *Instance) PassConns(conns []PassedConn) error {
 	return nil
 }
 
+// passGrant is the loop's answer to PassConns: the connection to the
+// successor to pass on, or why not.
+type passGrant struct {
+	conn *net.UnixConn
+	err  error
+}
+
+// passRequest lets one PassConns at a time pass connections.
+func (m *machine) passRequest(grant chan passGrant) {
+	switch {
+	case m.succ == nil:
+		grant <- passGrant{err: fmt.Errorf("graceful: PassConns without a successor: %w", ErrInstanceState)}
+	case m.phase >= stopping:
+		grant <- passGrant{err: fmt.Errorf("graceful: PassConns: %w: stopped", net.ErrClosed)}
+	case m.passErr != nil:
+		grant <- passGrant{err: fmt.Errorf("graceful: PassConns: an earlier one failed: %w", m.passErr)}
+	case m.passing:
+		m.passes = append(m.passes, grant)
+	default:
+		m.passing = true
+		grant <- passGrant{conn: m.succ.conn}
+	}
+}
+
+// passEnded ends a PassConns. A failure ends the passing: the successor
+// closes what it got, told so in words where the connection still carries
+// them (a silent close, once this process has ended, would read as its
+// death, which leaves the connections to the successor).
+func (m *machine) passEnded(err error) {
+	m.passing = false
+	if err != nil && m.passErr == nil {
+		m.passErr = err
+		refuse(m.succ.conn, "the predecessor keeps them")
+		m.succ.conn.Close()
+	}
+	if len(m.passes) > 0 && m.phase < stopping {
+		grant := m.passes[0]
+		m.passes = m.passes[1:]
+		m.passRequest(grant)
+	}
+	m.settleStop()
+}
+
 // AcceptConn waits for the next live connection that the predecessor passes
 // with PassConns, and returns it with its meta; the connection is the
 // caller's. It returns io.EOF once the predecessor will pass no more (it
 // stopped, or exited), as soon as Ready has run for a first instance, and
-// net.ErrClosed
-// after Stop. Connections arrive only after Ready, in the order they were
-// passed, each transfer once it is complete; those not taken when this
-// instance stops are closed.
+// net.ErrClosed after Stop. Connections arrive only after Ready, in the
+// order they were passed, each transfer once it is complete; those not
+// taken when this instance stops are closed.
 func (in *Instance) AcceptConn() (net.Conn, Meta, error) {
 	select {
-	case p := <-in.passing.ch:
+	case p := <-in.incoming.ch:
 		return p.Conn, p.Meta, nil
-	case <-in.passing.done:
-		if in.passing.ctx.Err() != nil {
+	case <-in.incoming.done:
+		if in.ctx.Err() != nil {
 			return nil, nil, net.ErrClosed
 		}
 		return nil, nil, io.EOF
 	}
 }
 
-// passing is the state of an instance's passed connections.
-type passing struct {
-	send     sync.Mutex // one PassConns at a time
-	ch       chan PassedConn
-	done     chan struct{} // closed when no more connections come
-	doneOnce sync.Once
-	ctx      context.Context // canceled by Stop
-	cancel   context.CancelFunc
-	wg       sync.WaitGroup // the goroutine that receives them
+// incoming hands the connections passed to this instance to AcceptConn.
+type incoming struct {
+	ch   chan PassedConn
+	done chan struct{} // closed when no more connections come
+	once sync.Once
 }
 
-func (p *passing) init() {
+func (p *incoming) init() {
 	p.ch = make(chan PassedConn)
 	p.done = make(chan struct{})
-	p.ctx, p.cancel = context.WithCancel(context.Background())
 }
 
-func (p *passing) finish() {
-	p.doneOnce.Do(func() { close(p.done) })
+func (p *incoming) finish() {
+	p.once.Do(func() { close(p.done) })
 }
 
-// stopPassed ends the reception of passed connections, closing what came
-// and was not accepted: Stop calls it.
-func (in *Instance) stopPassed() {
-	in.passing.cancel()
-	in.passing.finish()
-	in.passing.wg.Wait()
-}
-
-// afterPredecessor receives, once the predecessor has committed, the
-// connections it passes, until it closes the connection.
-func (in *Instance) afterPredecessor(pred *net.UnixConn) {
-	if pred == nil {
-		in.passing.finish()
-		return
-	}
-	in.passing.wg.Add(1)
-	go func() {
-		defer in.passing.wg.Done()
-		defer in.passing.finish()
-		defer pred.Close()
-		client := &Client{Timeout: -1}
-		for {
-			batch, err := in.receiveConns(client, pred)
-			if err == nil {
-				err = in.deliver(batch)
-			}
-			if err != nil {
-				if !errors.Is(err, io.EOF) {
-					in.logf("taking passed connections: %v", err)
-				}
-				return
-			}
+// receivePassed receives, once the predecessor has committed, the
+// connections it passes, until it closes the connection or this instance
+// stops.
+func (in *Instance) receivePassed(p *predecessor) {
+	client := &Client{Timeout: -1}
+	for {
+		batch, err := in.receiveConns(client, p)
+		if err == nil {
+			err = in.deliver(batch)
 		}
-	}()
+		if err != nil {
+			if !errors.Is(err, io.EOF) && in.ctx.Err() == nil {
+				in.logf("taking passed connections: %v", err)
+			}
+			return
+		}
+	}
 }
 
 // receiveConns receives one transfer of passed connections. Its descriptors
 // are delivered only once the transfer is complete: before that, the
 // predecessor keeps serving them if the transfer fails.
-func (in *Instance) receiveConns(client *Client, pred *net.UnixConn) (batch []passedFd, err error) {
+func (in *Instance) receiveConns(client *Client, p *predecessor) (batch []passedFd, err error) {
 	defer func() {
 		if err != nil {
 			for _, p := range batch {
@@ -184,7 +197,7 @@ func (in *Instance) receiveConns(client *Client, pred *net.UnixConn) (batch []pa
 			}
 		}
 	}()
-	_, err = client.receive(in.passing.ctx, pred, func(fd int, meta io.Reader) error {
+	_, err = client.receive(in.ctx, p.conn, func(fd int, meta io.Reader) error {
 		m, err := MetaFrom(meta)
 		batch = append(batch, passedFd{fd, m})
 		return err
@@ -194,14 +207,16 @@ func (in *Instance) receiveConns(client *Client, pred *net.UnixConn) (batch []pa
 	}
 	// The predecessor commits the batch, or keeps it: a predecessor that
 	// went away without a word has died, and its copies with it.
-	stop := context.AfterFunc(in.passing.ctx, func() { pred.SetReadDeadline(time.Unix(1, 0)) })
+	stop := context.AfterFunc(in.ctx, func() { p.conn.SetReadDeadline(time.Unix(1, 0)) })
 	defer stop()
-	status, _, err := in.readAnswer(pred, "waiting for the commit of passed connections")
+	status, _, err := in.readAnswer(p, "waiting for the commit of passed connections")
 	switch {
 	case errors.Is(err, errPredDied):
 		err = nil
 	case err == nil && status == statusRefused:
 		err = errPassKept
+	case err == nil && status != statusOK:
+		err = fmt.Errorf("%w: status %d for passed connections", ErrProtocol, status)
 	}
 	return batch, err
 }
@@ -225,8 +240,8 @@ func (in *Instance) deliver(batch []passedFd) error {
 			continue
 		}
 		select {
-		case in.passing.ch <- PassedConn{c, p.meta}:
-		case <-in.passing.ctx.Done():
+		case in.incoming.ch <- PassedConn{c, p.meta}:
+		case <-in.ctx.Done():
 			c.Close()
 			for _, p := range batch[i+1:] {
 				closeFd(p.fd)

@@ -57,11 +57,22 @@ func main() {
 		case <-hup:
 			fmt.Println(pid, "restart", in.Restart())
 		case <-in.Done():
-			fmt.Println(pid, "successor", in.Successor())
+			fmt.Println(pid, "successor", successorPID(in))
 			in.Stop()
 			return
 		}
 	}
+}
+
+// successorPID is the successor's pid by the name each version gives it.
+func successorPID(in any) int {
+	switch in := in.(type) {
+	case interface{ SuccessorPID() int }:
+		return in.SuccessorPID()
+	case interface{ Successor() int }:
+		return in.Successor()
+	}
+	return 0
 }
 `
 

@@ -3,15 +3,12 @@ package graceful
 import (
 	"bytes"
 	"context"
-	"encoding/base64"
 	"errors"
 	"fmt"
-	"io"
 	"log"
 	"net"
 	"os"
 	"slices"
-	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -73,57 +70,30 @@ var (
 // sockets, or new ones; [Instance.Ready] commits; [Instance.Done] tells when
 // a successor has committed in turn.
 //
-// From Start to Ready, and from Ready until a successor is ready, two
-// instances share each listening socket: both accept, so no connection is
-// refused and none is lost. Only one instance is ever between Start and
-// Ready at a time: another that starts meanwhile waits its turn (a lock
-// beside the socket), then takes over from the first.
+// From Start to Ready, and from Ready until a successor is ready,
+// two instances share each listening socket: both accept, so no
+// connection is refused and none is lost. Only one instance is ever
+// between Start and Ready at a time: another that starts meanwhile waits
+// its turn (a lock beside the socket), then takes over from the first.
 //
 // The methods of an Instance may be called from several goroutines.
 type Instance struct {
 	cfg          Config
 	timeout      time.Duration
 	readyTimeout time.Duration
-	lock         *fileLock // held from Start until Ready or Stop
+	state        []byte // the predecessor's application state
+	took         bool   // whether it took over from a predecessor
 
-	mu    sync.Mutex
-	phase phase
-	pred  *net.UnixConn // to the predecessor, from Start until its commit
-	// predAnswer receives the predecessor's answer to Ready, read by
-	// watchPredecessor; abandoned is it when it came before Ready.
-	predAnswer chan error
-	abandoned  error
-	readying   bool          // Ready's commit is under way
-	readyDone  chan struct{} // closed when it is over
-	predPID    int
-	inherit    map[string]int // descriptors from the predecessor not yet claimed
-	active     *activation    // sockets from systemd not yet claimed
-	handover   *net.UnixListener
-	sockFile   os.FileInfo // the hand-over socket's file, to remove at Stop
-	took       bool        // whether this instance took over from another
-	statePID   bool        // whether its ready message states its pid
-	turn       sync.Mutex  // held while a successor is served
-	state      []byte      // the predecessor's application state
-	out        []handedOn  // what goes to the successor, in order
-	outState   []byte
-	files      map[string]*os.File // inherited files by name
-	done       chan struct{}
-	stopping   chan struct{} // closed once Stop has cleaned up
-	succ       *successor    // the successor that committed, if any
-	restart    bool          // a Restart is under way
-	restarting restarting    // the successor a Restart waits for
-	serveWG    sync.WaitGroup
-	pending    map[*net.UnixConn]struct{} // successors being served
-	passing    passing                    // live connections to and from neighbours
+	calls  chan func()   // to the loop, which owns m
+	ended  chan struct{} // closed when the loop has ended
+	frozen sync.Mutex    // serializes calls once it has
+	m      machine
+
+	done     chan struct{} // Done
+	ctx      context.Context
+	cancel   context.CancelFunc // at Stop: calls off PassConns
+	incoming incoming           // connections passed to this instance
 }
-
-type phase int
-
-const (
-	starting phase = iota
-	serving
-	finished // a successor took over, or Stop
-)
 
 // handedOn is an object to hand to the successor.
 type handedOn struct {
@@ -173,216 +143,49 @@ func Start(cfg Config) (*Instance, error) {
 		cfg:          cfg,
 		timeout:      cfg.Timeout,
 		readyTimeout: cfg.ReadyTimeout,
-		inherit:      make(map[string]int),
-		files:        make(map[string]*os.File),
+		calls:        make(chan func()),
+		ended:        make(chan struct{}),
 		done:         make(chan struct{}),
-		pending:      make(map[*net.UnixConn]struct{}),
-		predAnswer:   make(chan error, 1),
-		readyDone:    make(chan struct{}),
 	}
-	in.passing.init()
+	in.ctx, in.cancel = context.WithCancel(context.Background())
+	in.incoming.init()
 	if in.timeout == 0 {
 		in.timeout = DefaultTimeout
 	}
 	if in.readyTimeout <= 0 {
 		in.readyTimeout = DefaultReadyTimeout
 	}
-	// What this process was given comes first, so that every path below
-	// closes it: sockets from systemd (kept for a first instance, closed
-	// at Ready otherwise), and those of a predecessor's Restart.
-	active, err := activated()
-	in.active = active
-	if err == nil {
-		err = in.inheritFromParent()
-	}
-	inherited := err == nil
-	if errors.Is(err, errNotInherited) {
-		err = nil
-	}
-	if err == nil {
-		in.lock, err = lockFile(cfg.Socket+".lock", in.readyTimeout)
-	}
-	if err == nil && inherited {
-		// While this process waited for its turn, another successor of
-		// the same predecessor may have taken over (the predecessor then
-		// refuses this one, unless it died meanwhile): its sockets are
-		// that one's now.
-		if last := in.lock.recorded(); last != 0 && last != in.predPID {
-			err = fmt.Errorf("%w: pid %d took over from pid %d first", ErrAborted, last, in.predPID)
-		}
-	}
-	if err == nil && cfg.PIDFile != "" {
-		err = checkPIDFileDir(cfg.PIDFile)
-	}
-	if err == nil && !inherited {
-		err = in.takeOver()
-		if errors.Is(err, ErrNoServer) {
-			err = nil // the first instance
-		}
-	}
-	if err != nil {
-		in.abandon()
+	m := &in.m
+	m.in = in
+	m.inherit = make(map[string]int)
+	m.pending = make(map[*successor]bool)
+	// The loop is not running yet: the machine is Start's.
+	if err := m.takeOver(); err != nil {
+		m.abandon()
 		return nil, err
 	}
-	if in.pred != nil {
-		// Only now: it may Stop the instance, which Start must have
-		// finished building.
-		go in.watchPredecessor(in.pred)
+	if m.pred != nil {
+		m.spawn(func() { in.watchPredecessor(m.pred) })
+	} else {
+		in.incoming.finish() // nobody passes connections to a first instance
 	}
+	go in.run()
 	return in, nil
 }
 
 // abandon releases all that Start took when it fails.
-func (in *Instance) abandon() {
-	in.closeInherited()
-	if in.handover != nil {
-		in.handover.Close()
+func (m *machine) abandon() {
+	m.closeInherited()
+	if m.handover != nil {
+		m.handover.Close()
 	}
-	if in.pred != nil {
+	if m.pred != nil {
 		// Gone without its Ready: its predecessor serves on.
-		refuse(in.pred, "it failed to start")
-		in.pred.Close()
+		m.pred.refuse("it failed to start")
+		m.pred.conn.Close()
 	}
-	in.lock.unlock()
-}
-
-// errNotInherited: no descriptors were given at exec for this process.
-var errNotInherited = errors.New("nothing inherited")
-
-// inheritFromParent takes the descriptors that the predecessor's Restart gave
-// this process at exec (inheritEnv), if it did.
-func (in *Instance) inheritFromParent() error {
-	v, ok := os.LookupEnv(inheritEnv)
-	statePID := os.Getenv(statePIDEnv) == "1"
-	// Not for a successor of this process: its own Restart says anew.
-	os.Unsetenv(inheritEnv)
-	os.Unsetenv(statePIDEnv)
-	if !ok {
-		return errNotInherited
-	}
-	ppid, rest, _ := strings.Cut(v, ";")
-	id, list, _ := strings.Cut(rest, ";")
-	pid, err := strconv.Atoi(ppid)
-	// Descriptor 3 is the connection the predecessor made for this
-	// process, or the variable is not for it: checked by the socket's
-	// identity, not by who the parent is (a wrapper may run in between,
-	// or the predecessor may be gone and this process reparented).
-	if err != nil || socketID(3) != id {
-		return errNotInherited
-	}
-	metas := strings.Split(list, ",")
-	const first = 3 // the connection, then one descriptor per meta
-	for fd := first; fd <= first+len(metas); fd++ {
-		closeOnExec(fd)
-	}
-	c, err := FdConn(first)
-	if err != nil {
-		closeInts(first+1, first+len(metas))
-		return fmt.Errorf("graceful: taking over from pid %s: %w", ppid, err)
-	}
-	conn, ok := c.(*net.UnixConn)
-	if !ok {
-		c.Close()
-		closeInts(first+1, first+len(metas))
-		return fmt.Errorf("%w: the hand-over's connection is %T", ErrProtocol, c)
-	}
-	for i, m := range metas {
-		b, err := base64.StdEncoding.DecodeString(m)
-		if err == nil {
-			err = in.inherited(first+1+i, bytes.NewReader(b))
-		} else {
-			closeFd(first + 1 + i)
-		}
-		if err == nil && in.handover == nil && i == len(metas)-1 {
-			err = fmt.Errorf("%w: no hand-over socket among the descriptors", ErrProtocol)
-		}
-		if err != nil {
-			conn.Close()
-			closeInts(first+2+i, first+len(metas))
-			return fmt.Errorf("graceful: taking over from pid %s: %w", ppid, err)
-		}
-	}
-	in.connected(conn, pid)
-	in.statePID = statePID
-	return nil
-}
-
-// takeOver receives the sockets of the instance serving at the socket, and
-// keeps the connection open for the commit.
-func (in *Instance) takeOver() error {
-	d := net.Dialer{Timeout: max(in.timeout, 0)}
-	c, err := d.Dial("unix", in.cfg.Socket)
-	if err != nil {
-		return dialError(in.cfg.Socket, err)
-	}
-	conn := c.(*net.UnixConn)
-	client := &Client{Timeout: in.timeout}
-	_, err = client.receiveHello(context.Background(), conn, in.inherited, false, true)
-	if err == nil && in.handover == nil {
-		err = fmt.Errorf("%w: no hand-over socket among the descriptors", ErrProtocol)
-	}
-	if err != nil {
-		conn.Close()
-		return fmt.Errorf("graceful: taking over from %s: %w", in.cfg.Socket, err)
-	}
-	in.connected(conn, in.predPID)
-	return nil
-}
-
-// connected keeps the connection to the predecessor, which has handed its
-// sockets over, for the commit.
-func (in *Instance) connected(conn *net.UnixConn, pid int) {
-	in.pred = conn
-	// Not the peer's credentials: on a connection to a socket that was
-	// handed down, they name the instance that first listened.
-	in.predPID = pid
-	in.took = true
-	// The predecessor serves the socket file now, so this is its file.
-	in.sockFile, _ = os.Lstat(in.cfg.Socket)
-}
-
-// inherited is the callback that takes the predecessor's descriptors.
-func (in *Instance) inherited(fd int, meta io.Reader) error {
-	m, err := MetaFrom(meta)
-	if err != nil {
-		closeFd(fd)
-		return err
-	}
-	switch kind := m["kind"]; kind {
-	case kindHandover:
-		if in.handover != nil {
-			closeFd(fd)
-			return fmt.Errorf("%w: two hand-over sockets", ErrProtocol)
-		}
-		ln, err := FdListener(fd)
-		if err != nil {
-			return err
-		}
-		ul, ok := ln.(*net.UnixListener)
-		if !ok {
-			ln.Close()
-			return fmt.Errorf("%w: the hand-over socket is %T", ErrProtocol, ln)
-		}
-		ul.SetUnlinkOnClose(false)
-		in.handover = ul
-		in.state = []byte(m["state"])
-		in.predPID, _ = strconv.Atoi(m["pid"])
-		return nil
-	case kindListener, kindPacket, kindFile:
-		key := objectKey(kind, m["network"], m["address"])
-		if kind == kindFile {
-			key = objectKey(kind, "", m["name"])
-		}
-		if _, dup := in.inherit[key]; dup {
-			closeFd(fd)
-			return fmt.Errorf("%w: two descriptors for %q", ErrProtocol, key)
-		}
-		in.inherit[key] = fd
-		return nil
-	default:
-		closeFd(fd)
-		return fmt.Errorf("%w: descriptor of unknown kind %q", ErrProtocol, kind)
-	}
+	m.lock.unlock()
+	m.in.cancel()
 }
 
 // Listen returns the listener for network and address: the predecessor's, if it
@@ -412,24 +215,27 @@ func (in *Instance) ListenPacket(network, address string) (net.PacketConn, error
 	return pc.(net.PacketConn), nil
 }
 
-func (in *Instance) listen(kind, network, address string) (any, error) {
-	in.mu.Lock()
-	defer in.mu.Unlock()
-	if in.phase == finished {
+func (in *Instance) listen(kind, network, address string) (obj any, err error) {
+	in.call(func(m *machine) { obj, err = m.listen(kind, network, address) })
+	return obj, err
+}
+
+func (m *machine) listen(kind, network, address string) (any, error) {
+	if m.phase != starting && m.phase != serving {
 		return nil, fmt.Errorf("graceful: listen %s %s: %w", network, address, ErrInstanceState)
 	}
 	key := objectKey(kind, network, address)
-	for i, h := range in.out {
+	for i, h := range m.out {
 		if h.key == key {
 			if !objectClosed(h.obj) {
 				return nil, fmt.Errorf("graceful: listen %s %s: already listening: %w", network, address, syscall.EADDRINUSE)
 			}
 			// Closed by the application, which listens anew.
-			in.out = slices.Delete(in.out, i, i+1)
+			m.out = slices.Delete(m.out, i, i+1)
 			break
 		}
 	}
-	obj, err := in.claim(kind, key, network, address)
+	obj, err := m.claim(kind, key, network, address)
 	if err != nil {
 		return nil, fmt.Errorf("graceful: listen %s %s: %w", network, address, err)
 	}
@@ -438,18 +244,18 @@ func (in *Instance) listen(kind, network, address string) (any, error) {
 		// instance's listener.
 		ul.SetUnlinkOnClose(false)
 	}
-	in.out = append(in.out, handedOn{key: key, meta: Meta{"kind": kind, "network": network, "address": address}, obj: obj})
+	m.out = append(m.out, handedOn{key: key, meta: Meta{"kind": kind, "network": network, "address": address}, obj: obj})
 	return obj, nil
 }
 
 // claim returns the inherited, activated or new socket for key.
-func (in *Instance) claim(kind, key, network, address string) (any, error) {
-	fd, ok := in.inherit[key]
+func (m *machine) claim(kind, key, network, address string) (any, error) {
+	fd, ok := m.inherit[key]
 	if !ok {
 		// The same address spelled otherwise: the predecessor's
 		// "localhost:80" for "127.0.0.1:80", or, for the port a first
 		// instance got with ":0", that port.
-		for k, ifd := range in.inherit {
+		for k, ifd := range m.inherit {
 			if strings.HasPrefix(k, kind+"\x00") && socketMatches(ifd, kind, network, address) {
 				key, fd, ok = k, ifd, true
 				break
@@ -457,18 +263,21 @@ func (in *Instance) claim(kind, key, network, address string) (any, error) {
 		}
 	}
 	if ok {
-		delete(in.inherit, key)
+		delete(m.inherit, key)
+	} else {
+		fd = m.active.take(kind, network, address)
+	}
+	if fd >= 0 {
 		if kind == kindListener {
 			return FdListener(fd)
 		}
 		return FdPacketConn(fd)
 	}
-	if fd := in.active.take(kind, network, address); fd >= 0 {
-		if kind == kindListener {
-			return FdListener(fd)
-		}
-		return FdPacketConn(fd)
-	}
+	return m.listenAnew(kind, network, address)
+}
+
+// listenAnew creates the socket for network and address.
+func (m *machine) listenAnew(kind, network, address string) (any, error) {
 	if isUnixNetwork(network) {
 		removeStaleSocket(address)
 	}
@@ -479,8 +288,8 @@ func (in *Instance) claim(kind, key, network, address string) (any, error) {
 	} else {
 		obj, err = net.ListenPacket(network, address)
 	}
-	if errors.Is(err, syscall.EADDRINUSE) && !in.took {
-		err = fmt.Errorf("%w (an instance with another Config.Socket than %s?)", err, in.cfg.Socket)
+	if errors.Is(err, syscall.EADDRINUSE) && !m.in.took {
+		err = fmt.Errorf("%w (an instance with another Config.Socket than %s?)", err, m.in.cfg.Socket)
 	}
 	return obj, err
 }
@@ -492,16 +301,15 @@ func isUnixNetwork(network string) bool {
 // File returns the file the predecessor handed on under name, or nil. The
 // file is the caller's from then on; File returns it once, and only before
 // Ready, which closes the files nobody asked for.
-func (in *Instance) File(name string) *os.File {
-	in.mu.Lock()
-	defer in.mu.Unlock()
-	key := objectKey(kindFile, "", name)
-	fd, ok := in.inherit[key]
-	if !ok {
-		return nil
-	}
-	delete(in.inherit, key)
-	return os.NewFile(uintptr(fd), name)
+func (in *Instance) File(name string) (f *os.File) {
+	in.call(func(m *machine) {
+		key := objectKey(kindFile, "", name)
+		if fd, ok := m.inherit[key]; ok {
+			delete(m.inherit, key)
+			f = os.NewFile(uintptr(fd), name)
+		}
+	})
+	return f
 }
 
 // SetFile hands f on to the successor under name (a nil f withdraws the
@@ -509,25 +317,18 @@ func (in *Instance) File(name string) *os.File {
 // taken when it connects, and f must stay open until then or until it is
 // withdrawn.
 func (in *Instance) SetFile(name string, f *os.File) {
-	in.mu.Lock()
-	defer in.mu.Unlock()
-	key := objectKey(kindFile, "", name)
-	for i, h := range in.out {
-		if h.key == key {
-			in.out = append(in.out[:i], in.out[i+1:]...)
-			break
+	in.call(func(m *machine) {
+		key := objectKey(kindFile, "", name)
+		m.out = slices.DeleteFunc(m.out, func(h handedOn) bool { return h.key == key })
+		if f != nil {
+			m.out = append(m.out, handedOn{key: key, meta: Meta{"kind": kindFile, "name": name}, obj: f})
 		}
-	}
-	if f != nil {
-		in.out = append(in.out, handedOn{key: key, meta: Meta{"kind": kindFile, "name": name}, obj: f})
-	}
+	})
 }
 
 // State returns the bytes the predecessor set with SetState, or nil for a
 // first instance.
 func (in *Instance) State() []byte {
-	in.mu.Lock()
-	defer in.mu.Unlock()
 	return in.state
 }
 
@@ -543,17 +344,9 @@ func (in *Instance) SetState(b []byte) error {
 	if len(b) > maxState {
 		return fmt.Errorf("%w: state of %d bytes, more than %d", ErrLimit, len(b), maxState)
 	}
-	in.mu.Lock()
-	defer in.mu.Unlock()
-	in.outState = append([]byte(nil), b...)
+	b = bytes.Clone(b)
+	in.call(func(m *machine) { m.outState = b })
 	return nil
-}
-
-// Inherited reports whether this instance took over from a predecessor.
-func (in *Instance) Inherited() bool {
-	in.mu.Lock()
-	defer in.mu.Unlock()
-	return in.took
 }
 
 // Done returns a channel that is closed when this instance is to stop
@@ -563,66 +356,96 @@ func (in *Instance) Done() <-chan struct{} {
 	return in.done
 }
 
+// SuccessorPID returns the pid of the instance that took over from this
+// one, or 0 while none has.
+func (in *Instance) SuccessorPID() (pid int) {
+	in.call(func(m *machine) {
+		if m.succ != nil {
+			pid = m.succ.pid
+		}
+	})
+	return pid
+}
+
 // closeUnclaimed closes, at Ready, what the application did not claim, and
 // returns the lines that say so, to log: a socket no Listen asked for stops
 // serving with it.
-func (in *Instance) closeUnclaimed() []string {
+func (m *machine) closeUnclaimed() []string {
 	var logs []string
-	for key := range in.inherit {
+	for key := range m.inherit {
 		logs = append(logs, "closing the inherited "+strings.ReplaceAll(strings.TrimLeft(key, "\x00"), "\x00", " ")+": no Listen asked for it")
 	}
-	if n := in.active.unclaimed(); n > 0 {
+	if n := m.active.unclaimed(); n > 0 {
 		logs = append(logs, fmt.Sprintf("closing %d socket(s) from systemd: no Listen asked for them", n))
 	}
-	in.closeInherited()
+	m.closeInherited()
 	return logs
 }
 
 // closeInherited closes every descriptor received or passed by systemd that
 // the application did not claim.
-func (in *Instance) closeInherited() {
-	for key, fd := range in.inherit {
+func (m *machine) closeInherited() {
+	for key, fd := range m.inherit {
 		closeFd(fd)
-		delete(in.inherit, key)
+		delete(m.inherit, key)
 	}
-	in.active.close()
-	in.active = nil
+	m.active.close()
+	m.active = nil
 }
 
-// Successor returns the pid of the instance that took over from this one,
-// or 0 while none has.
-func (in *Instance) Successor() int {
-	in.mu.Lock()
-	defer in.mu.Unlock()
-	if in.succ == nil {
-		return 0
+func (in *Instance) logf(format string, args ...any) {
+	if in.cfg.ErrorLog != nil {
+		in.cfg.ErrorLog.Printf(format, args...)
 	}
-	return in.succ.pid
 }
 
-// predGone waits, Config.Timeout at most (DefaultTimeout for no bound: the
-// process of a connection that closed is ending), until the predecessor's
-// process has ended, and reports whether it has.
-func (in *Instance) predGone() bool {
-	wait := in.timeout
-	if wait < 0 {
-		wait = DefaultTimeout
-	}
-	deadline := time.Now().Add(wait)
-	for !processGone(in.predPID) {
-		if time.Now().After(deadline) {
-			return false
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
-	return true
+// Ready commits this instance: from now on it serves. A successor tells its
+// predecessor, on the connection of the hand-over, and waits for its answer;
+// only then does the predecessor's Done close, and this instance serve the
+// hand-over socket for its own successor, write the pid file and tell
+// systemd (READY=1, when NOTIFY_SOCKET is set). The sockets inherited or
+// passed by systemd that the application never claimed with Listen are
+// closed. Ready blocks until the predecessor answers: it decides, within
+// Config.ReadyTimeout of its hand-over, and answers at once. If it dies
+// meanwhile, Ready succeeds: the sockets are this instance's alone.
+//
+// Call Ready once the application serves (its listeners accept): the
+// predecessor stops accepting right after. Until then both instances
+// accept: a successor that dies before its Ready loses the connections it
+// accepted (the predecessor keeps all the others), so an application that
+// can fail on its way to Ready should do so before it serves. If Ready
+// fails, the predecessor (if any) serves on and this instance must not:
+// the listeners Listen returned are closed, and the application drains
+// and exits. The error is [ErrAborted] when the predecessor gave up
+// waiting (Config.ReadyTimeout) or stopped.
+func (in *Instance) Ready() error {
+	reply := make(chan error, 1)
+	in.call(func(m *machine) { m.readyRequest(reply) })
+	return <-reply
 }
 
-// deadline is the deadline of a step of a hand-over that starts now: none
-// for a negative Config.Timeout.
-func (in *Instance) deadline() time.Time {
-	if in.timeout < 0 {
-		return time.Time{}
-	}
-	return time.Now().Add(in.timeout)
+// Stop ends this instance without a successor: it stops serving the
+// hand-over socket, calls off a hand-over under way (that successor's Ready
+// fails; before this instance's own Ready, its predecessor serves on), and
+// closes Done. An instance that was serving also removes the hand-over
+// socket file and the pid file if it names this process, and tells systemd
+// STOPPING=1. Stop does not close the application's listeners: the
+// application drains them. After a successor took over, Stop only releases
+// what the instance still holds: the connection to the successor (which
+// then knows that no more connections will be passed) and connections
+// passed to this instance and not accepted.
+//
+// Stop calls off a Restart (its successor is killed) and a PassConns (it
+// fails, the connections still the caller's) under way, and blocks until
+// that is done, after a Ready under way has ended: its outcome decides
+// what there is to stop.
+func (in *Instance) Stop() {
+	done := make(chan struct{})
+	in.call(func(m *machine) { m.stopRequest(done) })
+	<-done
+}
+
+// Inherited reports whether this instance took over from a predecessor.
+func (in *Instance) Inherited() bool {
+	return in.took
 }

@@ -192,7 +192,7 @@ func init() {
 			say("start failed: %v", err)
 			return err
 		}
-		say("started inherited=%v predPID=%d", inst.Inherited(), inst.predPID)
+		say("started inherited=%v predPID=%d", inst.Inherited(), inst.predPID())
 		ln, err := inst.Listen("tcp", "127.0.0.1:0")
 		if err != nil {
 			say("listen failed: %v", err)
@@ -233,7 +233,7 @@ func init() {
 			}
 		}()
 		<-inst.Done()
-		say("done successor=%d", inst.Successor())
+		say("done successor=%d", inst.SuccessorPID())
 		select {}
 	}
 }
@@ -338,12 +338,12 @@ func TestReadyWaitsForSlowCommit(t *testing.T) {
 	inst := readyFirst(t, Config{Socket: sock})
 	c := startChild(t, "late", sock)
 	c.expect("started")
-	inst.mu.Lock() // the predecessor is slow to commit
+	release := inst.blockLoop() // the predecessor is slow to commit
 	fmt.Fprintln(c.in, "go")
 	time.Sleep(200 * time.Millisecond)
 	stopProcess(t, c.cmd.Process.Pid) // ... and the successor slow to read
 	time.Sleep(time.Second)
-	inst.mu.Unlock()
+	release()
 	select {
 	case <-inst.Done():
 	case <-time.After(5 * time.Second):
@@ -351,9 +351,9 @@ func TestReadyWaitsForSlowCommit(t *testing.T) {
 	}
 	c.cmd.Process.Signal(syscall.SIGCONT)
 	l := c.line()
-	t.Logf("predecessor committed to pid %d; successor: %s", inst.Successor(), l)
+	t.Logf("predecessor committed to pid %d; successor: %s", inst.SuccessorPID(), l)
 	if l != "ready <nil>" {
-		t.Errorf("the predecessor committed (Done closed, Successor()=%d) but the successor's Ready failed: nobody serves", inst.Successor())
+		t.Errorf("the predecessor committed (Done closed, Successor()=%d) but the successor's Ready failed: nobody serves", inst.SuccessorPID())
 	}
 }
 
@@ -906,12 +906,11 @@ func TestRefusedWhileWaitingForLock(t *testing.T) {
 	t.Setenv("GRACEFUL_TEST_OUT", outPath)
 	t.Setenv("GORACE", "atexit_sleep_ms=0 log_path="+raceLog)
 	// What Restart does, without its kill of the child (as with a wrapper).
-	inst.serveWG.Add(1)
-	proc, conn, err := inst.startChild(os.Args[0])
+	var proc *os.Process
+	inst.call(func(m *machine) { _, proc, err = m.startSuccessor(os.Args[0]) })
 	if err != nil {
 		t.Fatal(err)
 	}
-	go inst.serveChild(conn, proc.Pid)
 	time.Sleep(time.Second) // the child waits for the lock
 	inst.Stop()             // the predecessor refuses it
 	time.Sleep(500 * time.Millisecond)
@@ -1017,7 +1016,6 @@ func TestPassedConnsKeptByPredecessor(t *testing.T) {
 	if err := gone.Run(); err != nil {
 		t.Fatal(err)
 	}
-	inst.predPID = gone.Process.Pid
 	pred, succ := socketPair(t)
 	defer succ.Close()
 	f, err := os.Open(os.DevNull)
@@ -1034,7 +1032,7 @@ func TestPassedConnsKeptByPredecessor(t *testing.T) {
 		refuse(pred, "the predecessor keeps them")
 		sent <- err
 	}()
-	batch, err := inst.receiveConns(&Client{Timeout: -1}, succ)
+	batch, err := inst.receiveConns(&Client{Timeout: -1}, &predecessor{conn: succ, pid: gone.Process.Pid})
 	if err := <-sent; err != nil {
 		t.Fatal(err)
 	}
@@ -1230,4 +1228,27 @@ func TestSuccessorsOfDeadPredecessor(t *testing.T) {
 		t.Errorf("the Restart's child serves too: %s\n%s", l, c.output())
 	}
 	syscall.Kill(kids[0], syscall.SIGKILL)
+}
+
+// predPID returns the pid of the predecessor, 0 for none or once Ready
+// succeeded.
+func (in *Instance) predPID() (pid int) {
+	in.call(func(m *machine) {
+		if m.pred != nil {
+			pid = m.pred.pid
+		}
+	})
+	return pid
+}
+
+// blockLoop holds the instance's loop until release is called: the
+// instance is slow to decide.
+func (in *Instance) blockLoop() (release func()) {
+	held, free := make(chan struct{}), make(chan struct{})
+	go in.call(func(*machine) {
+		close(held)
+		<-free
+	})
+	<-held
+	return func() { close(free) }
 }

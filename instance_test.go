@@ -106,7 +106,7 @@ func instanceMain(args []string) error {
 			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 			err := d.Drain(ctx)
 			cancel()
-			say("exit successor=%d %v", inst.Successor(), err)
+			say("exit successor=%d %v", inst.SuccessorPID(), err)
 			return err
 		}
 	}
@@ -696,7 +696,7 @@ func TestInstanceInProcess(t *testing.T) {
 	c.expect("started counter=42")
 	c.expect("ready 5")
 	<-inst.Done()
-	if got := inst.Successor(); got != c.cmd.Process.Pid {
+	if got := inst.SuccessorPID(); got != c.cmd.Process.Pid {
 		t.Errorf("Successor() = %d, want %d", got, c.cmd.Process.Pid)
 	}
 	// The test's listeners and the successor's share the sockets: after

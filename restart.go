@@ -4,7 +4,6 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
-	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -17,13 +16,14 @@ import (
 // nil once the successor is ready (its Ready succeeded, and Done is closed).
 // It returns an error if the successor exits before it is ready (a process
 // that lives on with its connection, as a wrapper's background job, is
-// waited for), or is not ready within Config.Timeout (to start) and
-// Config.ReadyTimeout (then it is killed); this instance serves on all
-// along, as if nothing had happened. Restart blocks until then; one Restart
-// runs at a time, and only between Ready and Done (otherwise it fails with
-// ErrInstanceState). If another successor (started beside, by a deploy) is
-// ready first, Restart returns nil too; the one it started is then refused,
-// and gives up.
+// waited for), or is not ready within Config.ReadyTimeout (then it is
+// killed); this instance serves on all along, as if nothing had happened.
+// Restart blocks until then: run it in a goroutine of its own, so that
+// signals are handled meanwhile. It works only between Ready and Done
+// (otherwise it fails with ErrInstanceState). If another successor (started
+// beside, by a deploy) is ready first, Restart returns nil too; the one it
+// started is then refused, and killed. Stop, or another Restart, calls it
+// off: its successor is killed, and it fails with ErrAborted.
 //
 // The successor gets this instance's sockets at exec, as in a fork/exec
 // restart and as fast, with the environment variable GRACEFUL_INHERIT
@@ -40,132 +40,13 @@ import (
 // system can name it (/proc/self/exe on Linux); elsewhere Restart fails
 // then, and this instance serves on.
 func (in *Instance) Restart() error {
-	in.mu.Lock()
-	if in.phase != serving || in.restart {
-		in.mu.Unlock()
-		return fmt.Errorf("graceful: Restart: %w", ErrInstanceState)
-	}
-	in.restart = true
-	in.mu.Unlock()
-	defer func() {
-		in.mu.Lock()
-		in.restart = false
-		in.mu.Unlock()
-	}()
-
 	exe, err := executable()
 	if err != nil {
 		return fmt.Errorf("graceful: Restart: %w", err)
 	}
-	// The child's hand-over counts as served from now on: Stop waits for
-	// it, and one that came first leaves no child to start.
-	in.mu.Lock()
-	if in.phase != serving {
-		in.mu.Unlock()
-		return fmt.Errorf("graceful: Restart: %w", ErrInstanceState)
-	}
-	in.serveWG.Add(1)
-	in.mu.Unlock()
-	proc, conn, err := in.startChild(exe)
-	if err != nil {
-		in.serveWG.Done()
-		return fmt.Errorf("graceful: Restart: %w", err)
-	}
-	pid := proc.Pid
-	failed := make(chan error, 1)
-	in.mu.Lock()
-	in.restarting = restarting{conn: conn, failed: failed}
-	in.mu.Unlock()
-	defer func() {
-		in.mu.Lock()
-		in.restarting = restarting{}
-		in.mu.Unlock()
-	}()
-	go in.serveChild(conn, pid)
-	exited := make(chan error, 1)
-	go func() {
-		st, err := proc.Wait()
-		if err == nil && !st.Success() {
-			err = errors.New(st.String())
-		}
-		exited <- err
-	}()
-	// The successor's predecessor, this instance, gives up on it
-	// ReadyTimeout after its hand-over: give it the time to start first.
-	bound := in.readyTimeout + max(in.timeout, 0)
-	timer := time.NewTimer(bound)
-	defer timer.Stop()
-	var reason error
-	exitedEarly := func(err error, why error) error {
-		if err == nil {
-			err = errors.New("exit status 0")
-		}
-		if why != nil {
-			return fmt.Errorf("graceful: Restart: successor pid %d exited before it was ready: %v (%w)", pid, err, why)
-		}
-		return fmt.Errorf("graceful: Restart: successor pid %d exited before it was ready: %v", pid, err)
-	}
-	var exitErr error
-	hasExited := false
-wait:
-	for {
-		select {
-		case <-in.done:
-			break wait
-		case exitErr = <-exited:
-			hasExited, exited = true, nil
-			if in.tookOver() {
-				break wait
-			}
-			// The program may live on in a process of its own (a wrapper
-			// started it in the background): its hand-over decides, and
-			// ends at once if nobody holds the connection any more.
-		case reason = <-failed:
-			if errors.Is(reason, errGone) && !hasExited {
-				// It is exiting: its status says more.
-				select {
-				case exitErr = <-exited:
-					hasExited = true
-				case <-timer.C:
-				}
-			}
-			if errors.Is(reason, errGone) && hasExited {
-				return exitedEarly(exitErr, reason)
-			}
-			break wait
-		case <-timer.C:
-			reason = fmt.Errorf("%w: not ready after %v (%w)", ErrAborted, bound, os.ErrDeadlineExceeded)
-			// The hand-over's own deadline, no later than this one,
-			// decides: a Ready read just now commits.
-			select {
-			case <-in.done:
-			case <-failed:
-			}
-			break wait
-		}
-	}
-	kill := func() {
-		if !hasExited {
-			proc.Kill()
-			<-exited
-		}
-	}
-	if in.committedTo(conn) {
-		return nil
-	} else if in.tookOver() {
-		// Another successor came first: this one is refused, and goes.
-		kill()
-		return nil
-	}
-	// Given up on (this instance refused it already, so it cannot commit
-	// now), or this instance stopped meanwhile: a successor that carried
-	// on would take over from nobody, or from an instance that gave up on
-	// it.
-	kill()
-	if reason == nil {
-		reason = fmt.Errorf("%w: stopped", ErrAborted)
-	}
-	return fmt.Errorf("graceful: Restart: successor pid %d: %w", pid, reason)
+	reply := make(chan error, 1)
+	in.call(func(m *machine) { m.restartRequest(exe, reply) })
+	return <-reply
 }
 
 // statePIDEnv set to 1 asks a successor that Restart starts to state its
@@ -177,41 +58,161 @@ wait:
 // one, never sets it.
 const statePIDEnv = "GRACEFUL_STATE_PID"
 
-// restarting is the successor a Restart waits for, by the connection of
-// its hand-over (its pid may be a wrapper's, and reused once it is gone).
-type restarting struct {
-	conn   *net.UnixConn
-	failed chan<- error // why its hand-over failed
+// restartOp is a Restart under way: the successor it started, known by
+// the connection of its hand-over (its pid may be a wrapper's, and reused
+// once it is gone), and the process started.
+type restartOp struct {
+	m     *machine
+	s     *successor
+	proc  *os.Process
+	reply chan error // Restart's answer; nil once given
+
+	decided  bool  // the outcome is known: result
+	result   error //
+	kill     bool  // the process is to end before Restart returns
+	exited   bool
+	exitErr  error
+	detached bool // committed: its exit is not waited for
 }
 
-// handOverFailed tells a Restart waiting for the successor at conn that its
-// hand-over failed, and reports whether one did: that Restart returns the
-// error, else the caller logs it.
-func (in *Instance) handOverFailed(conn *net.UnixConn, err error) bool {
-	in.mu.Lock()
-	defer in.mu.Unlock()
-	if in.restarting.conn == conn && conn != nil {
-		select {
-		case in.restarting.failed <- err:
-			return true
-		default:
+// restartRequest is Restart on the loop: it starts the successor.
+func (m *machine) restartRequest(exe string, reply chan error) {
+	if m.phase != serving {
+		reply <- fmt.Errorf("graceful: Restart: %w", ErrInstanceState)
+		return
+	}
+	if op := m.restart; op != nil {
+		// Signalled again (a fixed binary deployed, say): the successor
+		// not ready yet goes, and the newer one is started.
+		op.decide(fmt.Errorf("graceful: Restart: successor pid %d: %w: another Restart superseded it", op.s.pid, ErrAborted), true)
+	}
+	s, proc, err := m.startSuccessor(exe)
+	if err != nil {
+		reply <- fmt.Errorf("graceful: Restart: %w", err)
+		return
+	}
+	op := &restartOp{m: m, s: s, proc: proc, reply: reply}
+	m.restart = op
+	in := m.in
+	m.spawn(func() {
+		st, err := proc.Wait()
+		if err == nil && !st.Success() {
+			err = errors.New(st.String())
+		}
+		in.post(func(m *machine) { op.childExited(err) })
+	})
+}
+
+// startSuccessor starts exe with this instance's sockets, and waits for
+// its Ready as for a successor that connected.
+func (m *machine) startSuccessor(exe string) (*successor, *os.Process, error) {
+	proc, conn, err := m.startChild(exe)
+	if err != nil {
+		return nil, nil, err
+	}
+	// The loop sets the deadline, so that its own past one, to call the
+	// hand-over off, is never undone.
+	conn.SetReadDeadline(time.Now().Add(m.in.readyTimeout))
+	s := &successor{conn: conn, pid: proc.Pid}
+	m.pending[s] = true
+	in := m.in
+	m.spawn(func() {
+		pid, err := in.awaitReady(conn)
+		in.post(func(m *machine) { m.successorDone(s, pid, err) })
+	})
+	return s, proc, nil
+}
+
+// decide sets the outcome of the Restart, which returns it once the
+// process started has ended if it is to be killed, else at once.
+func (op *restartOp) decide(err error, kill bool) {
+	if op.decided {
+		return
+	}
+	op.decided, op.result, op.kill = true, err, kill
+	if op.m.restart == op {
+		op.m.restart = nil
+	}
+	if kill {
+		if pending := op.m.pending[op.s]; pending {
+			// Its Ready is not to commit now.
+			delete(op.m.pending, op.s)
+			refuse(op.s.conn, op.m.whyRefused(errFinished))
+			op.s.conn.SetDeadline(time.Unix(1, 0))
+		}
+		if !op.exited {
+			op.proc.Kill()
 		}
 	}
-	return false
+	op.answer()
 }
 
-// committedTo reports whether the successor at conn has committed.
-func (in *Instance) committedTo(conn *net.UnixConn) bool {
-	in.mu.Lock()
-	defer in.mu.Unlock()
-	return in.succ != nil && in.succ.conn == conn
+// answer gives Restart its outcome once there is nothing more to wait for.
+func (op *restartOp) answer() {
+	if op.reply == nil || !op.decided || op.kill && !op.exited {
+		return
+	}
+	op.reply <- op.result
+	op.reply = nil
 }
 
-// tookOver reports whether a successor has committed.
-func (in *Instance) tookOver() bool {
-	in.mu.Lock()
-	defer in.mu.Unlock()
-	return in.succ != nil
+// committed is a successor's commit while the Restart is under way: its
+// own, or another's (started beside), which the one started loses to.
+func (op *restartOp) committed(s *successor) {
+	if s != op.s {
+		op.decide(nil, true)
+		return
+	}
+	op.decide(nil, false)
+	// It serves now: its end is not this instance's to wait for.
+	op.detached = true
+	op.m.links--
+}
+
+// linkFailed is the failure of the hand-over of the successor started.
+func (op *restartOp) linkFailed(err error) {
+	if op.decided {
+		return
+	}
+	switch {
+	case !errors.Is(err, errGone):
+		op.decide(fmt.Errorf("graceful: Restart: successor pid %d: %w", op.s.pid, err), true)
+	case op.exited:
+		op.decide(op.exitedEarly(err), false)
+	default:
+		// It is exiting: its status says more. Timeout at most.
+		time.AfterFunc(max(op.m.in.timeout, time.Second), func() {
+			op.m.in.post(func(*machine) {
+				op.decide(fmt.Errorf("graceful: Restart: successor pid %d: %w", op.s.pid, err), true)
+			})
+		})
+		op.result = err // for childExited
+	}
+}
+
+// childExited is the end of the process started.
+func (op *restartOp) childExited(err error) {
+	op.exited, op.exitErr = true, err
+	if !op.detached {
+		op.m.linkEnded()
+	}
+	if !op.decided && op.result != nil {
+		// Its hand-over failed first: it went away, and now it exited.
+		op.decide(op.exitedEarly(op.result), false)
+		return
+	}
+	// Else its hand-over decides: a program started in the background
+	// (by a wrapper that exited) may live on.
+	op.answer()
+}
+
+// exitedEarly is the error of a successor that exited before its Ready.
+func (op *restartOp) exitedEarly(why error) error {
+	err := op.exitErr
+	if err == nil {
+		err = errors.New("exit status 0")
+	}
+	return fmt.Errorf("graceful: Restart: successor pid %d exited before it was ready: %v (%w)", op.s.pid, err, why)
 }
 
 // startedAs is the path the program was started by, taken when it

@@ -24,7 +24,7 @@ const inheritEnv = "GRACEFUL_INHERIT"
 // startChild starts exe as a successor, with this program's arguments and
 // environment, its standard output and error, and this instance's sockets.
 // It returns the process and this end of the hand-over's connection.
-func (in *Instance) startChild(exe string) (*os.Process, *net.UnixConn, error) {
+func (m *machine) startChild(exe string) (*os.Process, *net.UnixConn, error) {
 	pair, err := streamPair()
 	if err != nil {
 		return nil, nil, os.NewSyscallError("socketpair", err)
@@ -41,7 +41,7 @@ func (in *Instance) startChild(exe string) (*os.Process, *net.UnixConn, error) {
 			closeFd(fd)
 		}
 	}()
-	metas, err := in.dupHandedOn(&fds)
+	metas, err := dupHandedOn(m.snapshot(), &fds)
 	if err != nil {
 		conn.Close()
 		return nil, nil, err
@@ -77,13 +77,10 @@ func (in *Instance) startChild(exe string) (*os.Process, *net.UnixConn, error) {
 }
 
 // dupHandedOn duplicates the descriptors of the hand-over socket and of
-// every object this instance hands on, appending them to fds, and returns
-// their metas, base64.
-func (in *Instance) dupHandedOn(fds *[]int) ([]string, error) {
-	in.mu.Lock()
-	out, state, ln := slices.Clone(in.out), in.outState, in.handover
-	in.mu.Unlock()
-	out = append([]handedOn{{meta: handoverMeta(state), obj: ln}}, out...)
+// every object of snap, appending them to fds, and returns their metas,
+// base64.
+func dupHandedOn(snap *snapshot, fds *[]int) ([]string, error) {
+	out := append([]handedOn{{meta: handoverMeta(snap.state), obj: snap.handover}}, snap.out...)
 	var metas []string
 	for _, h := range out {
 		fd, err := dupObject(h.obj)

@@ -2,7 +2,12 @@ package graceful
 
 import (
 	"encoding/binary"
+	"errors"
 	"fmt"
+	"io"
+	"net"
+	"syscall"
+	"time"
 )
 
 // The wire format; the package doc describes it.
@@ -111,4 +116,57 @@ func parseAck(b []byte, v byte) (status byte, msgLen int, err error) {
 		return 0, 0, fmt.Errorf("%w: refusal of %d bytes", ErrProtocol, msgLen)
 	}
 	return b[1], msgLen, nil
+}
+
+// The restart layer's messages have the layout of a reply, followed by
+// their text: a successor's ready message (statusReady, its pid if its
+// predecessor asked for it), a predecessor's commit (statusOK) or refusal
+// (statusRefused, the reason), and the commit of passed connections.
+// docs/PROTOCOL.md describes them.
+
+// errNoReply is a connection closed before the first byte of a reply.
+var errNoReply = fmt.Errorf("closed without a reply: %w", io.ErrUnexpectedEOF)
+
+// writeReply writes a message of the restart layer on conn, a status and
+// its text, by deadline (none for the zero time).
+func writeReply(conn net.Conn, deadline time.Time, status byte, text string) error {
+	if len(text) > maxRefusal {
+		text = text[:maxRefusal]
+	}
+	b := make([]byte, ackLen, ackLen+len(text))
+	putAck(b, version, status, len(text))
+	conn.SetWriteDeadline(deadline)
+	defer conn.SetWriteDeadline(time.Time{})
+	_, err := conn.Write(append(b, text...))
+	return err
+}
+
+// readReply reads a message of the restart layer: its status and text.
+// Plain reads: descriptors sent along would be closed by the kernel.
+func readReply(r io.Reader) (byte, []byte, error) {
+	var head [ackLen]byte
+	n, err := io.ReadFull(r, head[:])
+	if n == 0 && (err == io.EOF || errors.Is(err, syscall.ECONNRESET)) {
+		return 0, nil, errNoReply
+	}
+	if err != nil {
+		return 0, nil, err
+	}
+	if head[0] != version || head[1] > statusReady {
+		return 0, nil, fmt.Errorf("%w: % x instead of a reply", ErrProtocol, head)
+	}
+	text := make([]byte, binary.BigEndian.Uint16(head[2:]))
+	if len(text) > maxRefusal || head[1] == statusOK && len(text) != 0 {
+		return 0, nil, fmt.Errorf("%w: reply status %d with %d bytes", ErrProtocol, head[1], len(text))
+	}
+	if _, err := io.ReadFull(r, text); err != nil {
+		return 0, nil, err
+	}
+	return head[1], text, nil
+}
+
+// refuse tells the instance at the other end of conn, at most a second
+// from now, that it will not take over, or keep what it got.
+func refuse(conn net.Conn, reason string) {
+	writeReply(conn, time.Now().Add(time.Second), statusRefused, reason)
 }

@@ -82,7 +82,7 @@ func run(cfg graceful.Config, listen string, drainTimeout time.Duration) error {
 	case sig := <-stop:
 		logger.Printf("signal %v: draining", sig)
 	case <-inst.Done(): // a successor is ready, or Ready failed
-		if pid := inst.Successor(); pid != 0 {
+		if pid := inst.SuccessorPID(); pid != 0 {
 			logger.Printf("handed over to pid %d; draining", pid)
 		}
 	}

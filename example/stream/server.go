@@ -138,7 +138,7 @@ func (srv *server) receive(inst *graceful.Instance, ready time.Time, restore fun
 // still passes. Those that cannot be passed are served on here.
 func (srv *server) handOver(inst *graceful.Instance) {
 	start := time.Now()
-	succ := inst.Successor()
+	succ := inst.SuccessorPID()
 	<-srv.acceptDone
 	queue := make(chan []*session, 2)
 	srv.mu.Lock()
@@ -218,7 +218,7 @@ func (srv *server) pass(inst *graceful.Instance, queue <-chan []*session) (st pa
 			}
 		}
 		if err := inst.PassConns(conns); err != nil {
-			srv.logger.Printf("handing %d connections to pid %d failed, serving them on here: %v", len(batch), inst.Successor(), err)
+			srv.logger.Printf("handing %d connections to pid %d failed, serving them on here: %v", len(batch), inst.SuccessorPID(), err)
 			srv.mu.Lock()
 			srv.failed = true
 			srv.mu.Unlock()
