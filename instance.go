@@ -179,7 +179,7 @@ func (m *machine) abandon() {
 	if m.handover != nil {
 		m.handover.Close()
 	}
-	if m.pred != nil {
+	if m.pred != nil && m.pred.conn != nil {
 		// Gone without its Ready: its predecessor serves on.
 		m.pred.refuse("it failed to start")
 		m.pred.conn.Close()
