@@ -176,6 +176,9 @@ func (m *machine) predAnswered(err error) {
 		return // stopped meanwhile
 	}
 	if m.ready == nil {
+		if err == nil {
+			err = fmt.Errorf("%w: a commit before Ready", ErrProtocol)
+		}
 		if errors.Is(err, errPredDied) {
 			m.early = err // Ready serves alone
 			return
@@ -236,8 +239,7 @@ func (m *machine) beginStop() {
 		m.pred.conn.Close()
 	}
 	for s := range m.pending {
-		// Interrupted, its hand-over ends with a refusal.
-		s.conn.SetDeadline(time.Unix(1, 0))
+		m.callOff(s)
 	}
 	for _, t := range m.queue {
 		t.grant <- nil

@@ -113,7 +113,7 @@ func (m *machine) startSuccessor(exe string) (*successor, *os.Process, error) {
 	// The loop sets the deadline, so that its own past one, to call the
 	// hand-over off, is never undone.
 	conn.SetReadDeadline(time.Now().Add(m.in.readyTimeout))
-	s := &successor{conn: conn, pid: proc.Pid}
+	s := &successor{conn: conn, pid: proc.Pid, handed: true}
 	m.pending[s] = true
 	in := m.in
 	m.spawn(func() {
@@ -134,11 +134,8 @@ func (op *restartOp) decide(err error, kill bool) {
 		op.m.restart = nil
 	}
 	if kill {
-		if pending := op.m.pending[op.s]; pending {
-			// Its Ready is not to commit now.
-			delete(op.m.pending, op.s)
-			refuse(op.s.conn, op.m.whyRefused(errFinished))
-			op.s.conn.SetDeadline(time.Unix(1, 0))
+		if op.m.pending[op.s] {
+			op.m.callOff(op.s) // its Ready is not to commit now
 		}
 		if !op.exited {
 			op.proc.Kill()

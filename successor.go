@@ -23,6 +23,9 @@ type successor struct {
 	// pid is the successor's by its connection or, for one that Restart
 	// started, the process started; its ready message may state another.
 	pid int
+	// handed is set once the successor holds the sockets: from then on a
+	// refusal is what it reads next, not garbage inside a transfer.
+	handed bool
 }
 
 // snapshot is what a successor is handed: the hand-over socket, the state
@@ -108,6 +111,9 @@ func (in *Instance) serveSuccessor(s *successor) {
 			err = tr.run(func(tr *sender) error { return writeHandover(tr, snap) })
 		}
 		tr.close()
+		if err == nil {
+			in.post(func(m *machine) { s.handed = true })
+		}
 	}
 	var pid int
 	if err == nil {
@@ -209,12 +215,28 @@ func (m *machine) successorDone(s *successor, pid int, err error) {
 	} else if !errors.Is(err, errGone) {
 		// A successor that may still be waiting learns that this one
 		// gave up, and never takes it for dead.
-		refuse(s.conn, m.whyRefused(err))
+		m.refuse(s, m.whyRefused(err))
 	}
 	if err != nil {
 		s.conn.Close()
 		m.handOverFailed(s, err)
 	}
+}
+
+// refuse tells a successor that holds the sockets that it will not take
+// over; one that does not yet will find the connection closed.
+func (m *machine) refuse(s *successor, reason string) {
+	if s.handed {
+		refuse(s.conn, reason)
+	}
+}
+
+// callOff calls off the hand-over to a pending successor: it is refused,
+// and its goroutine interrupted (its end is then ignored).
+func (m *machine) callOff(s *successor) {
+	delete(m.pending, s)
+	m.refuse(s, m.whyRefused(errFinished))
+	s.conn.SetDeadline(time.Unix(1, 0))
 }
 
 // nextTurn gives the turn to the next successor waiting for it.
@@ -257,13 +279,13 @@ func (m *machine) handOverFailed(s *successor, err error) {
 // serves on, accepting again.
 func (m *machine) commit(s *successor) error {
 	if m.phase != serving {
-		refuse(s.conn, m.whyRefused(errFinished))
+		m.refuse(s, m.whyRefused(errFinished))
 		return fmt.Errorf("%w: stopped or handed over to another", ErrAborted)
 	}
 	// A spare descriptor keeps the socket, to serve on if need be.
 	spare, err := m.handover.File()
 	if err != nil {
-		refuse(s.conn, "cannot commit")
+		m.refuse(s, "cannot commit")
 		return fmt.Errorf("graceful: committing: %w", err)
 	}
 	defer spare.Close()
@@ -280,10 +302,8 @@ func (m *machine) commit(s *successor) error {
 	// lives: one that found the connection closed without a word would
 	// take this instance for dead, and serve too.
 	for other := range m.pending {
-		refuse(other.conn, m.whyRefused(nil))
-		other.conn.SetDeadline(time.Unix(1, 0))
+		m.callOff(other)
 	}
-	clear(m.pending)
 	for _, t := range m.queue {
 		t.grant <- nil
 	}
