@@ -1,0 +1,200 @@
+//go:build linux
+
+package graceful
+
+import (
+	"bytes"
+	"errors"
+	"log"
+	"net"
+	"os"
+	"slices"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// The state machine's cases that two instances in this process can show,
+// and those of Restart, whose successor is the test binary as "app".
+
+func init() {
+	// app is an instance that Restart starts: GRACEFUL_TEST_APP says what
+	// it does ("hang" after Start, else it serves until a successor takes
+	// over).
+	children["app"] = func(args []string) error {
+		inst, err := Start(Config{Socket: os.Getenv("GRACEFUL_TEST_SOCK")})
+		if err != nil {
+			return err
+		}
+		if os.Getenv("GRACEFUL_TEST_APP") == "hang" {
+			select {}
+		}
+		if _, err := inst.Listen("tcp", "127.0.0.1:0"); err != nil {
+			return err
+		}
+		if err := inst.Ready(); err != nil {
+			return err
+		}
+		<-inst.Done()
+		inst.Stop()
+		return nil
+	}
+}
+
+// syncLog is a log that a test reads while instances write it.
+type syncLog struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (l *syncLog) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.buf.Write(p)
+}
+
+// waitFor waits until the log has a line containing s.
+func (l *syncLog) waitFor(t *testing.T, s string) {
+	t.Helper()
+	for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(5 * time.Millisecond) {
+		l.mu.Lock()
+		found := strings.Contains(l.buf.String(), s)
+		l.mu.Unlock()
+		if found {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no %q in the log:\n%s", s, l.buf.String())
+		}
+	}
+}
+
+// A successor that serves but hangs before its Ready is given up on by its
+// predecessor (ReadyTimeout): the listener Listen handed it stops
+// accepting, so it keeps no share of the traffic, and its Ready fails.
+func TestAbandonedSuccessorStopsAccepting(t *testing.T) {
+	sock := sockPath(t)
+	var plog syncLog
+	pred := readyFirst(t, Config{Socket: sock, ReadyTimeout: 200 * time.Millisecond, ErrorLog: log.New(&plog, "", 0)})
+	pln, err := pred.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pln.Close()
+	succ, err := Start(Config{Socket: sock})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer succ.Stop()
+	ln, err := succ.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ln.Addr().String() != pln.Addr().String() {
+		t.Fatalf("the successor listens on %v, not on its predecessor's %v", ln.Addr(), pln.Addr())
+	}
+	accepted := make(chan error, 1)
+	go func() {
+		c, err := ln.Accept()
+		if err == nil {
+			c.Close()
+			err = errors.New("accepted a connection")
+		}
+		accepted <- err
+	}()
+	plog.waitFor(t, "not ready after")
+	select {
+	case err := <-accepted:
+		if !errors.Is(err, net.ErrClosed) {
+			t.Errorf("the abandoned successor's Accept: %v, want net.ErrClosed", err)
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("the abandoned successor still accepts")
+	}
+	if err := succ.Ready(); !errors.Is(err, ErrAborted) {
+		t.Errorf("the abandoned successor's Ready: %v, want ErrAborted", err)
+	}
+	select {
+	case <-pred.Done():
+		t.Error("the predecessor is done, though its successor was abandoned")
+	default:
+	}
+}
+
+// startRestart runs Restart of inst in a goroutine whose error the
+// returned channel receives, once its successor, the test binary as "app"
+// doing what, exists; it returns that successor's pid too.
+func startRestart(t *testing.T, inst *Instance, sock, what string) (<-chan error, int) {
+	t.Helper()
+	t.Setenv(childEnv, "app")
+	t.Setenv("GRACEFUL_TEST_APP", what)
+	t.Setenv("GRACEFUL_TEST_SOCK", sock)
+	before := childPids(t, os.Getpid())
+	errc := make(chan error, 1)
+	go func() { errc <- inst.Restart() }()
+	for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(2 * time.Millisecond) {
+		for _, pid := range childPids(t, os.Getpid()) {
+			if !slices.Contains(before, pid) {
+				return errc, pid
+			}
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("Restart started no successor")
+		}
+	}
+}
+
+// Stop calls off a Restart whose successor hangs at once, not after
+// ReadyTimeout: the successor is killed, Restart fails with ErrAborted.
+func TestStopCallsOffHungRestart(t *testing.T) {
+	sock := sockPath(t)
+	inst, err := Start(Config{Socket: sock, ReadyTimeout: time.Hour})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := inst.Ready(); err != nil {
+		t.Fatal(err)
+	}
+	errc, pid := startRestart(t, inst, sock, "hang")
+	stopped := make(chan struct{})
+	go func() {
+		inst.Stop()
+		close(stopped)
+	}()
+	select {
+	case <-stopped:
+	case <-time.After(30 * time.Second):
+		t.Fatal("Stop waits for the hung successor")
+	}
+	if err := <-errc; !errors.Is(err, ErrAborted) {
+		t.Errorf("Restart: %v, want ErrAborted", err)
+	}
+	if err := syscall.Kill(pid, 0); !errors.Is(err, syscall.ESRCH) {
+		t.Errorf("the hung successor, pid %d, lives on after Stop: kill(0) says %v", pid, err)
+	}
+}
+
+// A Restart while another waits for a hung successor calls it off: the
+// hung one is killed, the earlier Restart fails, and the newer successor
+// takes over at once.
+func TestRestartSupersedes(t *testing.T) {
+	sock := sockPath(t)
+	inst := readyFirst(t, Config{Socket: sock, ReadyTimeout: time.Hour})
+	hungErr, hung := startRestart(t, inst, sock, "hang")
+	goodErr, good := startRestart(t, inst, sock, "ready")
+	t.Cleanup(func() { syscall.Kill(good, syscall.SIGKILL) })
+	if err := <-goodErr; err != nil {
+		t.Fatalf("the newer Restart: %v", err)
+	}
+	if err := <-hungErr; !errors.Is(err, ErrAborted) || !strings.Contains(err.Error(), "superseded") {
+		t.Errorf("the earlier Restart: %v, want ErrAborted, superseded", err)
+	}
+	if got := inst.SuccessorPID(); got != good {
+		t.Errorf("SuccessorPID() = %d, want the newer successor's %d", got, good)
+	}
+	if err := syscall.Kill(hung, 0); !errors.Is(err, syscall.ESRCH) {
+		t.Errorf("the hung successor, pid %d, lives on: kill(0) says %v", hung, err)
+	}
+}
