@@ -330,4 +330,3 @@ func (in *Instance) deadline() time.Time {
 	}
 	return time.Now().Add(in.timeout)
 }
-
