@@ -50,7 +50,7 @@ func writable(string) error      { return errUnsupported }
 
 const inheritEnv = "GRACEFUL_INHERIT"
 
-func (*Instance) startChild(string) (*os.Process, *net.UnixConn, error) {
+func (*machine) startChild(string) (*os.Process, *net.UnixConn, error) {
 	return nil, nil, errUnsupported
 }
 

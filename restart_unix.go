@@ -25,17 +25,7 @@ const inheritEnv = "GRACEFUL_INHERIT"
 // environment, its standard output and error, and this instance's sockets.
 // It returns the process and this end of the hand-over's connection.
 func (m *machine) startChild(exe string) (*os.Process, *net.UnixConn, error) {
-	pair, err := streamPair()
-	if err != nil {
-		return nil, nil, os.NewSyscallError("socketpair", err)
-	}
-	c, err := FdConn(pair[0])
-	if err != nil {
-		closeFd(pair[1])
-		return nil, nil, err
-	}
-	conn := c.(*net.UnixConn)
-	fds := []int{pair[1]}
+	var fds []int
 	defer func() {
 		for _, fd := range fds {
 			closeFd(fd)
@@ -43,20 +33,46 @@ func (m *machine) startChild(exe string) (*os.Process, *net.UnixConn, error) {
 	}()
 	metas, err := dupHandedOn(m.snapshot(), &fds)
 	if err != nil {
-		conn.Close()
 		return nil, nil, err
 	}
-	devNull, err := os.Open(os.DevNull)
+	pid, conn, err := execSuccessor(exe, os.Environ(), metas, fds)
+	if err != nil {
+		return nil, nil, err
+	}
+	proc, err := os.FindProcess(pid)
 	if err != nil {
 		conn.Close()
 		return nil, nil, err
 	}
+	return proc, conn, nil
+}
+
+// execSuccessor starts exe as a successor, with this program's arguments,
+// env, its standard output and error, and the descriptors fds, which metas
+// describe (they stay the caller's). It returns the successor's pid and this
+// end of the hand-over's connection.
+func execSuccessor(exe string, env, metas []string, fds []int) (int, *net.UnixConn, error) {
+	pair, err := streamPair()
+	if err != nil {
+		return 0, nil, os.NewSyscallError("socketpair", err)
+	}
+	defer closeFd(pair[1])
+	c, err := FdConn(pair[0])
+	if err != nil {
+		return 0, nil, err
+	}
+	conn := c.(*net.UnixConn)
+	devNull, err := os.Open(os.DevNull)
+	if err != nil {
+		conn.Close()
+		return 0, nil, err
+	}
 	defer devNull.Close()
-	files := []uintptr{devNull.Fd(), 1, 2}
+	files := []uintptr{devNull.Fd(), 1, 2, uintptr(pair[1])}
 	for _, fd := range fds {
 		files = append(files, uintptr(fd))
 	}
-	env := slices.DeleteFunc(os.Environ(), func(e string) bool {
+	env = slices.DeleteFunc(slices.Clone(env), func(e string) bool {
 		return strings.HasPrefix(e, inheritEnv+"=") || strings.HasPrefix(e, statePIDEnv+"=")
 	})
 	env = append(env, inheritEnv+"="+strconv.Itoa(os.Getpid())+";"+socketID(pair[1])+";"+strings.Join(metas, ","), statePIDEnv+"=1")
@@ -66,14 +82,9 @@ func (m *machine) startChild(exe string) (*os.Process, *net.UnixConn, error) {
 	pid, err := syscall.ForkExec(exe, argv, &syscall.ProcAttr{Env: env, Files: files})
 	if err != nil {
 		conn.Close()
-		return nil, nil, &os.PathError{Op: "fork/exec", Path: exe, Err: err}
+		return 0, nil, &os.PathError{Op: "fork/exec", Path: exe, Err: err}
 	}
-	proc, err := os.FindProcess(pid)
-	if err != nil {
-		conn.Close()
-		return nil, nil, err
-	}
-	return proc, conn, nil
+	return pid, conn, nil
 }
 
 // dupHandedOn duplicates the descriptors of the hand-over socket and of
