@@ -45,6 +45,15 @@ type Config struct {
 	// (the instance serves on) but for a Restart's, which Restart returns;
 	// nothing is logged otherwise.
 	ErrorLog *log.Logger
+	// KeepPID keeps the process started for as long as the service runs,
+	// as a container's init (pid 1) or a process manager needs: Start
+	// never returns in it. It starts the instances, forwards them its
+	// signals (SIGHUP restarts, SIGTERM and SIGINT stop), reaps every
+	// child, and starts a new instance with its copy of the sockets if the
+	// serving one dies. It then exits with the last instance's status. It
+	// is on by itself in a process of pid 1. Linux only: elsewhere Start
+	// fails with an error matching errors.ErrUnsupported.
+	KeepPID bool
 }
 
 // Errors of the restart layer.
@@ -138,6 +147,9 @@ func Start(cfg Config) (*Instance, error) {
 	if isAbstract(cfg.Socket) {
 		// The start lock lives beside the socket's file.
 		return nil, fmt.Errorf("graceful: Config.Socket %s: a path is needed, not an abstract name: %w", cfg.Socket, syscall.EINVAL)
+	}
+	if keeping(cfg) {
+		return nil, keep(cfg) // returns only if it cannot keep
 	}
 	in := &Instance{
 		cfg:          cfg,
@@ -245,6 +257,11 @@ func (m *machine) listen(kind, network, address string) (any, error) {
 		ul.SetUnlinkOnClose(false)
 	}
 	m.out = append(m.out, handedOn{key: key, meta: Meta{"kind": kind, "network": network, "address": address}, obj: obj})
+	if m.phase == serving {
+		if err := tellKeeper(m.snapshot()); err != nil {
+			m.in.logf("telling the keeper: %v", err)
+		}
+	}
 	return obj, nil
 }
 

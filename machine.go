@@ -118,6 +118,9 @@ func (m *machine) start() {
 	ln := m.handover
 	m.spawn(func() { m.in.acceptSuccessors(ln) })
 	in := m.in
+	if err := tellKeeper(m.snapshot()); err != nil {
+		in.logf("telling the keeper: %v", err)
+	}
 	if in.cfg.PIDFile != "" {
 		if err := writePIDFile(in.cfg.PIDFile); err != nil {
 			// Committed already: failing now would leave nobody serving.

@@ -255,3 +255,10 @@ func closeInts(first, last int) {
 		closeFd(fd)
 	}
 }
+
+// closeAll closes the descriptors fds.
+func closeAll(fds []int) {
+	for _, fd := range fds {
+		closeFd(fd)
+	}
+}

@@ -35,7 +35,7 @@ func (m *machine) startChild(exe string) (*os.Process, *net.UnixConn, error) {
 	if err != nil {
 		return nil, nil, err
 	}
-	pid, conn, err := execSuccessor(exe, os.Environ(), metas, fds)
+	pid, conn, err := execSuccessor(exe, os.Environ(), os.Getpid(), metas, fds)
 	if err != nil {
 		return nil, nil, err
 	}
@@ -47,11 +47,11 @@ func (m *machine) startChild(exe string) (*os.Process, *net.UnixConn, error) {
 	return proc, conn, nil
 }
 
-// execSuccessor starts exe as a successor, with this program's arguments,
-// env, its standard output and error, and the descriptors fds, which metas
-// describe (they stay the caller's). It returns the successor's pid and this
-// end of the hand-over's connection.
-func execSuccessor(exe string, env, metas []string, fds []int) (int, *net.UnixConn, error) {
+// execSuccessor starts exe as a successor of the instance pred, with this
+// program's arguments, env, its standard output and error, and the
+// descriptors fds, which metas describe (they stay the caller's). It
+// returns the successor's pid and this end of the hand-over's connection.
+func execSuccessor(exe string, env []string, pred int, metas []string, fds []int) (int, *net.UnixConn, error) {
 	pair, err := streamPair()
 	if err != nil {
 		return 0, nil, os.NewSyscallError("socketpair", err)
@@ -75,7 +75,7 @@ func execSuccessor(exe string, env, metas []string, fds []int) (int, *net.UnixCo
 	env = slices.DeleteFunc(slices.Clone(env), func(e string) bool {
 		return strings.HasPrefix(e, inheritEnv+"=") || strings.HasPrefix(e, statePIDEnv+"=")
 	})
-	env = append(env, inheritEnv+"="+strconv.Itoa(os.Getpid())+";"+socketID(pair[1])+";"+strings.Join(metas, ","), statePIDEnv+"=1")
+	env = append(env, inheritEnv+"="+strconv.Itoa(pred)+";"+socketID(pair[1])+";"+strings.Join(metas, ","), statePIDEnv+"=1")
 	argv := append([]string{os.Args[0]}, os.Args[1:]...)
 	// Not os/exec: it would put the descriptors in blocking mode, for the
 	// instance that shares them too.

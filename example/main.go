@@ -29,6 +29,7 @@ func main() {
 	drainTimeout := flag.Duration("drain-timeout", 30*time.Second, "how long an old instance may take to finish its requests")
 	flag.DurationVar(&cfg.Timeout, "handover-timeout", graceful.DefaultTimeout, "how long each step of a hand-over may wait for the other instance")
 	flag.DurationVar(&cfg.ReadyTimeout, "ready-timeout", graceful.DefaultReadyTimeout, "how long a successor may take to start serving")
+	flag.BoolVar(&cfg.KeepPID, "keep-pid", false, "keep the started process, and its pid, for the whole service (on by itself as pid 1, a container's init)")
 	flag.Parse()
 	if err := run(cfg, *listen, *drainTimeout); err != nil {
 		cfg.ErrorLog.Fatalf("exited: %v", err)
@@ -73,9 +74,13 @@ func run(cfg graceful.Config, listen string, drainTimeout time.Duration) error {
 				return // SIGHUP is ignored from now on
 			}
 			logger.Print("SIGHUP: restarting")
-			if err := inst.Restart(); err != nil {
-				logger.Printf("successor failed: %v", err)
-			}
+			// Not inline: another SIGHUP (a fixed binary deployed)
+			// supersedes a Restart under way, and SIGTERM calls it off.
+			restarts.Go(func() {
+				if err := inst.Restart(); err != nil {
+					logger.Printf("successor failed: %v", err)
+				}
+			})
 		}
 	})
 	select {

@@ -1,0 +1,506 @@
+package graceful
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"os/signal"
+	"runtime/debug"
+	"slices"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// This file is the keeper: the process a service was started as, when it
+// is a container's init (pid 1) or Config.KeepPID is set. It lives exactly
+// as long as the service. It starts the first instance, forwards signals
+// to the instance that serves, reaps every child and orphan, keeps a copy
+// of the serving instance's sockets, and starts a new instance with them
+// when one dies outside a hand-over.
+//
+// The instances tell it what happens as they tell systemd (sd_notify(3)):
+// their NOTIFY_SOCKET is the keeper's socket. READY=1 and MAINPID= say
+// which instance serves, STOPPING=1 that the service stops, and
+// X_GRACEFUL_SOCKETS= (with the descriptors) what to keep.
+
+// keeperEnv holds the keeper's socket address in the environment of the
+// instances it keeps: an instance that has it is kept, and keeps nothing.
+const keeperEnv = "GRACEFUL_KEEPER"
+
+// keeperSockets names the copies of the sockets an instance sends.
+const keeperSockets = "X_GRACEFUL_SOCKETS"
+
+// keeping reports whether Start runs the keeper in this process.
+func keeping(cfg Config) bool {
+	return os.Getenv(keeperEnv) == "" && (cfg.KeepPID || os.Getpid() == 1)
+}
+
+// keep runs this process as the keeper of the service, and exits with the
+// status of the instance that served last. It returns only if it cannot
+// start.
+func keep(cfg Config) error {
+	k, err := newKeeper(cfg)
+	if err != nil {
+		return fmt.Errorf("graceful: keeping the service: %w", err)
+	}
+	// What the application did before Start is of no more use here.
+	debug.FreeOSMemory()
+	os.Exit(k.run())
+	return nil
+}
+
+// keeper is the state of the keeper's loop, which owns it.
+type keeper struct {
+	cfg      Config
+	exe      string
+	env      []string // the instances' environment
+	addr     string   // the socket's address, abstract
+	sock     *net.UnixConn
+	self     *net.UnixConn // to the socket: barriers
+	msgs     chan keeperMsg
+	sigs     chan os.Signal
+	timedOut chan int // instances not ready in time
+
+	serving   int // the instance that serves, 0 if none
+	started   int // an instance started, not ready yet
+	readyAt   time.Time
+	served    bool // an instance has been ready
+	stopping  bool
+	over      bool // the service ended: exit once every child has
+	childless bool
+	status    int
+	batches   [][]exited // reaped, each waiting for its barrier
+	stored    []int      // copies of the serving instance's sockets
+	metas     []string   // their metas
+	storedBy  int        // the instance that sent them
+	delay     time.Duration
+	respawn   <-chan time.Time
+}
+
+// exited is a child process that ended, with its wait status.
+type exited struct {
+	pid int
+	ws  unix.WaitStatus
+}
+
+// keeperMsg is a notification, with its sender's credentials.
+type keeperMsg struct {
+	pid, uid int
+	vars     map[string]string
+	fds      []int
+}
+
+// forwarded are the signals the keeper passes to the serving instance.
+var forwarded = []os.Signal{syscall.SIGHUP, syscall.SIGINT, syscall.SIGTERM, syscall.SIGQUIT,
+	syscall.SIGUSR1, syscall.SIGUSR2, syscall.SIGWINCH}
+
+func newKeeper(cfg Config) (*keeper, error) {
+	if os.Getpid() != 1 {
+		// Orphans of the instances (a predecessor whose successor lives
+		// on) become this process's children, to forward signals to and
+		// to reap.
+		if err := unix.Prctl(unix.PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0); err != nil {
+			return nil, os.NewSyscallError("prctl", err)
+		}
+	}
+	exe, err := executable()
+	if err != nil {
+		return nil, err
+	}
+	k := &keeper{cfg: cfg, exe: exe, msgs: make(chan keeperMsg), sigs: make(chan os.Signal, 16), timedOut: make(chan int, 1)}
+	if err := k.listen(); err != nil {
+		return nil, err
+	}
+	k.env = slices.DeleteFunc(os.Environ(), func(e string) bool {
+		return strings.HasPrefix(e, "NOTIFY_SOCKET=") || strings.HasPrefix(e, keeperEnv+"=")
+	})
+	k.env = append(k.env, "NOTIFY_SOCKET="+k.addr, keeperEnv+"="+k.addr)
+	signal.Notify(k.sigs, append(forwarded, syscall.SIGCHLD)...)
+	go k.read()
+	return k, nil
+}
+
+// listen opens the socket the instances notify, in the abstract namespace
+// (no file to leave behind); it takes its senders' credentials.
+func (k *keeper) listen() error {
+	k.addr = "@graceful-keeper-" + strconv.Itoa(os.Getpid()) + "-" + strconv.FormatInt(time.Now().UnixNano(), 36)
+	sock, err := net.ListenUnixgram("unixgram", &net.UnixAddr{Name: k.addr, Net: "unixgram"})
+	if err != nil {
+		return err
+	}
+	rc, err := sock.SyscallConn()
+	if err == nil {
+		var serr error
+		err = rc.Control(func(fd uintptr) { serr = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_PASSCRED, 1) })
+		err = cmpErr(err, serr)
+	}
+	if err == nil {
+		k.self, err = net.DialUnix("unixgram", nil, &net.UnixAddr{Name: k.addr, Net: "unixgram"})
+	}
+	if err != nil {
+		sock.Close()
+		return err
+	}
+	k.sock = sock
+	return nil
+}
+
+func cmpErr(a, b error) error {
+	if a != nil {
+		return a
+	}
+	return b
+}
+
+// run is the keeper's loop; it returns the status to exit with.
+func (k *keeper) run() int {
+	if err := k.start(nil, nil); err != nil {
+		k.logf("starting the service: %v", err)
+		return 1
+	}
+	for !k.over || !k.childless {
+		select {
+		case sig := <-k.sigs:
+			k.signal(sig.(syscall.Signal))
+		case msg := <-k.msgs:
+			k.message(msg)
+		case pid := <-k.timedOut:
+			if pid == k.started {
+				unix.Kill(pid, unix.SIGKILL)
+			}
+		case <-k.respawn:
+			k.respawn = nil
+			k.restartService()
+		}
+	}
+	k.notify("STOPPING=1")
+	return k.status
+}
+
+// read passes the notifications to the loop.
+func (k *keeper) read() {
+	buf := make([]byte, 64<<10)
+	oob := make([]byte, unix.CmsgSpace(unix.SizeofUcred)+unix.CmsgSpace(4*maxBatch))
+	for {
+		n, oobn, _, _, err := k.sock.ReadMsgUnix(buf, oob)
+		if err != nil {
+			if errors.Is(err, net.ErrClosed) {
+				return
+			}
+			continue
+		}
+		k.msgs <- parseKeeperMsg(buf[:n], oob[:oobn])
+	}
+}
+
+// parseKeeperMsg reads a notification: "VAR=value" lines, the sender's
+// credentials and the descriptors attached.
+func parseKeeperMsg(b, oob []byte) keeperMsg {
+	msg := keeperMsg{pid: -1, vars: make(map[string]string)}
+	for _, line := range strings.Split(string(b), "\n") {
+		if name, value, ok := strings.Cut(line, "="); ok {
+			msg.vars[name] = value
+		}
+	}
+	cmsgs, _ := unix.ParseSocketControlMessage(oob)
+	for _, c := range cmsgs {
+		if cred, err := unix.ParseUnixCredentials(&c); err == nil {
+			msg.pid, msg.uid = int(cred.Pid), int(cred.Uid)
+		} else if fds, err := unix.ParseUnixRights(&c); err == nil {
+			msg.fds = append(msg.fds, fds...)
+		}
+	}
+	return msg
+}
+
+// message takes a notification from an instance, or the keeper's own
+// barrier.
+func (k *keeper) message(msg keeperMsg) {
+	if !k.trusted(msg) {
+		closeAll(msg.fds)
+		k.logf("ignored a notification from pid %d, uid %d", msg.pid, msg.uid)
+		return
+	}
+	if _, ok := msg.vars["BARRIER"]; ok {
+		k.settleExits()
+		return
+	}
+	if v, ok := msg.vars[keeperSockets]; ok {
+		closeAll(k.stored)
+		k.stored, k.metas, k.storedBy = msg.fds, strings.Split(v, ","), msg.pid
+		msg.fds = nil
+	}
+	closeAll(msg.fds)
+	pid, err := strconv.Atoi(msg.vars["MAINPID"])
+	if err != nil {
+		pid = msg.pid
+	}
+	switch {
+	case msg.vars["READY"] == "1":
+		k.ready(pid)
+	case msg.vars["MAINPID"] != "":
+		k.serving = pid // a predecessor's commit
+	}
+	if msg.vars["STOPPING"] == "1" && msg.pid == k.serving {
+		k.stopping = true
+	}
+}
+
+// trusted reports whether msg comes from this user (or root) and from this
+// process or one it started: the socket's name is not a secret.
+func (k *keeper) trusted(msg keeperMsg) bool {
+	if msg.uid != os.Geteuid() && msg.uid != 0 {
+		return false
+	}
+	for pid, i := msg.pid, 0; pid > 1 && i < 1<<16; i++ {
+		if pid == os.Getpid() {
+			return true
+		}
+		pid = parentOf(pid)
+	}
+	return false
+}
+
+// parentOf returns the parent of pid, 0 if unknown.
+func parentOf(pid int) int {
+	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
+	if err != nil {
+		return 0
+	}
+	// pid (comm) state ppid ...: comm may hold spaces and parentheses.
+	f := strings.Fields(string(b[bytes.LastIndexByte(b, ')')+1:]))
+	if len(f) < 2 {
+		return 0
+	}
+	ppid, _ := strconv.Atoi(f[1])
+	return ppid
+}
+
+// ready takes an instance's READY=1: it serves.
+func (k *keeper) ready(pid int) {
+	k.serving, k.readyAt = pid, time.Now()
+	if pid == k.started {
+		k.started = 0
+	}
+	k.respawn = nil // another serves: nothing to start
+	if !k.served {
+		k.served = true
+		// systemd knows this process as the service's main pid.
+		k.notify("READY=1\nMAINPID=" + strconv.Itoa(os.Getpid()))
+	}
+}
+
+// signal handles a signal: SIGCHLD reaps, the others go to the instance
+// that serves (or to the one starting).
+func (k *keeper) signal(sig syscall.Signal) {
+	if sig == syscall.SIGCHLD {
+		k.reap()
+		return
+	}
+	if sig == syscall.SIGTERM || sig == syscall.SIGINT {
+		k.stopping = true
+		k.respawn = nil
+	}
+	target := k.serving
+	if target == 0 {
+		target = k.started
+	}
+	if target != 0 {
+		unix.Kill(target, sig)
+	} else if k.stopping {
+		k.status, k.over = 0, true // nothing runs: nothing to stop
+	}
+}
+
+// reap collects every child that ended, and asks the socket for a
+// barrier: the notifications an instance sent before it ended are taken
+// first.
+func (k *keeper) reap() {
+	var batch []exited
+	for {
+		var ws unix.WaitStatus
+		pid, err := unix.Wait4(-1, &ws, unix.WNOHANG, nil)
+		if errors.Is(err, unix.EINTR) {
+			continue
+		}
+		k.childless = errors.Is(err, unix.ECHILD)
+		if err != nil || pid <= 0 {
+			break
+		}
+		batch = append(batch, exited{pid, ws})
+	}
+	if len(batch) > 0 {
+		k.batches = append(k.batches, batch)
+		k.self.Write([]byte("BARRIER=1"))
+	}
+}
+
+// settleExits takes the ends of the children reaped before the barrier.
+func (k *keeper) settleExits() {
+	if len(k.batches) == 0 {
+		return
+	}
+	batch := k.batches[0]
+	k.batches = k.batches[1:]
+	for _, e := range batch {
+		k.exited(e.pid, exitStatus(e.ws))
+	}
+}
+
+// exitStatus is a shell's: the exit status, or 128 and the signal.
+func exitStatus(ws unix.WaitStatus) int {
+	if ws.Signaled() {
+		return 128 + int(ws.Signal())
+	}
+	return ws.ExitStatus()
+}
+
+// exited takes the end of a child: of the serving instance, that of the
+// service if it stopped (or exited 0), else a crash; of an instance not
+// yet ready, a failed start. Other children (predecessors that drained)
+// are only reaped.
+func (k *keeper) exited(pid, status int) {
+	switch pid {
+	case k.serving:
+		k.serving = 0
+		if k.stopping || status == 0 {
+			k.status, k.over = status, true
+			return
+		}
+		k.crashed(pid, status, time.Since(k.readyAt) < time.Second)
+	case k.started:
+		k.started = 0
+		if k.stopping || !k.served {
+			k.status, k.over = status, true // the service could not start
+			return
+		}
+		k.crashed(pid, status, true)
+	}
+}
+
+// crashed starts another instance after one died: at once after a crash
+// of an instance that had served a while, later and later after each
+// quick one (100 ms, doubling to 30 s), never in a tight loop.
+func (k *keeper) crashed(pid, status int, quick bool) {
+	if k.serving != 0 {
+		return // another serves
+	}
+	k.status = status
+	if quick {
+		k.delay = min(max(2*k.delay, 100*time.Millisecond), 30*time.Second)
+	} else {
+		k.delay = 0
+	}
+	k.logf("instance pid %d died (status %d) outside a hand-over: starting another in %v", pid, status, k.delay)
+	k.respawn = time.After(k.delay)
+}
+
+// restartService starts an instance that takes over the copies of the
+// sockets, this process acting as its predecessor.
+func (k *keeper) restartService() {
+	if k.serving != 0 || k.stopping {
+		return
+	}
+	var dups []int
+	defer func() { closeAll(dups) }()
+	for _, fd := range k.stored {
+		dup, err := unix.FcntlInt(uintptr(fd), unix.F_DUPFD_CLOEXEC, 3)
+		if err != nil {
+			k.logf("restarting the service: %v", os.NewSyscallError("fcntl", err))
+			k.crashed(0, k.status, true)
+			return
+		}
+		dups = append(dups, dup)
+	}
+	if err := k.start(k.metas, dups); err != nil {
+		k.logf("restarting the service: %v", err)
+		k.crashed(0, k.status, true)
+	}
+}
+
+// start starts an instance: the first with nothing (it takes over from an
+// instance serving at Config.Socket, or is the first), or one given the
+// sockets of metas at exec.
+func (k *keeper) start(metas []string, fds []int) error {
+	if metas == nil {
+		pid, err := syscall.ForkExec(k.exe, os.Args, &syscall.ProcAttr{Env: k.env, Files: []uintptr{0, 1, 2}})
+		if err != nil {
+			return &os.PathError{Op: "fork/exec", Path: k.exe, Err: err}
+		}
+		k.started = pid
+		return nil
+	}
+	// Its predecessor is the instance that died: the start lock names it
+	// as the last that got ready.
+	pid, conn, err := execSuccessor(k.exe, k.env, k.storedBy, metas, fds)
+	if err != nil {
+		return err
+	}
+	k.started = pid
+	go k.commit(conn, pid)
+	return nil
+}
+
+// commit answers the ready message of an instance the keeper started with
+// the sockets, as a predecessor would; one not ready within ReadyTimeout
+// is killed.
+func (k *keeper) commit(conn *net.UnixConn, pid int) {
+	defer conn.Close()
+	wait := k.cfg.ReadyTimeout
+	if wait <= 0 {
+		wait = DefaultReadyTimeout
+	}
+	conn.SetReadDeadline(time.Now().Add(wait))
+	status, _, err := readReply(conn)
+	switch {
+	case err == nil && status == statusReady:
+		writeReply(conn, time.Now().Add(DefaultTimeout), statusOK, "")
+	case errors.Is(err, os.ErrDeadlineExceeded):
+		refuse(conn, "not ready in time")
+		k.timedOut <- pid
+	}
+}
+
+// notify tells systemd, if it started the keeper.
+func (k *keeper) notify(state string) {
+	if err := notify(state); err != nil {
+		k.logf("telling systemd: %v", err)
+	}
+}
+
+func (k *keeper) logf(format string, args ...any) {
+	if k.cfg.ErrorLog != nil {
+		k.cfg.ErrorLog.Printf("keeper: "+format, args...)
+	}
+}
+
+// tellKeeper sends the keeper, if this instance is kept, a copy of the
+// sockets it hands on, to start another instance with if this one dies.
+func tellKeeper(snap *snapshot) error {
+	addr := os.Getenv(keeperEnv)
+	if addr == "" {
+		return nil
+	}
+	var fds []int
+	defer func() { closeAll(fds) }()
+	// Not the state: the successor of a crash starts without.
+	keep := *snap
+	keep.state = nil
+	metas, err := dupHandedOn(&keep, &fds)
+	if err != nil {
+		return err
+	}
+	fd, err := unix.Socket(unix.AF_UNIX, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return os.NewSyscallError("socket", err)
+	}
+	defer unix.Close(fd)
+	msg := []byte(keeperSockets + "=" + strings.Join(metas, ","))
+	return os.NewSyscallError("sendmsg", unix.Sendmsg(fd, msg, unix.UnixRights(fds...), &unix.SockaddrUnix{Name: addr}, 0))
+}
