@@ -23,8 +23,14 @@ type fileLock struct {
 
 // lockFile takes the lock on path, waiting at most wait for another holder.
 // The file holds the pid of the last instance that got ready (record).
+// A file that another user owns or may open, or a symbolic link, is
+// refused at once (openLock): nobody else can hold the lock, so the wait
+// is only ever for an instance of this user.
 func lockFile(path string, wait time.Duration) (*fileLock, error) {
-	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o600)
+	f, err := openLock(path)
+	if _, ok := err.(*permError); ok {
+		return nil, err // says what the file is and what to do
+	}
 	if err != nil {
 		return nil, fmt.Errorf("graceful: the start lock beside Config.Socket: %w", err)
 	}

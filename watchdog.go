@@ -14,19 +14,37 @@ import (
 // deadline in the past. Until then it never touches the connection's
 // deadlines, so a caller's own deadline stays in force and as it was.
 //
+// The idle clock runs on this process's time as much as the peer's: if this
+// process was stopped (SIGSTOP, a debugger, a suspended VM) or starved of
+// CPU while it waited, its idle timer runs long after it was due, and the
+// peer's answer may be waiting in the socket buffer, unread. So a timer that
+// runs much later than due (more than lateSlack) does not interrupt: the
+// peer was not watched meanwhile, and it gets a fresh idle period from then.
+//
 // arm, disarm and stop are called by the one goroutine that makes the calls;
 // the timer and the context fire from others.
 type watchdog struct {
 	conn    net.Conn
 	idle    time.Duration
 	timer   *time.Timer
-	idleErr error         // the cause when the idle timer fires
-	fired   chan struct{} // receives once the idle timer's function has run
-	armed   bool          // the idle timer runs: between arm and disarm
+	idleErr error // the cause when the idle timer fires
 	stopCtx func() bool
 	mu      sync.Mutex
-	cause   error
-	stopped bool
+	// Guarded by mu: the idle timer's function acts only while armed
+	// (between arm and disarm) and once due (a run of an earlier arm's
+	// timer, late, finds a later due, or armed false).
+	armed     bool
+	due       time.Time // when the idle period ends, on the monotonic clock
+	idleFired bool      // the idle timer interrupted since arm
+	cause     error
+	stopped   bool
+}
+
+// lateSlack is how late the idle timer of a watchdog may run and still
+// blame the peer: a timer later than that tells of this process's own
+// stall.
+func lateSlack(idle time.Duration) time.Duration {
+	return max(idle/4, 100*time.Millisecond)
 }
 
 // newWatchdog returns nil when there is nothing to watch for.
@@ -37,11 +55,7 @@ func newWatchdog(ctx context.Context, conn net.Conn, idle time.Duration) *watchd
 	w := &watchdog{conn: conn, idle: idle}
 	if idle > 0 {
 		w.idleErr = fmt.Errorf("peer idle for %v: %w", idle, os.ErrDeadlineExceeded)
-		w.fired = make(chan struct{}, 1)
-		w.timer = time.AfterFunc(time.Hour, func() {
-			w.fire(w.idleErr)
-			w.fired <- struct{}{}
-		})
+		w.timer = time.AfterFunc(time.Hour, w.idleTimer)
 		w.timer.Stop()
 	}
 	if ctx.Done() != nil {
@@ -50,9 +64,35 @@ func newWatchdog(ctx context.Context, conn net.Conn, idle time.Duration) *watchd
 	return w
 }
 
+// idleTimer is the idle timer's function.
+func (w *watchdog) idleTimer() {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if !w.armed {
+		return // disarmed when it was due
+	}
+	now := time.Now()
+	if now.Before(w.due) {
+		return // a late run of an earlier arm's timer
+	}
+	if now.Sub(w.due) > lateSlack(w.idle) {
+		// This process was stopped or starved when the timer was
+		// due: the peer may have answered meanwhile, unseen.
+		w.due = now.Add(w.idle)
+		w.timer.Reset(w.idle)
+		return
+	}
+	w.idleFired = true
+	w.fireLocked(w.idleErr)
+}
+
 func (w *watchdog) fire(cause error) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
+	w.fireLocked(cause)
+}
+
+func (w *watchdog) fireLocked(cause error) {
 	if w.stopped || w.cause != nil {
 		return
 	}
@@ -63,7 +103,11 @@ func (w *watchdog) fire(cause error) {
 // arm starts the idle clock before a call that waits for the peer.
 func (w *watchdog) arm() {
 	if w != nil && w.timer != nil {
+		w.mu.Lock()
+		defer w.mu.Unlock()
 		w.armed = true
+		w.idleFired = false
+		w.due = time.Now().Add(w.idle)
 		w.timer.Reset(w.idle)
 	}
 }
@@ -96,19 +140,24 @@ func (w *watchdog) disarm(err error) error {
 	return err
 }
 
-// settle stops the idle timer, and reports whether it fired. If it did, it
-// waits until its function has run, so that it cannot set its deadline
-// later, during the next call.
+// settle stops the idle clock, and reports whether the idle timer fired
+// since arm. A run of its function that is under way, or comes later,
+// finds the clock stopped and does nothing, so that it cannot set its
+// deadline later, during the next call.
 func (w *watchdog) settle() (fired bool) {
+	if w.timer == nil {
+		return false
+	}
+	w.mu.Lock()
+	defer w.mu.Unlock()
 	if !w.armed {
 		return false
 	}
 	w.armed = false
-	if w.timer.Stop() {
-		return false
-	}
-	<-w.fired
-	return true
+	w.timer.Stop()
+	fired = w.idleFired
+	w.idleFired = false
+	return fired
 }
 
 // stop ends the watch. If the watchdog fired after the last call succeeded,

@@ -1,0 +1,202 @@
+//go:build linux
+
+package graceful
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"os/exec"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+func init() {
+	// Over the connection on descriptor 3, send a request and read the
+	// answer, each watched with the idle timeout args[0] (a duration), and
+	// say how it went: the milliseconds taken, then "nil", "deadline" or
+	// the error.
+	children["stalled"] = func(args []string) error {
+		idle, err := time.ParseDuration(args[0])
+		if err != nil {
+			return err
+		}
+		f := os.NewFile(3, "conn")
+		c, err := net.FileConn(f)
+		f.Close()
+		if err != nil {
+			return err
+		}
+		defer c.Close()
+		w := newWatchdog(context.Background(), c, idle)
+		start := time.Now()
+		w.arm()
+		_, err = c.Write([]byte("q"))
+		if err = w.disarm(err); err == nil {
+			w.arm()
+			_, err = io.ReadFull(c, make([]byte, 1))
+			err = w.disarm(err)
+		}
+		w.stop()
+		kind := "nil"
+		switch {
+		case errors.Is(err, os.ErrDeadlineExceeded):
+			kind = "deadline"
+		case err != nil:
+			kind = strconv.Quote(err.Error())
+		}
+		fmt.Println(time.Since(start).Milliseconds(), kind)
+		return nil
+	}
+}
+
+// waitStopped waits until the process pid is stopped.
+func waitStopped(t *testing.T, pid int) {
+	t.Helper()
+	for range 1000 {
+		b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if i := bytes.LastIndexByte(b, ')'); i >= 0 && i+2 < len(b) && b[i+2] == 'T' {
+			return
+		}
+		time.Sleep(time.Millisecond)
+	}
+	t.Fatalf("process %d not stopped", pid)
+}
+
+// TestWatchdogStalledSelf stops the process whose watchdog waits for an
+// answer, for three times its idle timeout. The idle timer is then long
+// overdue, through no fault of the peer, which was not watched meanwhile:
+// the watchdog must not blame the peer, but give it a fresh idle period.
+// A peer that really is idle must still time out.
+func TestWatchdogStalledSelf(t *testing.T) {
+	const idle = 500 * time.Millisecond
+	tests := []struct {
+		name   string
+		stop   bool
+		answer time.Duration // after the stop ends; -1: while stopped; 0: never
+		want   string
+	}{
+		{"answered while stopped", true, -1, "nil"},
+		{"answers just after the stop", true, idle / 5, "nil"},
+		{"idle peer", false, 0, "deadline"},
+		{"idle peer after the stop", true, 0, "deadline"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			checkFds(t)
+			a, b := socketPair(t)
+			bf, err := b.File()
+			b.Close()
+			if err != nil {
+				a.Close()
+				t.Fatal(err)
+			}
+			defer a.Close()
+			cmd := exec.Command(os.Args[0], idle.String())
+			cmd.ExtraFiles = []*os.File{bf}
+			c := startChildCmd(t, cmd, "stalled")
+			bf.Close()
+			pid := cmd.Process.Pid
+			a.SetDeadline(time.Now().Add(10 * time.Second))
+			if _, err := io.ReadFull(a, make([]byte, 1)); err != nil {
+				t.Fatalf("reading the request: %v; stderr:\n%s", err, c.stderr.String())
+			}
+			if tc.stop {
+				// Let the child arm its watchdog and block in the
+				// read of the answer, whose idle timer is then due
+				// while it is stopped.
+				time.Sleep(idle / 5)
+				if err := unix.Kill(pid, unix.SIGSTOP); err != nil {
+					t.Fatal(err)
+				}
+				waitStopped(t, pid)
+				if tc.answer < 0 {
+					a.Write([]byte("a")) // waits in the socket buffer
+				}
+				time.Sleep(3 * idle)
+				if err := unix.Kill(pid, unix.SIGCONT); err != nil {
+					t.Fatal(err)
+				}
+			}
+			resumed := time.Now()
+			if tc.answer > 0 {
+				time.Sleep(tc.answer)
+				a.Write([]byte("a"))
+			}
+			ms, got, _ := strings.Cut(c.line(), " ")
+			afterResume := time.Since(resumed)
+			c.wait()
+			if got != tc.want {
+				t.Fatalf("child: %s after %s ms, want %s", got, ms, tc.want)
+			}
+			t.Logf("child: %s after %s ms, %v after the stop ended", got, ms, afterResume.Round(time.Millisecond))
+			if tc.want == "deadline" && (afterResume < idle*9/10 || afterResume > 3*idle) {
+				t.Errorf("timed out %v after the stop ended, want about %v", afterResume, idle)
+			}
+		})
+	}
+}
+
+// TestWatchdogTimerRuns runs the idle timer's function as it may run:
+// early (an earlier arm's timer), on time, late (this process stalled) and
+// after disarm.
+func TestWatchdogTimerRuns(t *testing.T) {
+	checkFds(t)
+	a, b := socketPair(t)
+	defer a.Close()
+	defer b.Close()
+	const idle = time.Hour
+	w := newWatchdog(context.Background(), a, idle)
+	defer w.stop()
+	set := func(due time.Time) {
+		w.mu.Lock()
+		w.due = due
+		w.mu.Unlock()
+	}
+	w.arm()
+	w.idleTimer() // an earlier arm's run: not due yet
+	if causeSet(w) {
+		t.Fatal("fired before due")
+	}
+	late := time.Now().Add(-2 * lateSlack(idle))
+	set(late)
+	w.idleTimer()
+	if causeSet(w) {
+		t.Fatal("fired long after due, when this process had stalled")
+	}
+	w.mu.Lock()
+	due := w.due
+	w.mu.Unlock()
+	if d := time.Until(due); d < idle-time.Minute || d > idle {
+		t.Fatalf("re-armed for %v, want a fresh idle period", d)
+	}
+	set(time.Now().Add(-lateSlack(idle) / 2))
+	if err := w.disarm(nil); err != nil {
+		t.Fatal(err)
+	}
+	w.idleTimer() // after disarm
+	if causeSet(w) {
+		t.Fatal("fired after disarm")
+	}
+	w.arm()
+	set(time.Now().Add(-lateSlack(idle) / 2))
+	w.idleTimer() // on time, give or take the slack
+	if !causeSet(w) {
+		t.Fatal("did not fire when due")
+	}
+	_, err := a.Read(make([]byte, 1))
+	if err := w.disarm(err); !errors.Is(err, os.ErrDeadlineExceeded) {
+		t.Fatalf("the call: %v, want os.ErrDeadlineExceeded", err)
+	}
+}
