@@ -1,6 +1,7 @@
 package graceful
 
 import (
+	"cmp"
 	"errors"
 	"fmt"
 	"net"
@@ -42,12 +43,15 @@ type machine struct {
 	handover *net.UnixListener
 	sockFile os.FileInfo // the hand-over socket's file, to remove at Stop
 	lock     *fileLock   // held from Start until Ready or Stop
+	pidFile  *pidFile    // written at Ready, in place once committed
+	rebound  string      // why the socket file could not be bound again
 
 	// The predecessor's side: this instance takes over.
 	pred      *predecessor
 	early     error      // the predecessor's answer before Ready, if any
 	ready     chan error // Ready's answer, while its commit is under way
 	abandoned error      // why the predecessor gave up on this instance
+	refusal   string     // why this instance gives up, to tell it
 
 	// The successors' side: this instance hands over.
 	links   int // goroutines that post events and have not ended
@@ -121,12 +125,13 @@ func (m *machine) start() {
 	if err := tellKeeper(m.snapshot()); err != nil {
 		in.logf("telling the keeper: %v", err)
 	}
-	if in.cfg.PIDFile != "" {
-		if err := writePIDFile(in.cfg.PIDFile); err != nil {
+	if m.pidFile != nil {
+		if err := m.pidFile.commit(); err != nil {
 			// Committed already: failing now would leave nobody serving.
-			in.logf("pid file: %v", err)
+			in.logf("%v", err)
 		}
 	}
+	m.watchSocketFile()
 	if err := notify("READY=1\nMAINPID=" + strconv.Itoa(os.Getpid())); err != nil {
 		in.logf("telling systemd: %v", err)
 	}
@@ -151,8 +156,16 @@ func (m *machine) readyRequest(reply chan error) {
 	for _, l := range m.closeUnclaimed() {
 		m.in.logf("%s", l)
 	}
+	// The pid file is part of getting ready: an instance that cannot
+	// write it does not take over.
+	if err := m.preparePIDFile(); err != nil {
+		m.refusal = "it cannot write its pid file: " + err.Error()
+		reply <- err
+		m.beginStop()
+		return
+	}
 	if m.pred == nil {
-		if err := m.listenHandover(); err != nil {
+		if err := m.ownHandover(); err != nil {
 			reply <- err
 			m.beginStop()
 			return
@@ -234,10 +247,13 @@ func (m *machine) beginStop() {
 		// accepts on, it must accept on no more.
 		m.closeHandedOn()
 	}
+	if m.pidFile != nil {
+		m.pidFile.abort()
+	}
 	if m.pred != nil {
 		// The predecessor serves on, and learns why.
 		if m.abandoned == nil && m.early == nil {
-			m.pred.refuse("it stopped before its Ready")
+			m.pred.refuse(cmp.Or(m.refusal, "it stopped before its Ready"))
 		}
 		m.pred.conn.Close()
 	}
@@ -332,4 +348,65 @@ func (in *Instance) deadline() time.Time {
 		return time.Time{}
 	}
 	return time.Now().Add(in.timeout)
+}
+
+// preparePIDFile writes the pid file beside its place, if there is one.
+func (m *machine) preparePIDFile() error {
+	if m.in.cfg.PIDFile == "" {
+		return nil
+	}
+	p, err := preparePIDFile(m.in.cfg.PIDFile)
+	m.pidFile = p
+	return err
+}
+
+// ownHandover makes the hand-over socket of an instance that takes over
+// from nobody: a new one, or that of a predecessor that died handing it.
+func (m *machine) ownHandover() error {
+	if m.handover == nil {
+		return m.listenHandover()
+	}
+	fi, err := os.Lstat(m.in.cfg.Socket)
+	if err != nil {
+		// Gone: a socket of its own, for the next instance.
+		m.handover.Close()
+		return m.listenHandover()
+	}
+	m.sockFile = fi
+	return nil
+}
+
+// watchSocketFile checks, once a second while serving, that Config.Socket
+// is still this instance's socket file. One removed (rm, a directory made
+// anew) or replaced by a stale file is bound again, so that an instance
+// started beside finds this one.
+func (m *machine) watchSocketFile() {
+	time.AfterFunc(time.Second, func() { m.in.post(func(m *machine) { m.checkSocketFile() }) })
+}
+
+func (m *machine) checkSocketFile() {
+	if m.phase != serving {
+		return
+	}
+	defer m.watchSocketFile()
+	fi, err := os.Lstat(m.in.cfg.Socket)
+	if err == nil && os.SameFile(fi, m.sockFile) {
+		return
+	}
+	old := m.handover
+	if err := m.listenHandover(); err != nil {
+		if err.Error() != m.rebound {
+			m.in.logf("the hand-over socket %s is gone, and binding it again failed: %v", m.in.cfg.Socket, err)
+		}
+		m.rebound = err.Error()
+		return
+	}
+	m.rebound = ""
+	m.in.logf("the hand-over socket %s was gone: bound it again", m.in.cfg.Socket)
+	ln := m.handover
+	m.spawn(func() { m.in.acceptSuccessors(ln) })
+	old.Close()
+	if err := tellKeeper(m.snapshot()); err != nil {
+		m.in.logf("telling the keeper: %v", err)
+	}
 }

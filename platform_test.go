@@ -53,7 +53,7 @@ func TestEntryPointsUnsupported(t *testing.T) {
 		name string
 		f    func() error
 	}{
-		{"Start", func() error { _, err := Start(Config{Socket: addr}); return err }},
+		{"Start", func() error { _, err := Start(Config{Socket: filepath.Join(os.DevNull, "s")}); return err }},
 		{"Receive", func() error { return Receive(addr, cb) }},
 		{"ReceiveContext", func() error { return ReceiveContext(ctx, addr, cb) }},
 		{"ReceiveFrom", func() error { return ReceiveFrom(a, cb) }},

@@ -9,6 +9,7 @@ import (
 	"io"
 	"net"
 	"os"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"time"
@@ -45,6 +46,11 @@ func (m *machine) takeOver() error {
 		return err
 	}
 	cfg := m.in.cfg
+	// Another user who can write where the socket is could put anything
+	// there: the directory is this user's, made if missing.
+	if err := makeDir(filepath.Dir(cfg.Socket)); err != nil {
+		return err
+	}
 	if m.lock, err = lockFile(cfg.Socket+".lock", m.in.readyTimeout); err != nil {
 		return err
 	}
@@ -140,9 +146,35 @@ func inheritedConn(fd int) (*net.UnixConn, error) {
 }
 
 // dialPredecessor receives the sockets of the instance serving at the
-// socket, and keeps the connection open for the commit.
+// socket, and keeps the connection open for the commit. A predecessor that
+// dies meanwhile leaves this instance the first: with what it handed if
+// it handed the hand-over socket, else with nothing.
 func (m *machine) dialPredecessor() error {
+	for attempt := 1; ; attempt++ {
+		err := m.receivePredecessor()
+		if err == nil || !errors.Is(err, io.ErrUnexpectedEOF) || attempt == 3 {
+			return err
+		}
+		if m.handover == nil {
+			m.in.logf("the predecessor went away before it handed anything (%v): trying again", err)
+			m.pred = nil
+			continue
+		}
+		if !m.in.predGone(m.pred.pid) {
+			return err // alive: it refused, and serves on
+		}
+		m.in.logf("the predecessor, pid %d, died during the hand-over (%v): serving with what it handed", m.pred.pid, err)
+		m.pred = nil
+		return nil
+	}
+}
+
+// receivePredecessor dials the socket and receives the sockets it hands.
+func (m *machine) receivePredecessor() error {
 	in := m.in
+	if err := checkOwner(in.cfg.Socket); err != nil {
+		return err
+	}
 	d := net.Dialer{Timeout: max(in.timeout, 0)}
 	c, err := d.Dial("unix", in.cfg.Socket)
 	if err != nil {
@@ -150,7 +182,10 @@ func (m *machine) dialPredecessor() error {
 	}
 	conn := c.(*net.UnixConn)
 	client := &Client{Timeout: in.timeout}
-	_, err = client.receiveHello(context.Background(), conn, m.inherited, false, true)
+	n, err := client.receiveHello(context.Background(), conn, m.inherited, false, true)
+	if err == io.EOF || err == nil && n == 0 {
+		err = fmt.Errorf("closed before its transfer: %w", io.ErrUnexpectedEOF)
+	}
 	if err == nil && m.handover == nil {
 		err = fmt.Errorf("%w: no hand-over socket among the descriptors", ErrProtocol)
 	}
