@@ -56,15 +56,34 @@ func (in *Instance) PassConns(conns []PassedConn) error {
 			return fmt.Errorf("graceful: PassConns: %w", err)
 		}
 	}
+	for {
+		err, retry := in.passConns(conns, fds)
+		if retry {
+			continue // the successor died: again, to its replacement
+		}
+		if err != nil {
+			return fmt.Errorf("graceful: passing %d connections: %w", len(conns), err)
+		}
+		for _, c := range conns {
+			c.Conn.Close()
+		}
+		return nil
+	}
+}
+
+// passConns passes conns, whose descriptors are fds, to the successor. It
+// reports whether to try again, with a replacement of a successor that
+// died.
+func (in *Instance) passConns(conns []PassedConn, fds []int) (err error, retry bool) {
 	grant := make(chan passGrant, 1)
 	in.call(func(m *machine) { m.passRequest(grant) })
 	g := <-grant
 	if g.err != nil {
-		return g.err
+		return g.err, false
 	}
 	// Stop calls it off (the context), but not once the successor has
 	// acknowledged: the commit follows at once.
-	err := transfer(in.ctx, g.conn, nil, in.timeout, func(s *sender) error {
+	err = transfer(in.ctx, g.conn, nil, in.timeout, func(s *sender) error {
 		for i, c := range conns {
 			if err := s.Write(fds[i], c.Meta); err != nil {
 				return err
@@ -79,57 +98,65 @@ func (in *Instance) PassConns(conns []PassedConn) error {
 			err = ioError("committing", err)
 		}
 	}
-	in.call(func(m *machine) { m.passEnded(err) })
-	if err != nil {
-		return fmt.Errorf("graceful: passing %d connections: %w", len(conns), err)
-	}
-	for _, c := range conns {
-		c.Conn.Close()
-	}
-	return nil
+	died := err != nil && in.ctx.Err() == nil && in.successorDied(g.pid, err)
+	in.call(func(m *machine) { retry = m.passEnded(err, died) })
+	return err, retry
 }
 
 // passGrant is the loop's answer to PassConns: the connection to the
 // successor to pass on, or why not.
 type passGrant struct {
 	conn *net.UnixConn
+	pid  int
 	err  error
 }
 
 // passRequest lets one PassConns at a time pass connections.
 func (m *machine) passRequest(grant chan passGrant) {
 	switch {
-	case m.succ == nil:
-		grant <- passGrant{err: fmt.Errorf("graceful: PassConns without a successor: %w", ErrInstanceState)}
 	case m.phase >= stopping:
 		grant <- passGrant{err: fmt.Errorf("graceful: PassConns: %w: stopped", net.ErrClosed)}
+	case m.reviving != nil:
+		m.passes = append(m.passes, grant) // until the replacement is ready
 	case m.passErr != nil:
 		grant <- passGrant{err: fmt.Errorf("graceful: PassConns: an earlier one failed: %w", m.passErr)}
+	case m.succ == nil:
+		grant <- passGrant{err: fmt.Errorf("graceful: PassConns without a successor: %w", ErrInstanceState)}
 	case m.passing:
 		m.passes = append(m.passes, grant)
 	default:
 		m.passing = true
-		grant <- passGrant{conn: m.succ.conn}
+		grant <- passGrant{conn: m.succ.conn, pid: m.succ.pid}
 	}
 }
 
-// passEnded ends a PassConns. A failure ends the passing: the successor
-// closes what it got, told so in words where the connection still carries
-// them (a silent close, once this process has ended, would read as its
-// death, which leaves the connections to the successor).
-func (m *machine) passEnded(err error) {
+// passEnded ends a PassConns, and reports whether it is to try again. A
+// successor that died is replaced, if it can be. Another failure ends the
+// passing: the successor closes what it got, told so in words where the
+// connection still carries them (a silent close, once this process has
+// ended, would read as its death, which leaves the connections to the
+// successor).
+func (m *machine) passEnded(err error, died bool) bool {
 	m.passing = false
-	if err != nil && m.passErr == nil {
+	retry := false
+	switch {
+	case err == nil:
+	case died && m.revive():
+		retry = true
+	case m.passErr == nil:
 		m.passErr = err
-		refuse(m.succ.conn, "the predecessor keeps them")
-		m.succ.conn.Close()
+		if m.succ != nil {
+			refuse(m.succ.conn, "the predecessor keeps them")
+			m.succ.conn.Close()
+		}
 	}
-	if len(m.passes) > 0 && m.phase < stopping {
+	if len(m.passes) > 0 && m.phase < stopping && m.reviving == nil {
 		grant := m.passes[0]
 		m.passes = m.passes[1:]
 		m.passRequest(grant)
 	}
 	m.settleStop()
+	return retry
 }
 
 // AcceptConn waits for the next live connection that the predecessor passes

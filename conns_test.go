@@ -11,8 +11,8 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
-	"strings"
 	"sync"
+	"syscall"
 	"testing"
 )
 
@@ -21,6 +21,11 @@ func init() {
 	// connection's next line, prefixed with the bytes its meta says were
 	// pending: "pid=<pid> id=<id> line=<line>". With args[2] "die", exit
 	// at once after Ready instead.
+	// The same, for a replacement the library starts: its arguments are
+	// those of the test binary, so they come in the environment.
+	children["takeconns-env"] = func([]string) error {
+		return children["takeconns"]([]string{os.Getenv("GRACEFUL_TEST_SOCK"), os.Getenv("GRACEFUL_TEST_ADDR"), "serve"})
+	}
 	children["takeconns"] = func(args []string) error {
 		before, err := ownFdsInUse()
 		if err != nil {
@@ -168,10 +173,11 @@ func TestPassConns(t *testing.T) {
 	c.wait()
 }
 
-// TestPassConnsFails passes connections to a successor that died after its
-// Ready: PassConns fails, and every connection is still the old instance's,
-// open and working.
-func TestPassConnsFails(t *testing.T) {
+// TestPassConnsToReplacement passes connections to a successor that died
+// after its Ready: nothing would accept then, so PassConns starts a
+// replacement with the sockets, which takes the connections and accepts
+// new ones.
+func TestPassConnsToReplacement(t *testing.T) {
 	noLeaks(t)
 	f := newPassFixture(t, 10)
 	if err := f.inst.PassConns(f.passed()); !errors.Is(err, ErrInstanceState) {
@@ -182,20 +188,30 @@ func TestPassConnsFails(t *testing.T) {
 	<-f.inst.Done()
 	fmt.Fprintln(c.in)
 	c.wait()
-	err := f.inst.PassConns(f.passed())
-	if err == nil {
-		t.Fatal("PassConns to a dead successor succeeded")
+	t.Setenv(childEnv, "takeconns-env")
+	t.Setenv("GRACEFUL_TEST_SOCK", f.sock)
+	t.Setenv("GRACEFUL_TEST_ADDR", f.addr)
+	if err := f.inst.PassConns(f.passed()); err != nil {
+		t.Fatalf("PassConns after the successor died: %v", err)
 	}
-	for i, s := range f.servers {
-		if _, err := io.WriteString(s, "still here\n"); err != nil {
-			t.Fatalf("connection %d after the failure: %v", i, err)
+	pid := f.inst.SuccessorPID()
+	if pid == c.cmd.Process.Pid || pid == 0 {
+		t.Fatalf("SuccessorPID() = %d after the successor %d died", pid, c.cmd.Process.Pid)
+	}
+	t.Cleanup(func() { syscall.Kill(pid, syscall.SIGKILL) })
+	for i, cl := range f.clients {
+		io.WriteString(cl, "-rest\n")
+		line, err := bufio.NewReader(cl).ReadString('\n')
+		want := fmt.Sprintf("pid=%d id=%d line=part-rest\n", pid, i)
+		if line != want || err != nil {
+			t.Fatalf("connection %d: %q, %v; want %q", i, line, err, want)
 		}
-		line, err := bufio.NewReader(f.clients[i]).ReadString('\n')
-		if line != "still here\n" || err != nil {
-			t.Fatalf("connection %d: %q, %v", i, line, err)
-		}
 	}
-	if !strings.Contains(err.Error(), "passing 10 connections") {
-		t.Errorf("error: %v", err)
+	// The replacement accepts new connections too.
+	nc, err := net.Dial("tcp", f.addr)
+	if err != nil {
+		t.Fatal(err)
 	}
+	defer nc.Close()
+	f.inst.Stop() // no more passed: the replacement's AcceptConn says EOF
 }

@@ -29,6 +29,12 @@ const childEnv = "GRACEFUL_TEST_CHILD"
 var children = map[string]func(args []string) error{}
 
 func TestMain(m *testing.M) {
+	if os.Getenv(inheritEnv) != "" && os.Getenv(childEnv) == "" {
+		// A successor started without saying what to run (a Restart of
+		// a test that set no child): it must not run the tests again.
+		fmt.Fprintln(os.Stderr, "a successor of the tests with no child to run")
+		os.Exit(2)
+	}
 	if name := os.Getenv(childEnv); name != "" {
 		f, ok := children[name]
 		if !ok {

@@ -54,15 +54,17 @@ type machine struct {
 	refusal   string     // why this instance gives up, to tell it
 
 	// The successors' side: this instance hands over.
-	links   int // goroutines that post events and have not ended
-	turn    *successor
-	queue   []turnRequest
-	pending map[*successor]bool // handed their sockets, not yet ready
-	succ    *successor          // the successor that committed
-	restart *restartOp
-	passes  []chan passGrant // PassConns waiting their turn
-	passing bool             // a PassConns runs
-	passErr error            // why passing ended for good
+	links    int // goroutines that post events and have not ended
+	turn     *successor
+	queue    []turnRequest
+	pending  map[*successor]bool // handed their sockets, not yet ready
+	succ     *successor          // the successor that committed
+	restart  *restartOp
+	passes   []chan passGrant // PassConns waiting their turn
+	passing  bool             // a PassConns runs
+	passErr  error            // why passing ended for good
+	kept     *kept            // what the successor was handed, to revive
+	reviving *successor       // a replacement for a successor that died
 
 	stops []chan struct{} // Stop's callers, answered once stopped
 }
@@ -314,6 +316,7 @@ func (m *machine) finish() {
 		}
 	}
 	m.lock.unlock()
+	m.dropKept()
 	for _, p := range m.passes {
 		p <- passGrant{err: fmt.Errorf("graceful: PassConns: %w: stopped", net.ErrClosed)}
 	}

@@ -263,6 +263,10 @@ func (m *machine) whyRefused(err error) string {
 // handOverFailed reports a failed hand-over: to the Restart that waits
 // for it, else in the log.
 func (m *machine) handOverFailed(s *successor, err error) {
+	if s == m.reviving {
+		m.revivalFailed(err)
+		return
+	}
 	if op := m.restart; op != nil && op.s == s {
 		op.linkFailed(err)
 		return
@@ -278,6 +282,9 @@ func (m *machine) handOverFailed(s *successor, err error) {
 // answer cannot be written, the successor is gone and this instance
 // serves on, accepting again.
 func (m *machine) commit(s *successor) error {
+	if s == m.reviving && m.phase == handedOver {
+		return m.recommit(s)
+	}
 	if m.phase != serving {
 		m.refuse(s, m.whyRefused(errFinished))
 		return fmt.Errorf("%w: stopped or handed over to another", ErrAborted)
@@ -289,9 +296,11 @@ func (m *machine) commit(s *successor) error {
 		return fmt.Errorf("graceful: committing: %w", err)
 	}
 	defer spare.Close()
+	m.keepHandedOn() // to revive the service if the successor dies
 	m.notify("MAINPID=" + strconv.Itoa(s.pid))
 	m.handover.Close()
 	if werr := writeReply(s.conn, m.in.deadline(), statusOK, ""); werr != nil {
+		m.dropKept()
 		m.notify("MAINPID=" + strconv.Itoa(os.Getpid()))
 		return m.serveOn(spare, werr)
 	}
