@@ -116,4 +116,3 @@ func TestPIDFileFullFailsReady(t *testing.T) {
 		t.Errorf("a first instance's Ready on a full disk: %v, want ENOSPC", err)
 	}
 }
-
