@@ -258,9 +258,12 @@ func (k *keeper) trusted(msg keeperMsg) bool {
 	if msg.uid != os.Geteuid() && msg.uid != 0 {
 		return false
 	}
-	for pid, i := msg.pid, 0; pid > 1 && i < 1<<16; i++ {
+	for pid, i := msg.pid, 0; pid > 0 && i < 1<<16; i++ {
 		if pid == os.Getpid() {
 			return true
+		}
+		if pid == 1 {
+			break
 		}
 		pid = parentOf(pid)
 	}
@@ -373,7 +376,7 @@ func (k *keeper) exited(pid, status int) {
 			k.status, k.over = status, true
 			return
 		}
-		k.crashed(pid, status, time.Since(k.readyAt) < time.Second)
+		k.crashed(pid, status, time.Since(k.readyAt) < quickCrash)
 	case k.started:
 		k.started = 0
 		if k.stopping || !k.served {
@@ -383,6 +386,11 @@ func (k *keeper) exited(pid, status int) {
 		k.crashed(pid, status, true)
 	}
 }
+
+// quickCrash is how soon after its Ready an instance that dies counts as
+// one that cannot serve (a panic at its first request), not as a crash of
+// a service that ran: then the keeper backs off.
+const quickCrash = 500 * time.Millisecond
 
 // crashed starts another instance after one died: at once after a crash
 // of an instance that had served a while, later and later after each

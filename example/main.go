@@ -14,6 +14,8 @@ import (
 	"net/http"
 	"os"
 	"os/signal"
+	"path/filepath"
+	"strconv"
 	"sync"
 	"syscall"
 	"time"
@@ -24,7 +26,7 @@ import (
 func main() {
 	listen := flag.String("listen", "127.0.0.1:8080", "HTTP address (an instance given its predecessor's takes over its socket)")
 	cfg := graceful.Config{ErrorLog: log.New(os.Stderr, fmt.Sprintf("example[%d] ", os.Getpid()), log.Ltime|log.Lmicroseconds|log.Lmsgprefix)}
-	flag.StringVar(&cfg.Socket, "socket", cmp.Or(os.Getenv("XDG_RUNTIME_DIR"), os.TempDir())+"/graceful-example.sock", "Unix socket on which an instance hands its listener to the next")
+	flag.StringVar(&cfg.Socket, "socket", defaultSocket(), "Unix socket on which an instance hands its listener to the next, in a directory only this user can write")
 	flag.StringVar(&cfg.PIDFile, "pid-file", "", "file to hold the pid of the instance that serves (none if empty)")
 	drainTimeout := flag.Duration("drain-timeout", 30*time.Second, "how long an old instance may take to finish its requests")
 	flag.DurationVar(&cfg.Timeout, "handover-timeout", graceful.DefaultTimeout, "how long each step of a hand-over may wait for the other instance")
@@ -100,6 +102,14 @@ func run(cfg graceful.Config, listen string, drainTimeout time.Duration) error {
 		err = fmt.Errorf("draining: %w", derr)
 	}
 	return err
+}
+
+// defaultSocket is in $XDG_RUNTIME_DIR, else in a directory of this user's
+// in /tmp, which Start makes (0700) and checks: another user must not be
+// able to write where the socket is.
+func defaultSocket() string {
+	dir := cmp.Or(os.Getenv("XDG_RUNTIME_DIR"), filepath.Join(os.TempDir(), "graceful-example-"+strconv.Itoa(os.Getuid())))
+	return filepath.Join(dir, "graceful-example.sock")
 }
 
 // serveHTTP answers with this instance's pid, the method and the size of the

@@ -325,12 +325,13 @@ type load struct {
 	stop chan struct{}
 	wg   sync.WaitGroup
 
-	mu     sync.Mutex
-	ok     map[string]int // by kind
-	failed map[string]int
-	errs   []string
-	pids   map[int]int
-	first  map[int]time.Time // when each pid's first answer arrived
+	mu      sync.Mutex
+	ok      map[string]int // by kind
+	failed  map[string]int
+	refused int // connections refused
+	errs    []string
+	pids    map[int]int
+	first   map[int]time.Time // when each pid's first answer arrived
 }
 
 const maxRequestsPerWorker = 50000
@@ -388,6 +389,9 @@ func (l *load) worker(kind string) {
 		l.mu.Lock()
 		if err != nil {
 			l.failed[kind]++
+			if strings.Contains(err.Error(), "connection refused") {
+				l.refused++
+			}
 			if len(l.errs) < 20 {
 				l.errs = append(l.errs, kind+": "+err.Error())
 			}
