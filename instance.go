@@ -45,6 +45,11 @@ type Config struct {
 	// (the instance serves on) but for a Restart's, which Restart returns;
 	// nothing is logged otherwise.
 	ErrorLog *log.Logger
+	// ListenConfig, if set, creates the sockets that Listen and
+	// ListenPacket make anew: its Control sets socket options
+	// (SO_REUSEPORT, say), its KeepAlive those of TCP. Sockets taken over
+	// keep the options they were made with.
+	ListenConfig *net.ListenConfig
 	// KeepPID keeps the process started for as long as the service runs,
 	// as a container's init (pid 1) or a process manager needs: Start
 	// never returns in it. It starts the instances, forwards them its
@@ -298,12 +303,16 @@ func (m *machine) listenAnew(kind, network, address string) (any, error) {
 	if isUnixNetwork(network) {
 		removeStaleSocket(address)
 	}
+	lc := m.in.cfg.ListenConfig
+	if lc == nil {
+		lc = &net.ListenConfig{}
+	}
 	var obj any
 	var err error
 	if kind == kindListener {
-		obj, err = net.Listen(network, address)
+		obj, err = lc.Listen(context.Background(), network, address)
 	} else {
-		obj, err = net.ListenPacket(network, address)
+		obj, err = lc.ListenPacket(context.Background(), network, address)
 	}
 	if errors.Is(err, syscall.EADDRINUSE) && !m.in.took {
 		err = fmt.Errorf("%w (an instance with another Config.Socket than %s?)", err, m.in.cfg.Socket)

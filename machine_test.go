@@ -4,6 +4,7 @@ package graceful
 
 import (
 	"bytes"
+	"cmp"
 	"errors"
 	"log"
 	"net"
@@ -14,6 +15,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // The state machine's cases that two instances in this process can show,
@@ -196,5 +199,45 @@ func TestRestartSupersedes(t *testing.T) {
 	}
 	if err := syscall.Kill(hung, 0); !errors.Is(err, syscall.ESRCH) {
 		t.Errorf("the hung successor, pid %d, lives on: kill(0) says %v", hung, err)
+	}
+}
+
+// Config.ListenConfig makes the sockets Listen creates: an option its
+// Control sets is on the socket the successor takes over.
+func TestListenConfig(t *testing.T) {
+	sock := sockPath(t)
+	lc := &net.ListenConfig{Control: func(_, _ string, c syscall.RawConn) error {
+		var serr error
+		err := c.Control(func(fd uintptr) { serr = syscall.SetsockoptInt(int(fd), syscall.SOL_SOCKET, unix.SO_REUSEPORT, 1) })
+		return cmp.Or(err, serr)
+	}}
+	pred := readyFirst(t, Config{Socket: sock, ListenConfig: lc})
+	pln, err := pred.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pln.Close()
+	succ, err := Start(Config{Socket: sock})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer succ.Stop()
+	ln, err := succ.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	rc, err := ln.(syscall.Conn).SyscallConn()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var v int
+	var gerr error
+	rc.Control(func(fd uintptr) { v, gerr = syscall.GetsockoptInt(int(fd), syscall.SOL_SOCKET, unix.SO_REUSEPORT) })
+	if gerr != nil || v != 1 {
+		t.Errorf("SO_REUSEPORT on the socket taken over: %d, %v; want 1", v, gerr)
+	}
+	if err := succ.Ready(); err != nil {
+		t.Fatal(err)
 	}
 }
