@@ -4,12 +4,15 @@ package graceful
 
 import (
 	"errors"
+	"io"
 	"log"
+	"net/http"
 	"os"
 	"path/filepath"
 	"strconv"
 	"syscall"
 	"testing"
+	"time"
 
 	"golang.org/x/sys/unix"
 )
@@ -115,4 +118,75 @@ func TestPIDFileFullFailsReady(t *testing.T) {
 	if err := first.Ready(); !errors.Is(err, syscall.ENOSPC) {
 		t.Errorf("a first instance's Ready on a full disk: %v, want ENOSPC", err)
 	}
+}
+
+// A predecessor that dies before it hands anything (here it answers the
+// hello, then its connection and socket close, its file staying behind):
+// the successor serves as the first instance.
+func TestPredecessorDiesBeforeHanding(t *testing.T) {
+	noLeaks(t)
+	sock := sockPath(t)
+	ln, err := listenUnix(sock, 0o600, -1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	hln := ln.(*fileListener).UnixListener
+	hln.SetUnlinkOnClose(false)
+	go func() {
+		conn, err := hln.Accept()
+		if err != nil {
+			return
+		}
+		var hello [helloLen]byte
+		io.ReadFull(conn, hello[:])
+		var answer [ackLen]byte
+		putAck(answer[:], version, statusOK, 0)
+		conn.Write(answer[:])
+		hln.Close() // dead: nobody listens at the file any more
+		conn.Close()
+	}()
+	var slog syncLog
+	inst, err := Start(Config{Socket: sock, ErrorLog: log.New(&slog, "", 0)})
+	if err != nil {
+		t.Fatalf("Start with a predecessor that died: %v", err)
+	}
+	defer inst.Stop()
+	if inst.Inherited() {
+		t.Error("took over from a dead predecessor")
+	}
+	if err := inst.Ready(); err != nil {
+		t.Fatal(err)
+	}
+	slog.waitFor(t, "unexpected EOF")
+}
+
+// The red team's steps: an instance started beside while the old one is
+// killed 0 to 15 ms later. Whoever wins, something serves.
+func TestPredecessorKilledWhileConnecting(t *testing.T) {
+	trials := 5
+	if os.Getenv("GRACEFUL_LONG") != "" {
+		trials = 50
+	}
+	nothing := 0
+	for i := 0; i < trials; i++ {
+		c := newChain(t)
+		old := c.startFirst()
+		next := c.start()
+		time.Sleep(time.Duration(i%16) * time.Millisecond)
+		syscall.Kill(old, syscall.SIGKILL)
+		pid := c.readyAfter(map[int]bool{old: true})
+		if pid != next.Process.Pid {
+			t.Fatalf("pid %d got ready, not the new instance %d", pid, next.Process.Pid)
+		}
+		resp, err := http.Get("http://" + c.addr + "/")
+		if err != nil {
+			nothing++
+			t.Errorf("trial %d: nothing serves: %v\n%s", i, err, c.output())
+			continue
+		}
+		resp.Body.Close()
+		syscall.Kill(pid, syscall.SIGTERM)
+		c.wait(pid, "exit ")
+	}
+	t.Logf("%d of %d trials left nothing serving", nothing, trials)
 }
