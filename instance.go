@@ -307,12 +307,18 @@ func (m *machine) listenAnew(kind, network, address string) (any, error) {
 	if lc == nil {
 		lc = &net.ListenConfig{}
 	}
-	var obj any
-	var err error
-	if kind == kindListener {
-		obj, err = lc.Listen(context.Background(), network, address)
-	} else {
-		obj, err = lc.ListenPacket(context.Background(), network, address)
+	listen := func() (any, error) {
+		if kind == kindListener {
+			return lc.Listen(context.Background(), network, address)
+		}
+		return lc.ListenPacket(context.Background(), network, address)
+	}
+	obj, err := listen()
+	// A predecessor that vanished moments ago may hold the address until
+	// the kernel has closed all its descriptors.
+	for deadline := m.vanished.Add(max(m.in.timeout, time.Second)); errors.Is(err, syscall.EADDRINUSE) && time.Now().Before(deadline); {
+		time.Sleep(5 * time.Millisecond)
+		obj, err = listen()
 	}
 	if errors.Is(err, syscall.EADDRINUSE) && !m.in.took {
 		err = fmt.Errorf("%w (an instance with another Config.Socket than %s?)", err, m.in.cfg.Socket)

@@ -52,6 +52,7 @@ type machine struct {
 	ready     chan error // Ready's answer, while its commit is under way
 	abandoned error      // why the predecessor gave up on this instance
 	refusal   string     // why this instance gives up, to tell it
+	vanished  time.Time  // when a predecessor went away unannounced
 
 	// The successors' side: this instance hands over.
 	links    int // goroutines that post events and have not ended

@@ -155,6 +155,7 @@ func (m *machine) dialPredecessor() error {
 		if err == nil || !errors.Is(err, io.ErrUnexpectedEOF) || attempt == 3 {
 			return err
 		}
+		m.vanished = time.Now()
 		if m.handover == nil {
 			m.in.logf("the predecessor went away before it handed anything (%v): trying again", err)
 			m.pred = nil
