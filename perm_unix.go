@@ -121,52 +121,9 @@ func checkDir(dir string) error {
 	if err != nil {
 		return fmt.Errorf("graceful: directory %s: %w", dir, err)
 	}
-	// Resolve abs one name at a time, from /: cur is the directory reached
-	// so far (a path without symlinks), todo the names left to look up.
-	cur := "/"
-	todo := splitPath(abs)
-	links := 0
-	for len(todo) > 0 {
-		name := todo[0]
-		todo = todo[1:]
-		if name == "." || name == "" {
-			continue
-		}
-		if name == ".." {
-			cur = filepath.Dir(cur)
-			continue
-		}
-		// cur is looked up in: it is an ancestor of dir.
-		if err := checkAncestor(cur, abs); err != nil {
-			return err
-		}
-		next := filepath.Join(cur, name)
-		var st unix.Stat_t
-		if err := unix.Lstat(next, &st); err != nil {
-			return fmt.Errorf("graceful: directory %s: %w", dir, &os.PathError{Op: "lstat", Path: next, Err: err})
-		}
-		if st.Mode&unix.S_IFMT != unix.S_IFLNK {
-			cur = next
-			continue
-		}
-		if !trusted(st.Uid) {
-			what := abs + ": the symbolic link " + next
-			if next == abs {
-				what = abs + ", a symbolic link,"
-			}
-			return permErrorf("%s is owned by %s, who may point it elsewhere: %s", what, ownerName(st.Uid), dirAdvice)
-		}
-		if links++; links > 40 {
-			return fmt.Errorf("graceful: directory %s: %w", dir, &os.PathError{Op: "lstat", Path: abs, Err: unix.ELOOP})
-		}
-		target, err := os.Readlink(next)
-		if err != nil {
-			return fmt.Errorf("graceful: directory %s: %w", dir, err)
-		}
-		if filepath.IsAbs(target) {
-			cur = "/"
-		}
-		todo = append(splitPath(target), todo...)
+	cur, err := resolveDir(abs)
+	if err != nil {
+		return err
 	}
 	var st unix.Stat_t
 	if err := unix.Stat(cur, &st); err != nil {
@@ -186,6 +143,72 @@ func checkDir(dir string) error {
 		return permErrorf("%s is writable by %s (mode %s): %s", name, writers(mode), lsMode(mode), dirAdvice)
 	}
 	return nil
+}
+
+// resolveDir resolves abs one name at a time, from /, checking each
+// directory it looks a name up in (checkAncestor) and each symbolic link
+// it follows, and returns the path reached, without links.
+func resolveDir(abs string) (string, error) {
+	cur := "/"
+	todo := splitPath(abs) // the names left to look up
+	links := 0
+	for len(todo) > 0 {
+		name := todo[0]
+		todo = todo[1:]
+		switch name {
+		case ".", "":
+			continue
+		case "..":
+			cur = filepath.Dir(cur)
+			continue
+		}
+		// cur is looked up in: it is an ancestor of dir.
+		if err := checkAncestor(cur, abs); err != nil {
+			return "", err
+		}
+		next := filepath.Join(cur, name)
+		target, err := readTrustedLink(next, abs)
+		if err != nil {
+			return "", err
+		}
+		if target == "" {
+			cur = next
+			continue
+		}
+		if links++; links > 40 {
+			return "", fmt.Errorf("graceful: directory %s: %w", abs, &os.PathError{Op: "lstat", Path: abs, Err: unix.ELOOP})
+		}
+		if filepath.IsAbs(target) {
+			cur = "/"
+		}
+		todo = append(splitPath(target), todo...)
+	}
+	return cur, nil
+}
+
+// readTrustedLink returns the target of next if it is a symbolic link,
+// "" if it is not. A link must be owned by this user or root: its owner
+// may point it elsewhere.
+func readTrustedLink(next, abs string) (string, error) {
+	var st unix.Stat_t
+	if err := unix.Lstat(next, &st); err != nil {
+		return "", fmt.Errorf("graceful: directory %s: %w", abs, &os.PathError{Op: "lstat", Path: next, Err: err})
+	}
+	if st.Mode&unix.S_IFMT != unix.S_IFLNK {
+		return "", nil
+	}
+	if !trusted(st.Uid) {
+		what := abs + ": the symbolic link " + next
+		if next == abs {
+			what = abs + ", a symbolic link,"
+		}
+		return "", permErrorf("%s is owned by %s, who may point it elsewhere: %s", what, ownerName(st.Uid), dirAdvice)
+	}
+	target, err := os.Readlink(next)
+	if err != nil {
+		return "", fmt.Errorf("graceful: directory %s: %w", abs, err)
+	}
+	return target, nil
 }
 
 // checkAncestor checks the directory dir, which the directory abs is in.

@@ -113,18 +113,7 @@ func (a *activation) close() {
 // address that network and address name. An address without a host (":80")
 // matches a socket bound to the unspecified address (0.0.0.0 or ::).
 func socketMatches(fd int, kind, network, address string) bool {
-	typ, err := unix.GetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_TYPE)
-	if err != nil {
-		return false
-	}
-	if kind == kindListener {
-		if typ != unix.SOCK_STREAM && typ != unix.SOCK_SEQPACKET {
-			return false
-		}
-		if acc, err := acceptConn(fd, typ); err != nil || acc == 0 {
-			return false
-		}
-	} else if typ != unix.SOCK_DGRAM {
+	if !socketIsKind(fd, kind) {
 		return false
 	}
 	sa, err := unix.Getsockname(fd)
@@ -149,28 +138,45 @@ func socketMatches(fd int, kind, network, address string) bool {
 	default:
 		return false
 	}
-	var want *net.UDPAddr
-	switch {
-	case strings.HasPrefix(network, "tcp"):
-		a, err := net.ResolveTCPAddr(network, address)
-		if err != nil {
-			return false
-		}
-		want = &net.UDPAddr{IP: a.IP, Port: a.Port}
-	case strings.HasPrefix(network, "udp"):
-		a, err := net.ResolveUDPAddr(network, address)
-		if err != nil {
-			return false
-		}
-		want = a
-	default:
-		return false
-	}
-	if want.Port != port {
+	want, ok := resolveAddr(network, address)
+	if !ok || want.Port != port {
 		return false
 	}
 	if len(want.IP) == 0 || want.IP.IsUnspecified() {
 		return ip.IsUnspecified()
 	}
 	return want.IP.Equal(ip)
+}
+
+// socketIsKind reports whether fd is a listening stream socket for
+// kindListener, a datagram socket for kindPacket.
+func socketIsKind(fd int, kind string) bool {
+	typ, err := unix.GetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_TYPE)
+	if err != nil {
+		return false
+	}
+	if kind != kindListener {
+		return typ == unix.SOCK_DGRAM
+	}
+	if typ != unix.SOCK_STREAM && typ != unix.SOCK_SEQPACKET {
+		return false
+	}
+	acc, err := acceptConn(fd, typ)
+	return err == nil && acc != 0
+}
+
+// resolveAddr resolves a TCP or UDP address, as an IP and a port.
+func resolveAddr(network, address string) (*net.UDPAddr, bool) {
+	switch {
+	case strings.HasPrefix(network, "tcp"):
+		a, err := net.ResolveTCPAddr(network, address)
+		if err != nil {
+			return nil, false
+		}
+		return &net.UDPAddr{IP: a.IP, Port: a.Port}, true
+	case strings.HasPrefix(network, "udp"):
+		a, err := net.ResolveUDPAddr(network, address)
+		return a, err == nil
+	}
+	return nil, false
 }
