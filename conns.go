@@ -66,7 +66,7 @@ func (in *Instance) PassConns(conns []PassedConn) error {
 	defer in.passing.send.Unlock()
 	// Stop calls it off (the context), but not once the successor has
 	// acknowledged: the commit follows at once.
-	err := transfer(in.passing.ctx, succ.conn, nil, in.timeout, func(s *sender) error {
+	err := transfer(in.passing.ctx, succ.conn, nil, in.timeout, func(s *ResponseWriter) error {
 		for i, c := range conns {
 			if err := s.Write(fds[i], c.Meta); err != nil {
 				return err

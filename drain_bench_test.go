@@ -176,7 +176,7 @@ func benchServe(b *testing.B, drainer bool) string {
 	served := make(chan error, 1)
 	stop := func() error { return srv.Close() }
 	if drainer {
-		d := &Drainer{IdleGrace: time.Second}
+		d := &Drainer{}
 		go func() { served <- d.Serve(srv, ln) }()
 		stop = func() error { return d.Drain(context.Background()) }
 	} else {

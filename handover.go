@@ -314,7 +314,7 @@ func (in *Instance) serveChild(conn *net.UnixConn, pid int) {
 
 // writeHandover sends the hand-over socket, with the application's state,
 // then every listener, packet socket and file handed on.
-func (in *Instance) writeHandover(s *sender) error {
+func (in *Instance) writeHandover(s *ResponseWriter) error {
 	in.mu.Lock()
 	out, state, ln := slices.Clone(in.out), in.outState, in.handover
 	in.mu.Unlock()

@@ -94,7 +94,7 @@ func (in *Instance) dupHandedOn(fds *[]int) ([]string, error) {
 			return nil, err
 		}
 		*fds = append(*fds, fd)
-		b, _ := h.meta.MarshalBinary()
+		b := h.meta.appendBinary(nil)
 		metas = append(metas, base64.StdEncoding.EncodeToString(b))
 	}
 	return metas, nil

@@ -14,32 +14,15 @@ import (
 )
 
 // A ResponseWriter sends descriptors to the receiver on behalf of a
-// [Handler]. It buffers descriptors and sends up to 253 in one system call.
-// Used after its transfer ended, it fails with an error that matches
-// net.ErrClosed.
-type ResponseWriter interface {
-	// Write queues fd with its meta (nil for none), which it encodes at
-	// once. The caller keeps ownership of fd, which must stay open until it
-	// is sent: until the next Flush returns or, without one, until the
-	// transfer ends, after the handler returns. The receiver gets a
-	// descriptor of its own. Write blocks only when a full batch must be
-	// sent first, until the receiver takes it.
-	Write(fd int, meta io.WriterTo) error
-	// Flush sends every queued descriptor and waits until the receiver has
-	// acknowledged all descriptors written so far.
-	Flush() error
-}
-
-// errEnded is the error of a ResponseWriter used after its transfer ended:
-// the writer is closed.
-var errEnded = fmt.Errorf("graceful: transfer already ended: %w", net.ErrClosed)
-
-// sender is the ResponseWriter of one transfer on a connection.
-type sender struct {
+// [Handler]. A [Server] makes one per transfer: a ResponseWriter made any
+// other way fails every call. It queues descriptors and sends up to 253 in
+// one system call. Used after its transfer ended, it fails with an error
+// that matches [net.ErrClosed].
+type ResponseWriter struct {
 	mc  msgConn
 	wd  *watchdog
 	fds []int32
-	// dups are the queued descriptors that the sender owns: duplicates
+	// dups are the queued descriptors that the writer owns: duplicates
 	// of objects' descriptors, closed once their frame is sent or the
 	// transfer fails.
 	dups []int32
@@ -52,15 +35,22 @@ type sender struct {
 	done bool
 	// after holds the functions of CallbackHandlers, to run once the
 	// receiver has acknowledged everything written before them: before
-	// the next Write or Flush, or after the end of the transfer.
+	// the next Write, or after the end of the transfer.
 	after []func()
 }
+
+// errEnded is the error of a ResponseWriter used after its transfer ended:
+// the writer is closed.
+var errEnded = fmt.Errorf("graceful: transfer already ended: %w", net.ErrClosed)
+
+// errNoTransfer is the error of a ResponseWriter that no Server made.
+var errNoTransfer = errors.New("graceful: ResponseWriter of no transfer")
 
 // bodyTarget is how much meta a frame gathers before it is sent early.
 const bodyTarget = 64 << 10
 
-func newSender(ctx context.Context, conn net.Conn, timeout time.Duration) (*sender, error) {
-	s := &sender{
+func newResponseWriter(ctx context.Context, conn net.Conn, timeout time.Duration) (*ResponseWriter, error) {
+	s := &ResponseWriter{
 		fds: make([]int32, 0, maxBatch),
 		buf: make([]byte, hdrLen, 1024),
 		oob: make([]byte, oobSpace),
@@ -73,22 +63,26 @@ func newSender(ctx context.Context, conn net.Conn, timeout time.Duration) (*send
 }
 
 // metaWriter appends what a meta's WriteTo writes to the frame.
-type metaWriter sender
+type metaWriter ResponseWriter
 
 func (w *metaWriter) Write(p []byte) (int, error) {
 	w.buf = append(w.buf, p...)
 	return len(p), nil
 }
 
-func (s *sender) Write(fd int, meta io.WriterTo) error {
-	if s.err != nil {
-		return s.err
-	}
-	if s.done {
-		return errEnded
+// Write queues fd with its meta (nil for none), which it encodes at once.
+// The caller keeps fd; the receiver gets a descriptor of its own. fd must
+// stay open until the transfer ends, or until a later [CallbackHandler]
+// runs its function: it may be sent as late as that. Write blocks only
+// when a full batch must be sent first, until the receiver takes it.
+// A [Meta], or any meta that implements [encoding.BinaryAppender], is
+// encoded into the frame without a copy.
+func (s *ResponseWriter) Write(fd int, meta io.WriterTo) error {
+	if err := s.check(); err != nil {
+		return err
 	}
 	if len(s.after) != 0 {
-		if err := s.runAfter(); err != nil {
+		if err := s.flush(); err != nil {
 			return err
 		}
 	}
@@ -106,7 +100,11 @@ func (s *sender) Write(fd int, meta io.WriterTo) error {
 		var err error
 		switch a := meta.(type) {
 		case Meta: // without the look-up of an interface
-			s.buf, err = a.AppendBinary(s.buf)
+			s.buf = a.appendBinary(s.buf)
+		case *Meta:
+			if a != nil {
+				s.buf = a.appendBinary(s.buf)
+			}
 		case encoding.BinaryAppender:
 			s.buf, err = a.AppendBinary(s.buf)
 		default:
@@ -130,32 +128,26 @@ func (s *sender) Write(fd int, meta io.WriterTo) error {
 	return nil
 }
 
-func (s *sender) Flush() error {
-	if s.done {
+// check tells why s cannot be written to: no Server made it, its
+// transfer failed, or it ended.
+func (s *ResponseWriter) check() error {
+	switch {
+	case s == nil || s.buf == nil:
+		return errNoTransfer
+	case s.err != nil:
+		return s.err
+	case s.done:
 		return errEnded
 	}
-	if err := s.roundTrip(flagSync); err != nil {
-		return err
-	}
-	return s.runAfter()
-}
-
-// callAfter arranges for f to run once the receiver has acknowledged every
-// descriptor written so far, without a round trip of its own when nothing
-// is written after it: then f runs after the end of the transfer.
-func (s *sender) callAfter(f func()) error {
-	if s.done {
-		return errEnded
-	}
-	s.after = append(s.after, f)
 	return nil
 }
 
-// runAfter runs the pending functions of callAfter, first waiting for the
-// acknowledgement of what they follow.
-func (s *sender) runAfter() error {
-	if len(s.after) == 0 {
-		return nil
+// flush sends every queued descriptor, waits until the receiver has
+// acknowledged all descriptors written so far, then runs the pending
+// functions of callAfter.
+func (s *ResponseWriter) flush() error {
+	if err := s.check(); err != nil {
+		return err
 	}
 	if err := s.roundTrip(flagSync); err != nil {
 		return err
@@ -164,8 +156,19 @@ func (s *sender) runAfter() error {
 	return nil
 }
 
+// callAfter arranges for f to run once the receiver has acknowledged every
+// descriptor written so far, without a round trip of its own when nothing
+// is written after it: then f runs after the end of the transfer.
+func (s *ResponseWriter) callAfter(f func()) error {
+	if err := s.check(); err != nil {
+		return err
+	}
+	s.after = append(s.after, f)
+	return nil
+}
+
 // callPending calls the functions of callAfter, once.
-func (s *sender) callPending() {
+func (s *ResponseWriter) callPending() {
 	after := s.after
 	s.after = nil
 	for _, f := range after {
@@ -174,7 +177,7 @@ func (s *sender) callPending() {
 }
 
 // end finishes the transfer and waits for the receiver's acknowledgement.
-func (s *sender) end() error {
+func (s *ResponseWriter) end() error {
 	err := s.roundTrip(flagEnd)
 	s.done = true
 	if err == nil {
@@ -183,9 +186,9 @@ func (s *sender) end() error {
 	return err
 }
 
-// writeDup queues fd, a duplicate that the sender then owns: it closes fd
+// writeDup queues fd, a duplicate that s then owns: it closes fd
 // on every path, once sent or when fd will not be sent.
-func (s *sender) writeDup(fd int, meta io.WriterTo) error {
+func (s *ResponseWriter) writeDup(fd int, meta io.WriterTo) error {
 	queued := false
 	defer func() {
 		if !queued { // an error, or a panic in meta's WriteTo
@@ -203,21 +206,21 @@ func (s *sender) writeDup(fd int, meta io.WriterTo) error {
 // close closes the duplicates that were queued and will not be sent now
 // (the handler failed or panicked), and ends the watch on the connection,
 // which stays open.
-func (s *sender) close() {
+func (s *ResponseWriter) close() {
 	s.clear()
 	s.wd.stop()
 }
 
 // clear empties the queue once its frame is sent or given up, and closes
-// the sender's duplicates: after sendmsg the kernel holds its own
+// the writer's duplicates: after sendmsg the kernel holds its own
 // references to the descriptors in flight.
-func (s *sender) clear() {
+func (s *ResponseWriter) clear() {
 	s.fds, s.buf, s.meta = s.fds[:0], s.buf[:hdrLen], false
 	closeFds(s.dups)
 	s.dups = s.dups[:0]
 }
 
-func (s *sender) roundTrip(flags byte) error {
+func (s *ResponseWriter) roundTrip(flags byte) error {
 	if err := s.send(flags); err != nil {
 		return err
 	}
@@ -229,7 +232,7 @@ func (s *sender) roundTrip(flags byte) error {
 }
 
 // send writes the queued descriptors as one frame.
-func (s *sender) send(flags byte) error {
+func (s *ResponseWriter) send(flags byte) error {
 	if s.err != nil {
 		return s.err
 	}
@@ -270,7 +273,7 @@ func (s *sender) send(flags byte) error {
 
 // catchUp sends a sync frame without descriptors and waits for its
 // acknowledgement.
-func (s *sender) catchUp() error {
+func (s *ResponseWriter) catchUp() error {
 	putHeader(s.sync[:], flagSync, 0, 0)
 	s.wd.arm()
 	if err := s.wd.disarm(s.mc.sendmsg(s.sync[:], nil)); err != nil {
@@ -279,7 +282,7 @@ func (s *sender) catchUp() error {
 	return s.readAck()
 }
 
-func (s *sender) readAck() error {
+func (s *ResponseWriter) readAck() error {
 	if err := s.readFull(s.ack[:]); err != nil {
 		return err
 	}
@@ -297,13 +300,13 @@ func (s *sender) readAck() error {
 // answerHello reads the receiver's hello, which opens each transfer, and
 // answers it with the version to speak, or with a refusal when the two
 // sides speak none in common.
-func (s *sender) answerHello() error {
+func (s *ResponseWriter) answerHello() error {
 	var hello [helloLen]byte
 	if err := s.readFull(hello[:]); err != nil {
 		return err
 	}
 	v, perr := pickVersion(hello[:])
-	if perr != nil && !errors.Is(perr, ErrIncompatible) {
+	if perr != nil && !errors.Is(perr, errNoVersion) {
 		return perr
 	}
 	b := s.ack[:]
@@ -323,7 +326,7 @@ func (s *sender) answerHello() error {
 }
 
 // readFull reads from the receiver, refusing any descriptor it sends.
-func (s *sender) readFull(p []byte) error {
+func (s *ResponseWriter) readFull(p []byte) error {
 	for len(p) > 0 {
 		s.wd.arm()
 		n, oobn, _, err := s.mc.recvmsg(p, s.oob)
@@ -348,7 +351,7 @@ func (s *sender) readFull(p []byte) error {
 // transfer runs one complete transfer on conn: it checks the peer, lets
 // write queue descriptors, ends the transfer unless write did, and waits for
 // the acknowledgement.
-func transfer(ctx context.Context, conn net.Conn, allow func(Peer) error, timeout time.Duration, write func(*sender) error) error {
+func transfer(ctx context.Context, conn net.Conn, allow func(Peer) error, timeout time.Duration, write func(*ResponseWriter) error) error {
 	s, err := openTransfer(ctx, conn, allow, timeout)
 	if err != nil {
 		return err
@@ -358,12 +361,12 @@ func transfer(ctx context.Context, conn net.Conn, allow func(Peer) error, timeou
 }
 
 // openTransfer checks the peer and answers its hello. The caller closes the
-// sender it returns.
-func openTransfer(ctx context.Context, conn net.Conn, allow func(Peer) error, timeout time.Duration) (*sender, error) {
+// writer it returns.
+func openTransfer(ctx context.Context, conn net.Conn, allow func(Peer) error, timeout time.Duration) (*ResponseWriter, error) {
 	if err := checkPeer(conn, allow); err != nil {
 		return nil, err
 	}
-	s, err := newSender(ctx, conn, timeout)
+	s, err := newResponseWriter(ctx, conn, timeout)
 	if err != nil {
 		return nil, err
 	}
@@ -376,7 +379,7 @@ func openTransfer(ctx context.Context, conn net.Conn, allow func(Peer) error, ti
 
 // run lets write queue descriptors, ends the transfer unless write did, and
 // waits for the acknowledgement.
-func (s *sender) run(write func(*sender) error) error {
+func (s *ResponseWriter) run(write func(*ResponseWriter) error) error {
 	if err := write(s); err != nil {
 		return err
 	}
@@ -384,74 +387,54 @@ func (s *sender) run(write func(*sender) error) error {
 }
 
 // SendTo sends fd with meta (nil for none) to the receiver at the other end
-// of conn as one transfer, and returns once the receiver has acknowledged it.
-// The caller keeps fd; the receiver gets a descriptor of its own.
+// of conn, as one transfer. It blocks until the receiver has acknowledged
+// it. The caller keeps fd; the receiver gets a descriptor of its own.
 //
-// conn must be a Unix socket connection whose peer is the same user as this
-// process, or root. SendTo waits at most [DefaultTimeout] for each step of
-// the receiver; it interrupts a stuck call by setting a past deadline on
-// conn, and otherwise leaves conn's deadlines alone.
+// conn must be a Unix socket connection. Its peer must be the same user
+// as this process, or root. SendTo waits at most [DefaultTimeout] for each
+// step of the receiver. It interrupts a stuck call by setting a past
+// deadline on conn, and otherwise leaves conn's deadlines alone. It does
+// not close conn. For another timeout or peer policy, or to send a
+// connection, use [Server.ServeConn] with an [ObjectHandler].
 func SendTo(conn net.Conn, fd int, meta io.WriterTo) error {
-	return transfer(context.Background(), conn, nil, DefaultTimeout, func(s *sender) error {
+	return transfer(context.Background(), conn, nil, DefaultTimeout, func(s *ResponseWriter) error {
 		return s.Write(fd, meta)
 	})
 }
 
-// SendListenerTo sends the descriptor of ln with meta to the receiver at the
-// other end of conn, as [SendTo] does. It sends a duplicate, which it makes
-// at the start (close-on-exec) and closes before it returns, so ln is
-// borrowed only for that moment: ln stays open and keeps accepting, and
-// another goroutine may close it while SendListenerTo waits for the
-// receiver, without waiting for it (closed before the duplicate is made, ln
-// makes SendListenerTo fail). Both processes share the listening socket
-// until each has closed its copy.
+// SendListenerTo sends the descriptor of ln with meta, as [SendTo] does.
+// It sends a duplicate, made at the start (close-on-exec) and closed
+// before it returns. ln is borrowed only for that moment: it stays open
+// and keeps accepting. Another goroutine may close ln while SendListenerTo
+// waits for the receiver; the close does not wait. Closed before the
+// duplicate is made, ln makes SendListenerTo fail. Both processes share
+// the listening socket until each has closed its copy.
 func SendListenerTo(conn net.Conn, ln net.Listener, meta io.WriterTo) error {
 	return sendObjectTo(conn, ln, meta)
 }
 
 // SendFileTo sends the descriptor of f with meta, a duplicate as
-// [SendListenerTo] sends. f stays open and unchanged (it is not switched to
-// blocking mode), and closing it does not wait for the receiver.
+// [SendListenerTo] sends. f stays open and unchanged: it is not switched
+// to blocking mode. Closing it does not wait for the receiver.
 func SendFileTo(conn net.Conn, f *os.File, meta io.WriterTo) error {
 	return sendObjectTo(conn, f, meta)
 }
 
-// SendConnTo sends the descriptor of c to the receiver at the other end of
-// dst, a duplicate as [SendListenerTo] sends. c stays open, and closing it
-// does not wait for the receiver; data it has buffered in user space (for
-// example in a bufio.Reader) is not part of the descriptor.
-func SendConnTo(dst net.Conn, c net.Conn, meta io.WriterTo) error {
-	return sendObjectTo(dst, c, meta)
-}
-
-// SendPacketConnTo sends the descriptor of pc to the receiver at the other
-// end of dst, a duplicate as [SendListenerTo] sends. pc stays open, and
-// closing it does not wait for the receiver.
-func SendPacketConnTo(dst net.Conn, pc net.PacketConn, meta io.WriterTo) error {
-	return sendObjectTo(dst, pc, meta)
-}
-
 func sendObjectTo(conn net.Conn, obj any, meta io.WriterTo) error {
-	return transfer(context.Background(), conn, nil, DefaultTimeout, func(s *sender) error {
+	return transfer(context.Background(), conn, nil, DefaultTimeout, func(s *ResponseWriter) error {
 		return writeObject(s, obj, meta)
 	})
 }
 
-// writeObject queues a duplicate of obj's descriptor. The library's sender
-// owns it from then on; another ResponseWriter (an application's wrapper)
-// gets it flushed and closed here, since a writer may hold a descriptor
-// until its next Flush.
-func writeObject(w ResponseWriter, obj any, meta io.WriterTo) error {
+// writeObject queues a duplicate of obj's descriptor, which s owns from
+// then on.
+func writeObject(s *ResponseWriter, obj any, meta io.WriterTo) error {
+	if err := s.check(); err != nil {
+		return err
+	}
 	fd, err := dupObject(obj)
 	if err != nil {
 		return err
 	}
-	if s, ok := w.(*sender); ok {
-		return s.writeDup(fd, meta)
-	}
-	defer closeFd(fd)
-	if err := w.Write(fd, meta); err != nil {
-		return err
-	}
-	return w.Flush()
+	return s.writeDup(fd, meta)
 }
