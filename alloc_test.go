@@ -15,7 +15,7 @@ var allocSink Meta
 
 // TestAllocsPerDescriptor checks that a hand-over allocates nothing per
 // descriptor in steady state: on the send path (ResponseWriter.Write with a
-// Meta, which encodes with AppendBinary) and on the receive path, beyond the
+// Meta, which encodes with appendBinary) and on the receive path, beyond the
 // map of each Meta that the callback decodes with MetaFrom.
 func TestAllocsPerDescriptor(t *testing.T) {
 	checkFds(t)

@@ -40,7 +40,9 @@ func SequenceHandler(hs ...Handler) Handler {
 
 // ObjectHandler returns a Handler that sends the descriptor of obj with
 // meta (nil for none). obj is any object backed by a descriptor: a
-// net.Conn, a net.PacketConn, a listener, an *os.File.
+// connection, packet connection or listener of package net, or an
+// *os.File. A net.Conn or net.PacketConn converts with a type assertion,
+// as in c.(syscall.Conn).
 //
 // The handler queues a duplicate of obj's descriptor (close-on-exec) and
 // returns. The server owns the duplicate: it closes it once the frame

@@ -853,7 +853,7 @@ func TestBadInput(t *testing.T) {
 	for _, tc := range []struct {
 		name   string
 		client Client
-		all    bool // ReceiveAllFrom rather than ReceiveFrom
+		all    bool // all transfers until the end, rather than ReceiveFrom
 		passCr bool // SO_PASSCRED on the receiver's socket
 		// noAnswer leaves the answer to the hello to the peer function.
 		noAnswer bool

@@ -77,66 +77,66 @@ func (w *metaWriter) Write(p []byte) (int, error) {
 // when a full batch must be sent first, until the receiver takes it.
 // A [Meta], or any meta that implements [encoding.BinaryAppender], is
 // encoded into the frame without a copy.
-func (s *ResponseWriter) Write(fd int, meta io.WriterTo) error {
-	if err := s.check(); err != nil {
+func (w *ResponseWriter) Write(fd int, meta io.WriterTo) error {
+	if err := w.check(); err != nil {
 		return err
 	}
-	if len(s.after) != 0 {
-		if err := s.flush(); err != nil {
+	if len(w.after) != 0 {
+		if err := w.flush(); err != nil {
 			return err
 		}
 	}
 	if fd < 0 || fd > 1<<31-1 {
 		return fmt.Errorf("graceful: invalid descriptor %d: %w", fd, syscall.EBADF)
 	}
-	if len(s.fds) == maxBatch || len(s.buf)-hdrLen >= bodyTarget {
-		if err := s.send(0); err != nil {
+	if len(w.fds) == maxBatch || len(w.buf)-hdrLen >= bodyTarget {
+		if err := w.send(0); err != nil {
 			return err
 		}
 	}
-	mark := len(s.buf)
-	s.buf = append(s.buf, 0, 0, 0, 0)
+	mark := len(w.buf)
+	w.buf = append(w.buf, 0, 0, 0, 0)
 	if meta != nil {
 		var err error
 		switch a := meta.(type) {
 		case Meta: // without the look-up of an interface
-			s.buf = a.appendBinary(s.buf)
+			w.buf = a.appendBinary(w.buf)
 		case *Meta:
 			if a != nil {
-				s.buf = a.appendBinary(s.buf)
+				w.buf = a.appendBinary(w.buf)
 			}
 		case encoding.BinaryAppender:
-			s.buf, err = a.AppendBinary(s.buf)
+			w.buf, err = a.AppendBinary(w.buf)
 		default:
-			_, err = meta.WriteTo((*metaWriter)(s))
+			_, err = meta.WriteTo((*metaWriter)(w))
 		}
 		if err != nil {
-			s.buf = s.buf[:mark]
+			w.buf = w.buf[:mark]
 			return fmt.Errorf("graceful: writing meta: %w", err)
 		}
 	}
-	n := len(s.buf) - mark - 4
+	n := len(w.buf) - mark - 4
 	if n > 1<<31-1 {
-		s.buf = s.buf[:mark]
+		w.buf = w.buf[:mark]
 		return fmt.Errorf("%w: meta of %d bytes", ErrLimit, n)
 	}
 	if n > 0 {
-		binary.BigEndian.PutUint32(s.buf[mark:], uint32(n))
-		s.meta = true
+		binary.BigEndian.PutUint32(w.buf[mark:], uint32(n))
+		w.meta = true
 	}
-	s.fds = append(s.fds, int32(fd))
+	w.fds = append(w.fds, int32(fd))
 	return nil
 }
 
-// check tells why s cannot be written to: no Server made it, its
+// check tells why w cannot be written to: no Server made it, its
 // transfer failed, or it ended.
-func (s *ResponseWriter) check() error {
+func (w *ResponseWriter) check() error {
 	switch {
-	case s == nil || s.buf == nil:
+	case w == nil || w.buf == nil:
 		return errNoTransfer
-	case s.err != nil:
-		return s.err
-	case s.done:
+	case w.err != nil:
+		return w.err
+	case w.done:
 		return errEnded
 	}
 	return nil
@@ -145,60 +145,60 @@ func (s *ResponseWriter) check() error {
 // flush sends every queued descriptor, waits until the receiver has
 // acknowledged all descriptors written so far, then runs the pending
 // functions of callAfter.
-func (s *ResponseWriter) flush() error {
-	if err := s.check(); err != nil {
+func (w *ResponseWriter) flush() error {
+	if err := w.check(); err != nil {
 		return err
 	}
-	if err := s.roundTrip(flagSync); err != nil {
+	if err := w.roundTrip(flagSync); err != nil {
 		return err
 	}
-	s.callPending()
+	w.callPending()
 	return nil
 }
 
 // callAfter arranges for f to run once the receiver has acknowledged every
 // descriptor written so far, without a round trip of its own when nothing
 // is written after it: then f runs after the end of the transfer.
-func (s *ResponseWriter) callAfter(f func()) error {
-	if err := s.check(); err != nil {
+func (w *ResponseWriter) callAfter(f func()) error {
+	if err := w.check(); err != nil {
 		return err
 	}
-	s.after = append(s.after, f)
+	w.after = append(w.after, f)
 	return nil
 }
 
 // callPending calls the functions of callAfter, once.
-func (s *ResponseWriter) callPending() {
-	after := s.after
-	s.after = nil
+func (w *ResponseWriter) callPending() {
+	after := w.after
+	w.after = nil
 	for _, f := range after {
 		f()
 	}
 }
 
 // end finishes the transfer and waits for the receiver's acknowledgement.
-func (s *ResponseWriter) end() error {
-	err := s.roundTrip(flagEnd)
-	s.done = true
+func (w *ResponseWriter) end() error {
+	err := w.roundTrip(flagEnd)
+	w.done = true
 	if err == nil {
-		s.callPending()
+		w.callPending()
 	}
 	return err
 }
 
-// writeDup queues fd, a duplicate that s then owns: it closes fd
+// writeDup queues fd, a duplicate that w then owns: it closes fd
 // on every path, once sent or when fd will not be sent.
-func (s *ResponseWriter) writeDup(fd int, meta io.WriterTo) error {
+func (w *ResponseWriter) writeDup(fd int, meta io.WriterTo) error {
 	queued := false
 	defer func() {
 		if !queued { // an error, or a panic in meta's WriteTo
 			closeFd(fd)
 		}
 	}()
-	if err := s.Write(fd, meta); err != nil {
+	if err := w.Write(fd, meta); err != nil {
 		return err
 	}
-	s.dups = append(s.dups, int32(fd))
+	w.dups = append(w.dups, int32(fd))
 	queued = true
 	return nil
 }
@@ -206,92 +206,92 @@ func (s *ResponseWriter) writeDup(fd int, meta io.WriterTo) error {
 // close closes the duplicates that were queued and will not be sent now
 // (the handler failed or panicked), and ends the watch on the connection,
 // which stays open.
-func (s *ResponseWriter) close() {
-	s.clear()
-	s.wd.stop()
+func (w *ResponseWriter) close() {
+	w.clear()
+	w.wd.stop()
 }
 
 // clear empties the queue once its frame is sent or given up, and closes
 // the writer's duplicates: after sendmsg the kernel holds its own
 // references to the descriptors in flight.
-func (s *ResponseWriter) clear() {
-	s.fds, s.buf, s.meta = s.fds[:0], s.buf[:hdrLen], false
-	closeFds(s.dups)
-	s.dups = s.dups[:0]
+func (w *ResponseWriter) clear() {
+	w.fds, w.buf, w.meta = w.fds[:0], w.buf[:hdrLen], false
+	closeFds(w.dups)
+	w.dups = w.dups[:0]
 }
 
-func (s *ResponseWriter) roundTrip(flags byte) error {
-	if err := s.send(flags); err != nil {
+func (w *ResponseWriter) roundTrip(flags byte) error {
+	if err := w.send(flags); err != nil {
 		return err
 	}
-	if err := s.readAck(); err != nil {
-		s.err = err
+	if err := w.readAck(); err != nil {
+		w.err = err
 		return err
 	}
 	return nil
 }
 
 // send writes the queued descriptors as one frame.
-func (s *ResponseWriter) send(flags byte) error {
-	if s.err != nil {
-		return s.err
+func (w *ResponseWriter) send(flags byte) error {
+	if w.err != nil {
+		return w.err
 	}
-	body := len(s.buf) - hdrLen
-	if !s.meta {
+	body := len(w.buf) - hdrLen
+	if !w.meta {
 		body = 0
 	}
-	putHeader(s.buf, flags, len(s.fds), body)
-	oobn := putRights(s.oob, s.fds)
-	s.wd.arm()
-	err := s.wd.disarm(s.mc.sendmsg(s.buf[:hdrLen+body], s.oob[:oobn]))
+	putHeader(w.buf, flags, len(w.fds), body)
+	oobn := putRights(w.oob, w.fds)
+	w.wd.arm()
+	err := w.wd.disarm(w.mc.sendmsg(w.buf[:hdrLen+body], w.oob[:oobn]))
 	if inFlightLimit(err) {
 		// The kernel bounds the descriptors in flight (on Linux, a user
 		// other than root has its RLIMIT_NOFILE), which a large transfer
 		// reaches when the receiver lags. Nothing was sent: wait until the
 		// receiver has taken every frame so far, then send again.
-		if cerr := s.catchUp(); cerr != nil {
-			s.clear()
-			s.err = cerr
+		if cerr := w.catchUp(); cerr != nil {
+			w.clear()
+			w.err = cerr
 			return cerr
 		}
-		s.wd.arm()
-		err = s.wd.disarm(s.mc.sendmsg(s.buf[:hdrLen+body], s.oob[:oobn]))
+		w.wd.arm()
+		err = w.wd.disarm(w.mc.sendmsg(w.buf[:hdrLen+body], w.oob[:oobn]))
 	}
-	s.clear()
+	w.clear()
 	if err != nil {
-		s.err = ioError("sending descriptors", err)
+		w.err = ioError("sending descriptors", err)
 		if errors.Is(err, syscall.EPIPE) || errors.Is(err, syscall.ECONNRESET) {
 			// A receiver that refuses writes its reason before it closes:
 			// report that rather than the broken pipe it left.
-			if rerr := s.readAck(); errors.Is(rerr, ErrRejected) {
-				s.err = rerr
+			if rerr := w.readAck(); errors.Is(rerr, ErrRejected) {
+				w.err = rerr
 			}
 		}
 	}
-	return s.err
+	return w.err
 }
 
 // catchUp sends a sync frame without descriptors and waits for its
 // acknowledgement.
-func (s *ResponseWriter) catchUp() error {
-	putHeader(s.sync[:], flagSync, 0, 0)
-	s.wd.arm()
-	if err := s.wd.disarm(s.mc.sendmsg(s.sync[:], nil)); err != nil {
+func (w *ResponseWriter) catchUp() error {
+	putHeader(w.sync[:], flagSync, 0, 0)
+	w.wd.arm()
+	if err := w.wd.disarm(w.mc.sendmsg(w.sync[:], nil)); err != nil {
 		return ioError("sending descriptors", err)
 	}
-	return s.readAck()
+	return w.readAck()
 }
 
-func (s *ResponseWriter) readAck() error {
-	if err := s.readFull(s.ack[:]); err != nil {
+func (w *ResponseWriter) readAck() error {
+	if err := w.readFull(w.ack[:]); err != nil {
 		return err
 	}
-	status, n, err := parseAck(s.ack[:], version)
+	status, n, err := parseAck(w.ack[:], version)
 	if err != nil || status == statusOK {
 		return err
 	}
 	msg := make([]byte, n)
-	if err := s.readFull(msg); err != nil {
+	if err := w.readFull(msg); err != nil {
 		return err
 	}
 	return fmt.Errorf("%w: %q", ErrRejected, msg)
@@ -300,16 +300,16 @@ func (s *ResponseWriter) readAck() error {
 // answerHello reads the receiver's hello, which opens each transfer, and
 // answers it with the version to speak, or with a refusal when the two
 // sides speak none in common.
-func (s *ResponseWriter) answerHello() error {
+func (w *ResponseWriter) answerHello() error {
 	var hello [helloLen]byte
-	if err := s.readFull(hello[:]); err != nil {
+	if err := w.readFull(hello[:]); err != nil {
 		return err
 	}
 	v, perr := pickVersion(hello[:])
 	if perr != nil && !errors.Is(perr, errNoVersion) {
 		return perr
 	}
-	b := s.ack[:]
+	b := w.ack[:]
 	if perr == nil {
 		putAck(b, v, statusOK, 0)
 	} else {
@@ -318,24 +318,24 @@ func (s *ResponseWriter) answerHello() error {
 		b = append(make([]byte, ackLen, ackLen+len(msg)), msg...)
 		putAck(b, 0, statusRefused, len(msg))
 	}
-	s.wd.arm()
-	if err := s.wd.disarm(s.mc.sendmsg(b, nil)); err != nil {
+	w.wd.arm()
+	if err := w.wd.disarm(w.mc.sendmsg(b, nil)); err != nil {
 		return ioError("answering hello", err)
 	}
 	return perr
 }
 
 // readFull reads from the receiver, refusing any descriptor it sends.
-func (s *ResponseWriter) readFull(p []byte) error {
+func (w *ResponseWriter) readFull(p []byte) error {
 	for len(p) > 0 {
-		s.wd.arm()
-		n, oobn, _, err := s.mc.recvmsg(p, s.oob)
-		if err = s.wd.disarm(err); err != nil {
+		w.wd.arm()
+		n, oobn, _, err := w.mc.recvmsg(p, w.oob)
+		if err = w.wd.disarm(err); err != nil {
 			return ioError("reading from the receiver", err)
 		}
 		if oobn > 0 {
 			var buf [maxBatch]int32
-			if fds := appendRights(buf[:0], s.oob[:oobn]); len(fds) > 0 {
+			if fds := appendRights(buf[:0], w.oob[:oobn]); len(fds) > 0 {
 				closeFds(fds)
 				return fmt.Errorf("%w: receiver sent descriptors", ErrProtocol)
 			}
@@ -379,11 +379,11 @@ func openTransfer(ctx context.Context, conn net.Conn, allow func(Peer) error, ti
 
 // run lets write queue descriptors, ends the transfer unless write did, and
 // waits for the acknowledgement.
-func (s *ResponseWriter) run(write func(*ResponseWriter) error) error {
-	if err := write(s); err != nil {
+func (w *ResponseWriter) run(write func(*ResponseWriter) error) error {
+	if err := write(w); err != nil {
 		return err
 	}
-	return s.end()
+	return w.end()
 }
 
 // SendTo sends fd with meta (nil for none) to the receiver at the other end
@@ -426,15 +426,15 @@ func sendObjectTo(conn net.Conn, obj any, meta io.WriterTo) error {
 	})
 }
 
-// writeObject queues a duplicate of obj's descriptor, which s owns from
+// writeObject queues a duplicate of obj's descriptor, which w owns from
 // then on.
-func writeObject(s *ResponseWriter, obj any, meta io.WriterTo) error {
-	if err := s.check(); err != nil {
+func writeObject(w *ResponseWriter, obj any, meta io.WriterTo) error {
+	if err := w.check(); err != nil {
 		return err
 	}
 	fd, err := dupObject(obj)
 	if err != nil {
 		return err
 	}
-	return s.writeDup(fd, meta)
+	return w.writeDup(fd, meta)
 }

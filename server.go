@@ -203,9 +203,9 @@ func (s *Server) serveAccepted(ctx context.Context, conn net.Conn) {
 // rather than serve on it again. ServeConn sets a past deadline on conn to
 // interrupt a stuck call. It leaves conn's deadlines alone otherwise. A
 // panic in the Handler goes on to the caller, once the duplicates that
-// object handlers queued are closed. Close and Shutdown interrupt the wait
-// of a ServeConn under way. Once the server is closed, ServeConn returns
-// [ErrServerClosed] at once.
+// object handlers queued are closed. Close interrupts the waits of a
+// ServeConn under way; Shutdown waits for it, until its ctx is done. Once
+// the server is closed, ServeConn returns [ErrServerClosed] at once.
 //
 // A server that serves one receiver only accepts one connection on its
 // listener, calls ServeConn, and closes the listener before conn: the
