@@ -79,6 +79,16 @@ func TestNoHandler(t *testing.T) {
 	if _, err := ln.Accept(); !errors.Is(err, net.ErrClosed) {
 		t.Errorf("the listener is open: %v", err)
 	}
+	// ServeConn fails too, and leaves the caller's connection open.
+	a, b := socketPair(t)
+	defer a.Close()
+	defer b.Close()
+	if err := (&Server{}).ServeConn(a); err == nil || errors.Is(err, ErrServerClosed) {
+		t.Fatalf("ServeConn: %v", err)
+	}
+	if _, err := a.Write([]byte("x")); err != nil {
+		t.Errorf("the connection is closed: %v", err)
+	}
 }
 
 // TestLargeMaxMetaSize checks that a MaxMetaSize too large for the frame's

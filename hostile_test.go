@@ -767,6 +767,52 @@ func TestServerNoHang(t *testing.T) {
 			}
 		})
 	}
+	// ServeConn's connection is the caller's: Close and Shutdown interrupt
+	// its transfer without closing it, and leave no deadline on it.
+	for _, stop := range []string{"Close", "Shutdown"} {
+		t.Run("ServeConn/"+stop, func(t *testing.T) {
+			srv := &Server{Timeout: -1, Handler: fdHandler(p.w, nil)}
+			a, b := socketPair(t)
+			defer a.Close()
+			defer b.Close()
+			served := make(chan error, 1)
+			go func() { served <- srv.ServeConn(a) }()
+			if _, err := b.Write(hello()); err != nil {
+				t.Fatal(err)
+			}
+			// The server waits for the acknowledgement now.
+			if _, err := io.ReadFull(b, make([]byte, ackLen+hdrLen)); err != nil {
+				t.Fatal(err)
+			}
+			if stop == "Close" {
+				srv.Close()
+			} else {
+				ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
+				defer cancel()
+				if err := srv.Shutdown(ctx); !errors.Is(err, context.DeadlineExceeded) {
+					t.Errorf("Shutdown: %v, want the context's error", err)
+				}
+			}
+			select {
+			case err := <-served:
+				if !errors.Is(err, context.Canceled) {
+					t.Errorf("ServeConn: %v, want context.Canceled", err)
+				}
+			case <-time.After(10 * time.Second):
+				t.Fatalf("ServeConn still waits after %s", stop)
+			}
+			// The connection still carries data, both ways.
+			if _, err := b.Write([]byte("x")); err != nil {
+				t.Fatal(err)
+			}
+			if _, err := io.ReadFull(a, make([]byte, 1)); err != nil {
+				t.Errorf("reading the caller's connection after ServeConn: %v", err)
+			}
+			if _, err := a.Write([]byte("y")); err != nil {
+				t.Errorf("writing the caller's connection after ServeConn: %v", err)
+			}
+		})
+	}
 	p.checkClosed(t)
 }
 
