@@ -22,8 +22,9 @@ type Handler func(conn net.Conn, w *ResponseWriter) error
 // errNilHandler is the error of a nil Handler in a sequence.
 var errNilHandler = errors.New("graceful: nil Handler")
 
-// SequenceHandler returns a Handler that runs hs in order. It stops at the
-// first error; a nil Handler in hs is an error.
+// SequenceHandler returns a Handler that runs hs in order, one transfer
+// for all. It stops at the first error; a nil Handler in hs is an error.
+// It blocks as long as each of hs does, and owns nothing of theirs.
 func SequenceHandler(hs ...Handler) Handler {
 	return func(conn net.Conn, w *ResponseWriter) error {
 		for _, h := range hs {

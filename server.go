@@ -51,7 +51,8 @@ type Server struct {
 var errNoHandler = errors.New("graceful: Server has no Handler")
 
 // ListenAndServe listens on the Unix socket addr and serves h with a
-// Server's defaults. See [Server.ListenAndServe].
+// Server's defaults. It blocks until the server fails, and leaves h's
+// objects to the caller. See [Server.ListenAndServe].
 func ListenAndServe(addr string, h Handler) error {
 	return (&Server{Handler: h}).ListenAndServe(addr)
 }
