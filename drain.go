@@ -56,6 +56,12 @@ type Drainer struct {
 // when Drain starts; a successor keeps accepting on its own copy of the socket.
 // Called after Drain, or a second time, Serve closes ln and returns at once.
 func (d *Drainer) Serve(srv *http.Server, ln net.Listener) error {
+	if srv == nil || ln == nil {
+		if ln != nil {
+			ln.Close()
+		}
+		return errors.New("graceful: Drainer.Serve of a nil server or listener")
+	}
 	d.mu.Lock()
 	if d.draining.Load() {
 		d.mu.Unlock()
