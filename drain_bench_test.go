@@ -178,7 +178,12 @@ func benchServe(b *testing.B, drainer bool) string {
 	if drainer {
 		d := &Drainer{}
 		go func() { served <- d.Serve(srv, ln) }()
-		stop = func() error { return d.Drain(context.Background()) }
+		stop = func() error {
+			// A grace of 1 s for the clients left idle.
+			ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+			defer cancel()
+			return d.Drain(ctx)
+		}
 	} else {
 		go func() { served <- srv.Serve(ln) }()
 	}
