@@ -166,7 +166,7 @@ func TestVersions(t *testing.T) {
 				c.Write(tc.answer)
 				io.Copy(io.Discard, c)
 			}()
-			if err := Receive(addr, (&closer{}).cb); !errors.Is(err, tc.want) {
+			if err := Receive(addr, (&closer{}).cb); !errors.Is(err, tc.want) || !errors.Is(err, ErrProtocol) {
 				t.Fatalf("Receive: %v, want %v", err, tc.want)
 			}
 		})

@@ -425,7 +425,7 @@ func errKind(err error) string {
 		return "nil"
 	case errors.Is(err, ErrPeerNotAllowed):
 		return "peer-refused"
-	case errors.Is(err, errTruncated):
+	case errors.Is(err, errTruncated) && errors.Is(err, ErrLimit):
 		return "truncated"
 	case errors.Is(err, ErrAborted):
 		return ErrAborted.Error()
