@@ -15,7 +15,7 @@ var allocSink Meta
 
 // TestAllocsPerDescriptor checks that a hand-over allocates nothing per
 // descriptor in steady state: on the send path (ResponseWriter.Write with a
-// Meta, which encodes with AppendBinary) and on the receive path, beyond the
+// Meta, which encodes with appendBinary) and on the receive path, beyond the
 // map of each Meta that the callback decodes with MetaFrom.
 func TestAllocsPerDescriptor(t *testing.T) {
 	checkFds(t)
@@ -61,7 +61,7 @@ func TestAllocsPerDescriptor(t *testing.T) {
 	const n = 40 * maxBatch
 	// perFd writes n descriptors and flushes, which returns once the
 	// receiver has taken them all, and counts the process's allocations.
-	perFd := func(s *sender, meta io.WriterTo) float64 {
+	perFd := func(s *ResponseWriter, meta io.WriterTo) float64 {
 		var m0, m1 runtime.MemStats
 		runtime.ReadMemStats(&m0)
 		for range n {
@@ -69,13 +69,13 @@ func TestAllocsPerDescriptor(t *testing.T) {
 				t.Fatal(err)
 			}
 		}
-		if err := s.Flush(); err != nil {
+		if err := s.flush(); err != nil {
 			t.Fatal(err)
 		}
 		runtime.ReadMemStats(&m1)
 		return float64(m1.Mallocs-m0.Mallocs) / n
 	}
-	err := transfer(t.Context(), a, nil, DefaultTimeout, func(s *sender) error {
+	err := transfer(t.Context(), a, nil, DefaultTimeout, func(s *ResponseWriter) error {
 		perFd(s, meta) // warm-up: buffers reach their size
 		if got := perFd(s, meta); got >= 0.01 {
 			t.Errorf("sending with Meta, receiving without decoding: %.3f allocations per descriptor, want 0", got)

@@ -4,6 +4,7 @@ package graceful
 
 import (
 	"bytes"
+	"context"
 	"encoding/binary"
 	"encoding/gob"
 	"encoding/json"
@@ -129,8 +130,7 @@ func benchHandoverMeta(b *testing.B, n int) {
 		var rs recvStats
 		l := runHandover(b, addr, "lib", n, true, func(conn net.Conn) (func() error, error) {
 			return func() error {
-				return transfer(b.Context(), conn, nil, DefaultTimeout, func(s *sender) error {
-					var w ResponseWriter = s
+				return transfer(b.Context(), conn, nil, DefaultTimeout, func(w *ResponseWriter) error {
 					for i := range n {
 						j := i % len(fds)
 						if err := w.Write(fds[j], sendMeta(j)); err != nil {
@@ -259,7 +259,7 @@ func benchHandover(b *testing.B, n int, withMeta bool) {
 		var rs recvStats
 		lib += runHandover(b, addr, "lib", n, withMeta, func(conn net.Conn) (func() error, error) {
 			return func() error {
-				return transfer(b.Context(), conn, nil, DefaultTimeout, func(s *sender) error {
+				return transfer(b.Context(), conn, nil, DefaultTimeout, func(s *ResponseWriter) error {
 					for i := range n {
 						j := i % len(fds)
 						var meta io.WriterTo
@@ -577,7 +577,7 @@ func floorReceive(addr string, n int, batch func(at int, fds []int32)) (int, err
 			return got, io.ErrUnexpectedEOF
 		}
 		if flags&unix.MSG_CTRUNC != 0 {
-			return got, ErrTruncated
+			return got, errTruncated
 		}
 		fds = appendRights(fds[:0], oob[:oobn])
 		if batch != nil {
@@ -620,7 +620,7 @@ func benchEncodings(base int) (all []byte, size int, err error) {
 	}
 	for _, i := range []int{0, base - 1} {
 		want := benchMeta(i)
-		e, _ := want.MarshalBinary()
+		e := want.appendBinary(nil)
 		if got := all[i*size : (i+1)*size]; !bytes.Equal(got, e) {
 			return nil, 0, fmt.Errorf("benchMeta(%d) encodes as %q, not %q", i, e, got)
 		}
@@ -745,10 +745,10 @@ func init() {
 // BenchmarkMeta compares Meta's encoding with encoding/gob and
 // encoding/json on the benchmark's two-key map. Gob and JSON get a fresh
 // encoder and decoder per map, since each descriptor's meta stands alone.
-// Meta decodes with MetaFrom from the reader a ReceiveCallback gets.
+// Meta decodes with MetaFrom from the reader a Receive callback gets.
 func BenchmarkMeta(b *testing.B) {
 	m := benchMeta(12345)
-	enc, _ := m.MarshalBinary()
+	enc := m.appendBinary(nil)
 	var gobEnc bytes.Buffer
 	if err := gob.NewEncoder(&gobEnc).Encode(map[string]string(m)); err != nil {
 		b.Fatal(err)
@@ -759,7 +759,7 @@ func BenchmarkMeta(b *testing.B) {
 		b.ReportAllocs()
 		buf := make([]byte, 0, 256)
 		for b.Loop() {
-			buf, _ = m.AppendBinary(buf[:0])
+			buf = m.appendBinary(buf[:0])
 		}
 	})
 	b.Run("op=encode/codec=gob", func(b *testing.B) {
@@ -850,7 +850,7 @@ func peakRSS() (uint64, error) {
 // through their handlers: 500 FileHandlers in one SequenceHandler, against
 // the same 500 descriptors written through one ResponseWriter. Each
 // iteration runs both transfers, one after the other, to one receiving
-// process that stays up for the whole benchmark (ReceiveAllFrom), so the
+// process that stays up for the whole benchmark (receiving all), so the
 // two share the machine's state. Reported:
 //
 //	ns/op        the handlers' transfer, from its start (the peer check)
@@ -882,7 +882,7 @@ func BenchmarkObjectHandlers(b *testing.B) {
 		}
 	}
 	handlers := SequenceHandler(hs...)
-	writes := HandlerFunc(func(_ net.Conn, w ResponseWriter) error {
+	writes := Handler(func(_ net.Conn, w *ResponseWriter) error {
 		for _, fd := range fds {
 			if err := w.Write(fd, nil); err != nil {
 				return err
@@ -904,8 +904,8 @@ func BenchmarkObjectHandlers(b *testing.B) {
 	}
 	run := func(h Handler) time.Duration {
 		t0 := time.Now()
-		err := transfer(b.Context(), conn, nil, DefaultTimeout, func(s *sender) error {
-			return h.Handle(conn, s)
+		err := transfer(b.Context(), conn, nil, DefaultTimeout, func(s *ResponseWriter) error {
+			return h(conn, s)
 		})
 		d := time.Since(t0)
 		if err != nil {
@@ -937,10 +937,10 @@ func init() {
 		}
 		defer conn.Close()
 		got := 0
-		err = ReceiveAllFrom(conn, func(fd int, _ io.Reader) error {
+		_, err = defaultClient.receive(context.Background(), conn, func(fd int, _ io.Reader) error {
 			got++
 			return unix.Close(fd)
-		})
+		}, true)
 		if err != nil {
 			return err
 		}

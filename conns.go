@@ -83,7 +83,7 @@ func (in *Instance) passConns(conns []PassedConn, fds []int) (err error, retry b
 	}
 	// Stop calls it off (the context), but not once the successor has
 	// acknowledged: the commit follows at once.
-	err = transfer(in.ctx, g.conn, nil, in.timeout, func(s *sender) error {
+	err = transfer(in.ctx, g.conn, nil, in.timeout, func(s *ResponseWriter) error {
 		for i, c := range conns {
 			if err := s.Write(fds[i], c.Meta); err != nil {
 				return err

@@ -10,9 +10,9 @@ import (
 	"time"
 )
 
-// DefaultIdleGrace is how long [Drainer.Drain] waits for idle keep-alive
-// connections to send one more request when [Drainer.IdleGrace] is 0.
-const DefaultIdleGrace = 5 * time.Second
+// defaultIdleGrace is the longest that Drain waits for idle keep-alive
+// connections to send one more request.
+const defaultIdleGrace = 5 * time.Second
 
 // A Drainer serves an [http.Server] on a listener that a successor shares,
 // and drains it after the hand-over without losing a request. Its zero value
@@ -29,15 +29,11 @@ const DefaultIdleGrace = 5 * time.Second
 // answers every request from then on with "Connection: close", so that each
 // connection closes cleanly after its next response, and waits for the
 // connections to close that way. It calls Shutdown only once they have, or
-// once IdleGrace has passed: only a connection that stays idle that long can
-// still lose a request, which HTTP/1.1 gives a server no way to prevent.
-// (net/http's HTTP/2 server takes "Connection: close" for a GOAWAY, so its
-// connections drain the same way.)
+// once a grace period has passed: only a connection that stays idle that
+// long can still lose a request, which HTTP/1.1 gives a server no way to
+// prevent. (net/http's HTTP/2 server takes "Connection: close" for a GOAWAY,
+// so its connections drain the same way.)
 type Drainer struct {
-	// IdleGrace bounds how long Drain waits for every connection to close
-	// after its next response; 0 means DefaultIdleGrace.
-	IdleGrace time.Duration
-
 	// draining is set by Drain, under mu so that Serve sees it when it
 	// starts, and read without a lock by every request (see install).
 	draining atomic.Bool
@@ -60,6 +56,12 @@ type Drainer struct {
 // when Drain starts; a successor keeps accepting on its own copy of the socket.
 // Called after Drain, or a second time, Serve closes ln and returns at once.
 func (d *Drainer) Serve(srv *http.Server, ln net.Listener) error {
+	if srv == nil || ln == nil {
+		if ln != nil {
+			ln.Close()
+		}
+		return errors.New("graceful: Drainer.Serve of a nil server or listener")
+	}
 	d.mu.Lock()
 	if d.draining.Load() {
 		d.mu.Unlock()
@@ -132,15 +134,20 @@ func (d *Drainer) install(srv *http.Server) {
 	})
 }
 
-// Drain stops accepting, waits until every connection has closed after a
-// response marked "Connection: close" or IdleGrace has passed, and then
-// shuts the server down with [http.Server.Shutdown], which closes the
-// connections still idle and waits for the active ones. When ctx is done
-// first, it closes every connection ([http.Server.Close]) and returns ctx's
-// error. Give ctx more time than IdleGrace, so requests in flight can finish.
-// Drain returns nil once every connection has closed. It blocks until then,
-// or until ctx is done. Drain before Serve makes Serve return at once.
+// Drain stops accepting. Then it waits until every connection has closed
+// after a response marked "Connection: close", or until the grace period
+// has passed. The grace is half the time left before ctx's deadline, and
+// 5 s at most (5 s without a deadline): the other half lets requests in
+// flight finish. Then Drain shuts the server down with
+// [http.Server.Shutdown], which closes the connections still idle and
+// waits for the active ones. When ctx is done first, Drain closes every
+// connection ([http.Server.Close]) and returns ctx's error. Drain returns
+// nil once every connection has closed. It blocks until then, or until ctx
+// is done. Drain before Serve makes Serve return at once.
 func (d *Drainer) Drain(ctx context.Context) error {
+	if ctx == nil {
+		return errNilContext
+	}
 	d.mu.Lock()
 	d.draining.Store(true)
 	srv, ln, served := d.srv, d.ln, d.served
@@ -170,11 +177,7 @@ func (d *Drainer) Drain(ctx context.Context) error {
 	}
 	d.mu.Unlock()
 	if empty != nil {
-		grace := d.IdleGrace
-		if grace <= 0 {
-			grace = DefaultIdleGrace
-		}
-		timer := time.NewTimer(grace)
+		timer := time.NewTimer(idleGrace(ctx))
 		defer timer.Stop()
 		select {
 		case <-empty:
@@ -187,4 +190,14 @@ func (d *Drainer) Drain(ctx context.Context) error {
 		return err
 	}
 	return nil
+}
+
+// idleGrace is how long Drain waits for idle connections under ctx: half
+// the time left before its deadline, defaultIdleGrace at most.
+func idleGrace(ctx context.Context) time.Duration {
+	grace := defaultIdleGrace
+	if deadline, ok := ctx.Deadline(); ok {
+		grace = min(grace, time.Until(deadline)/2)
+	}
+	return max(grace, 0)
 }

@@ -176,9 +176,14 @@ func benchServe(b *testing.B, drainer bool) string {
 	served := make(chan error, 1)
 	stop := func() error { return srv.Close() }
 	if drainer {
-		d := &Drainer{IdleGrace: time.Second}
+		d := &Drainer{}
 		go func() { served <- d.Serve(srv, ln) }()
-		stop = func() error { return d.Drain(context.Background()) }
+		stop = func() error {
+			// A grace of 1 s for the clients left idle.
+			ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+			defer cancel()
+			return d.Drain(ctx)
+		}
 	} else {
 		go func() { served <- srv.Serve(ln) }()
 	}

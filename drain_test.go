@@ -24,14 +24,14 @@ type drainServer struct {
 	served chan error
 }
 
-func startDrainServer(t *testing.T, grace time.Duration, h http.HandlerFunc) *drainServer {
+func startDrainServer(t *testing.T, h http.HandlerFunc) *drainServer {
 	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
 	s := &drainServer{
-		d:      &Drainer{IdleGrace: grace},
+		d:      &Drainer{},
 		addr:   ln.Addr().String(),
 		states: make(chan http.ConnState, 100),
 		served: make(chan error, 1),
@@ -125,7 +125,9 @@ func expectClosed(t *testing.T, conn net.Conn, br *bufio.Reader) {
 	}
 }
 
-// waitDrained waits for Drain to return nil. The bound only turns a hang into
+// waitDrained waits for Drain to return nil. The bound is shorter than the
+// 5 s grace of a ctx without a deadline: a drain that waits for the grace
+// rather than for the connections fails. It also turns a hang into
 // a failure.
 func waitDrained(t *testing.T, drained chan error) {
 	t.Helper()
@@ -134,7 +136,7 @@ func waitDrained(t *testing.T, drained chan error) {
 		if err != nil {
 			t.Fatalf("Drain: %v", err)
 		}
-	case <-time.After(10 * time.Second):
+	case <-time.After(4 * time.Second):
 		t.Fatal("Drain still waits after every connection closed")
 	}
 }
@@ -144,9 +146,9 @@ func waitDrained(t *testing.T, drained chan error) {
 // answered, not closed.
 func TestDrainNewConnection(t *testing.T) {
 	checkFds(t)
-	// With a grace this long, waitDrained fails if the drain waits for the
-	// grace instead of for the connection.
-	s := startDrainServer(t, time.Hour, okHandler)
+	// waitDrained fails if the drain waits for the grace instead of for
+	// the connection.
+	s := startDrainServer(t, okHandler)
 	conn, br := dialDrain(t, s.addr)
 	s.state(t, http.StateNew)
 	drained := s.drain(t, context.Background())
@@ -159,7 +161,7 @@ func TestDrainNewConnection(t *testing.T) {
 // drain begins gets its next request answered, with Connection: close.
 func TestDrainIdleConnection(t *testing.T) {
 	checkFds(t)
-	s := startDrainServer(t, time.Hour, okHandler)
+	s := startDrainServer(t, okHandler)
 	conn, br := dialDrain(t, s.addr)
 	if resp := request(t, conn, br); resp.Close {
 		t.Fatal("Connection: close before the drain")
@@ -178,7 +180,7 @@ func TestDrainIdleConnection(t *testing.T) {
 func TestDrainInFlight(t *testing.T) {
 	checkFds(t)
 	started, release := make(chan struct{}), make(chan struct{})
-	s := startDrainServer(t, time.Hour, func(w http.ResponseWriter, r *http.Request) {
+	s := startDrainServer(t, func(w http.ResponseWriter, r *http.Request) {
 		if r.URL.Path == "/slow" {
 			close(started)
 			<-release
@@ -204,15 +206,47 @@ func TestDrainInFlight(t *testing.T) {
 }
 
 // TestDrainIdleGrace checks that a connection that stays idle is closed
-// once IdleGrace has passed.
+// once the grace has passed: half the time left before ctx's deadline,
+// which leaves Drain the other half to shut down.
 func TestDrainIdleGrace(t *testing.T) {
 	checkFds(t)
-	s := startDrainServer(t, 10*time.Millisecond, okHandler)
+	s := startDrainServer(t, okHandler)
 	conn, br := dialDrain(t, s.addr)
 	request(t, conn, br)
-	drained := s.drain(t, context.Background())
+	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+	defer cancel()
+	start := time.Now()
+	drained := s.drain(t, ctx)
 	waitDrained(t, drained)
+	if d := time.Since(start); d < 400*time.Millisecond {
+		t.Errorf("Drain returned after %v, before the grace of about 500ms", d)
+	}
 	expectClosed(t, conn, br)
+}
+
+// TestIdleGrace checks the grace that Drain gives idle connections: half
+// the time left before ctx's deadline, 5 s at most.
+func TestIdleGrace(t *testing.T) {
+	for _, tc := range []struct {
+		left time.Duration // before the deadline; 0 for none
+		want time.Duration
+	}{
+		{0, 5 * time.Second},
+		{time.Hour, 5 * time.Second},
+		{10 * time.Second, 5 * time.Second},
+		{2 * time.Second, time.Second},
+		{-time.Second, 0},
+	} {
+		ctx := context.Background()
+		if tc.left != 0 {
+			var cancel context.CancelFunc
+			ctx, cancel = context.WithTimeout(ctx, tc.left)
+			defer cancel()
+		}
+		if got := idleGrace(ctx); got > tc.want || got < tc.want-100*time.Millisecond {
+			t.Errorf("deadline in %v: grace %v, want %v", tc.left, got, tc.want)
+		}
+	}
 }
 
 // TestDrainDeadline checks that a handler that does not finish in time is
@@ -220,7 +254,7 @@ func TestDrainIdleGrace(t *testing.T) {
 func TestDrainDeadline(t *testing.T) {
 	checkFds(t)
 	started := make(chan struct{})
-	s := startDrainServer(t, time.Hour, func(w http.ResponseWriter, r *http.Request) {
+	s := startDrainServer(t, func(w http.ResponseWriter, r *http.Request) {
 		close(started)
 		<-r.Context().Done()
 	})
@@ -261,7 +295,7 @@ func TestDrainBeforeServe(t *testing.T) {
 // theirs too.
 func TestDrainConnections(t *testing.T) {
 	checkFds(t)
-	s := startDrainServer(t, time.Hour, okHandler)
+	s := startDrainServer(t, okHandler)
 	type client struct {
 		conn net.Conn
 		br   *bufio.Reader

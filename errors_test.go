@@ -79,6 +79,16 @@ func TestNoHandler(t *testing.T) {
 	if _, err := ln.Accept(); !errors.Is(err, net.ErrClosed) {
 		t.Errorf("the listener is open: %v", err)
 	}
+	// ServeConn fails too, and leaves the caller's connection open.
+	a, b := socketPair(t)
+	defer a.Close()
+	defer b.Close()
+	if err := (&Server{}).ServeConn(a); err == nil || errors.Is(err, ErrServerClosed) {
+		t.Fatalf("ServeConn: %v", err)
+	}
+	if _, err := a.Write([]byte("x")); err != nil {
+		t.Errorf("the connection is closed: %v", err)
+	}
 }
 
 // TestLargeMaxMetaSize checks that a MaxMetaSize too large for the frame's
@@ -91,7 +101,7 @@ func TestLargeMaxMetaSize(t *testing.T) {
 		rawSend(t, a, answer())
 		rawSend(t, a, append(header(flagEnd, 2, 2*(4+3)), metaBody([]byte("abc"), []byte("def"))...), p.fds(2)...)
 		var got closer
-		if err := (&Client{MaxMetaSize: size}).ReceiveFrom(b, got.cb); err != nil || got.count() != 2 {
+		if err := (&Client{MaxMetaSize: size}).ReceiveFrom(t.Context(), b, got.cb); err != nil || got.count() != 2 {
 			t.Errorf("MaxMetaSize %d: %d descriptors, %v", size, got.count(), err)
 		}
 		a.Close()
@@ -105,14 +115,14 @@ func TestLargeMaxMetaSize(t *testing.T) {
 func TestMetaFromWrapped(t *testing.T) {
 	noLeaks(t)
 	p := newProbe(t)
-	big := Meta{"v": strings.Repeat("x", 3*DefaultMaxMetaSize)}
+	big := Meta{"v": strings.Repeat("x", 3*defaultMaxMetaSize)}
 	a, b := socketPair(t)
 	defer a.Close()
 	defer b.Close()
 	sent := make(chan error, 1)
 	go func() { sent <- SendTo(a, p.w, big) }()
 	var m Meta
-	err := (&Client{MaxMetaSize: 4 * DefaultMaxMetaSize}).ReceiveFrom(b, func(fd int, meta io.Reader) error {
+	err := (&Client{MaxMetaSize: 4 * defaultMaxMetaSize}).ReceiveFrom(t.Context(), b, func(fd int, meta io.Reader) error {
 		unix.Close(fd)
 		var err error
 		m, err = MetaFrom(io.TeeReader(meta, io.Discard))
@@ -163,13 +173,13 @@ func TestPeerDeathIsUnexpectedEOF(t *testing.T) {
 			b.Write(hello())
 			done := make(chan error, 1)
 			go func() {
-				done <- transfer(t.Context(), a, nil, DefaultTimeout, func(s *sender) error {
+				done <- transfer(t.Context(), a, nil, DefaultTimeout, func(s *ResponseWriter) error {
 					b.Close()
 					for i := 0; i < 1000; i++ {
 						if err := s.Write(p.w, nil); err != nil {
 							return err
 						}
-						if err := s.Flush(); err != nil {
+						if err := s.flush(); err != nil {
 							return err
 						}
 					}

@@ -8,8 +8,9 @@ import (
 )
 
 func ExampleMeta() {
-	b, _ := graceful.Meta{"id": "42", "peer": "10.0.0.1:5000"}.MarshalBinary()
-	m, err := graceful.MetaFrom(bytes.NewReader(b))
+	var b bytes.Buffer
+	graceful.Meta{"id": "42", "peer": "10.0.0.1:5000"}.WriteTo(&b)
+	m, err := graceful.MetaFrom(&b)
 	fmt.Println(m["id"], m["peer"], err)
 	// Output: 42 10.0.0.1:5000 <nil>
 }

@@ -189,7 +189,7 @@ func dial(sock string) net.Conn {
 	return nil
 }
 
-func ExampleHandlerFunc() {
+func ExampleHandler() {
 	dir, _ := os.MkdirTemp("", "example")
 	defer os.RemoveAll(dir)
 	sock := filepath.Join(dir, "app.sock")
@@ -200,7 +200,7 @@ func ExampleHandlerFunc() {
 		conns[id] = int(f.Fd())
 	}
 
-	h := graceful.HandlerFunc(func(_ net.Conn, w graceful.ResponseWriter) error {
+	h := graceful.Handler(func(_ net.Conn, w *graceful.ResponseWriter) error {
 		for id, fd := range conns {
 			if err := w.Write(fd, graceful.Meta{"id": id}); err != nil {
 				return err
@@ -222,4 +222,56 @@ func ExampleHandlerFunc() {
 	})
 	fmt.Println(len(ids), ids["a"] && ids["b"] && ids["c"], err)
 	// Output: 3 true <nil>
+}
+
+func ExampleServer_ServeConn() {
+	dir, _ := os.MkdirTemp("", "example")
+	defer os.RemoveAll(dir)
+	sock := filepath.Join(dir, "app.sock")
+	udp, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer udp.Close()
+
+	// Serve one receiver only, with a timeout of one's own: accept one
+	// connection, serve it, then close the listener before the
+	// connection, so that the receiver's Receive returns once the
+	// address is free.
+	ln, err := net.Listen("unix", sock)
+	if err != nil {
+		log.Fatal(err)
+	}
+	received := make(chan error)
+	go func() { received <- receivePacketConn(sock) }()
+	conn, err := ln.Accept()
+	if err != nil {
+		log.Fatal(err)
+	}
+	srv := &graceful.Server{
+		Handler: graceful.ObjectHandler(udp, graceful.Meta{"name": "dns"}),
+		Timeout: time.Minute,
+	}
+	err = srv.ServeConn(conn)
+	ln.Close()
+	conn.Close()
+	fmt.Println("served:", err)
+	fmt.Println("received:", <-received)
+	// Output:
+	// served: <nil>
+	// received: <nil>
+}
+
+// receivePacketConn is the other side of ExampleServer_ServeConn.
+func receivePacketConn(sock string) error {
+	var pc net.PacketConn
+	err := graceful.Receive(sock, func(fd int, meta io.Reader) error {
+		var err error
+		pc, err = graceful.FdPacketConn(fd)
+		return err
+	})
+	if err != nil {
+		return err
+	}
+	return pc.Close()
 }

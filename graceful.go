@@ -20,13 +20,14 @@
 // # The hand-over
 //
 // The process that owns the descriptors is the server. At shutdown it calls
-// [ListenAndServe] with a [Handler] that says what to send; handlers combine
-// with [SequenceHandler], and [ListenerHandler], [FileHandler], [ConnHandler],
-// [PacketConnHandler] and [FdHandler] send one object each. The process that
-// wants the descriptors is the client: at start-up it calls [Receive], which
-// dials the server and calls a [ReceiveCallback] once per descriptor, with the
+// [ListenAndServe] with a [Handler] that says what to send. Handlers
+// combine with [SequenceHandler]. [ObjectHandler], [ListenerHandler] and
+// [FileHandler] send one object each; a Handler of one's own writes
+// descriptors with [ResponseWriter.Write]. The process that wants the
+// descriptors is the client. At start-up it calls [Receive], which dials
+// the server and calls a callback once per descriptor, with the
 // descriptor's meta (bytes the sender attached to it, or nil). [Meta] is a
-// ready-made key-value encoding for that meta; [FdListener], [FdConn] and
+// ready-made key-value encoding for that meta. [FdListener], [FdConn] and
 // [FdPacketConn] turn a received descriptor back into a net object.
 //
 // Sending never changes the sender's objects: a listener that was sent keeps
@@ -36,8 +37,9 @@
 // [CallbackHandler] placed after the descriptors: it runs only once the
 // receiver has acknowledged them, so a successor that crashes before that
 // leaves the old instance serving. The server side's work (write, wait for
-// the acknowledgement) is also available on a plain connection through
-// [SendTo] and its typed variants, and [ReceiveFrom] reads what they send.
+// the acknowledgement) is also available on a plain connection: [SendTo],
+// [SendListenerTo] and [SendFileTo] send one descriptor, and
+// [Server.ServeConn] runs a Handler. [ReceiveFrom] reads what they send.
 //
 // # Ownership
 //
@@ -73,8 +75,8 @@
 //	version(1) | status(1) = 0 | 0(2)
 //
 // or, when they speak none in common, with version 0, status 1 and the
-// length and text of its reason; both sides then fail with [ErrIncompatible]
-// and carry on as before. A newer library thus takes over from an older one
+// length and text of its reason. Both sides then fail with an error that
+// matches [ErrProtocol] and says so, and carry on as before. A newer library thus takes over from an older one
 // as long as it still speaks the older one's version. The sender waits for
 // the hello before it commits anything to a receiver, so a client that
 // connects and stalls holds nothing. This library speaks version 1.
@@ -119,10 +121,11 @@
 //
 // Elsewhere (Windows, js/wasm, wasip1, and other systems) the package
 // compiles, so that a program that uses it builds everywhere and decides
-// at run time: [Start], the Receive functions and methods, [SendTo] and its
-// typed variants, [Server.Serve], [Server.ListenAndServe], [Serve],
-// [ListenAndServe], [FdListener], [FdConn] and [FdPacketConn] return an
-// error that matches [errors.ErrUnsupported], and close nothing. [Meta]
+// at run time. [Start], the Receive functions and methods, [SendTo],
+// [SendListenerTo], [SendFileTo], [Server.Serve], [Server.ServeConn],
+// [Server.ListenAndServe], [ListenAndServe], [FdListener], [FdConn] and
+// [FdPacketConn] return an error that matches [errors.ErrUnsupported],
+// and close nothing. [Meta]
 // and [Drainer] work everywhere.
 package graceful
 
@@ -144,25 +147,26 @@ var (
 	// instance". A path that is not a socket, or whose directory is
 	// missing, is another error.
 	ErrNoServer = errors.New("graceful: no server at the address")
-	// ErrProtocol means the peer sent something that does not follow the
-	// protocol: bad framing, descriptors that do not match their frame.
-	ErrProtocol = errors.New("graceful: protocol violation")
-	// ErrIncompatible means the two sides speak no protocol version in
-	// common: one was built with a library too old or too new for the
-	// other. Both sides stay as they were.
-	ErrIncompatible = errors.New("graceful: no protocol version in common")
-	// ErrLimit means the peer exceeded a limit of the receiving [Client].
+	// ErrProtocol means the peer does not speak this side's protocol: bad
+	// framing, descriptors that do not match their frame, a malformed
+	// [Meta]. It is also the error when the two sides speak no protocol
+	// version in common: one was built with a library too old or too new
+	// for the other. Both sides then stay as they were.
+	ErrProtocol = errors.New("graceful: protocol error")
+	// ErrLimit means a limit was exceeded. A receiving [Client] fails with
+	// it when the sender exceeds its limits, and the
+	// sender is refused. It also fails with it when the kernel drops
+	// descriptors in transit (MSG_CTRUNC), because the receiver's
+	// descriptor table is full. A sender fails with it for a meta of 2 GiB
+	// or more, and [Instance.SetState] for state over 32 KiB.
 	ErrLimit = errors.New("graceful: limit exceeded")
-	// ErrTruncated means the kernel dropped descriptors in transit
-	// (MSG_CTRUNC), usually because the receiver's descriptor table is full.
-	ErrTruncated = errors.New("graceful: descriptors truncated")
 	// ErrRejected means the receiver did not accept a transfer: its
-	// callback returned an error, or the sender exceeded one of its limits.
-	// The error carries the receiver's reason.
+	// callback returned an error, or the sender exceeded one of its
+	// limits. The error carries the receiver's reason.
 	ErrRejected = errors.New("graceful: transfer rejected by the receiver")
 	// ErrPeerNotAllowed means the process at the other end did not pass
-	// this side's Allow policy (by default [SameUser]); nothing was sent or
-	// taken.
+	// this side's Allow policy. A nil Allow admits only a process of this
+	// process's user, or root. Nothing was sent or taken.
 	ErrPeerNotAllowed = errors.New("graceful: peer not allowed")
 	// ErrServerClosed is returned by [Server.Serve] and
 	// [Server.ListenAndServe] after [Server.Close] or [Server.Shutdown],

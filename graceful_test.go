@@ -249,11 +249,11 @@ func TestHandOverKinds(t *testing.T) {
 
 	srv := &Server{Handler: SequenceHandler(
 		ListenerHandler(tcpLn, Meta{"kind": "tcp"}),
-		PacketConnHandler(udp, Meta{"kind": "udp"}),
+		ObjectHandler(udp.(*net.UDPConn), Meta{"kind": "udp"}),
 		ListenerHandler(unixLn, Meta{"kind": "unix"}),
 		FileHandler(file, Meta{"kind": "file", "name": file.Name()}),
 		FileHandler(pr, Meta{"kind": "pipe"}),
-		ConnHandler(srvConn, Meta{"kind": "conn"}),
+		ObjectHandler(srvConn.(*net.TCPConn), Meta{"kind": "conn"}),
 	)}
 	serveErr := serveAt(t, srv, addr)
 
@@ -527,26 +527,56 @@ func init() {
 	}
 }
 
-// TestOnce checks that a Once server hands its descriptors to the first
-// receiver only, and that the address is free by the time Receive returns.
-func TestOnce(t *testing.T) {
+// serveOnce serves one receiver, as an application does with ServeConn:
+// it accepts connections on ln until one is served, then closes ln before
+// that connection. The receiver's Receive thus returns only once the
+// address is free for it to serve in turn.
+func serveOnce(srv *Server, ln net.Listener) error {
+	defer ln.Close()
+	for {
+		conn, err := ln.Accept()
+		if err != nil {
+			return err
+		}
+		err = srv.ServeConn(conn)
+		if err == nil {
+			ln.Close()
+			conn.Close()
+			return nil
+		}
+		conn.Close()
+		if errors.Is(err, ErrServerClosed) {
+			return err
+		}
+	}
+}
+
+// TestServeOnce checks that a server of one receiver, built with
+// ServeConn, hands its descriptors to the first receiver only, and that
+// the address is free by the time Receive returns.
+func TestServeOnce(t *testing.T) {
 	checkFds(t)
 	addr := sockPath(t)
 	f := devNull(t)
 	drained := make(chan struct{})
-	srv := &Server{Once: true, Handler: SequenceHandler(
+	srv := &Server{Handler: SequenceHandler(
 		FileHandler(f, nil),
 		CallbackHandler(func() { close(drained) }),
 	)}
-	serveErr := serveAt(t, srv, addr)
+	ln, err := listenUnix(addr, 0o600, -1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	served := make(chan error, 1)
+	go func() { served <- serveOnce(srv, ln) }()
 
 	c := startChild(t, "once", addr)
 	c.expect("received 1")
 	c.expect("listening")
 	c.wait()
 	<-drained
-	if err := <-serveErr; !errors.Is(err, ErrServerClosed) {
-		t.Fatalf("Serve: %v", err)
+	if err := <-served; err != nil {
+		t.Fatalf("serveOnce: %v", err)
 	}
 	// The child removed its own socket file when it exited.
 	if _, err := os.Lstat(addr); !errors.Is(err, os.ErrNotExist) {
@@ -600,10 +630,12 @@ func (l *slowCloseListener) Close() error {
 	return l.Listener.Close()
 }
 
-// TestOnceWhileShuttingDown checks that Once keeps its promise while another
-// goroutine, started by the callback as an application does, is closing the
-// listener: Receive returns only after the listener is closed.
-func TestOnceWhileShuttingDown(t *testing.T) {
+// TestServeOnceWhileShuttingDown checks that a server of one receiver
+// keeps its promise while another goroutine, started by the callback as an
+// application does, shuts the Server down: ServeConn returns without
+// closing the connection, so Receive returns only after the listener is
+// closed; Shutdown waits for ServeConn's transfer, and interrupts nothing.
+func TestServeOnceWhileShuttingDown(t *testing.T) {
 	checkFds(t)
 	addr := sockPath(t)
 	inner, err := listenUnix(addr, 0o600, -1)
@@ -612,19 +644,20 @@ func TestOnceWhileShuttingDown(t *testing.T) {
 	}
 	ln := &slowCloseListener{Listener: inner, entered: make(chan struct{}), release: make(chan struct{})}
 	f := devNull(t)
-	srv := &Server{Once: true}
+	srv := &Server{}
 	shutdown := make(chan error, 1)
 	srv.Handler = SequenceHandler(FileHandler(f, nil), CallbackHandler(func() {
 		go func() { shutdown <- srv.Shutdown(context.Background()) }()
-		<-ln.entered
 	}))
 	served := make(chan error, 1)
-	go func() { served <- srv.Serve(ln) }()
+	go func() { served <- serveOnce(srv, ln) }()
 	received := make(chan error, 1)
 	go func() {
 		received <- Receive(addr, func(fd int, _ io.Reader) error { return unix.Close(fd) })
 	}()
-	// The bound only gives a wrong Receive the time to return.
+	// The transfer is over once serveOnce closes the listener. The bound
+	// only gives a wrong Receive the time to return.
+	<-ln.entered
 	select {
 	case err := <-received:
 		close(ln.release)
@@ -638,8 +671,11 @@ func TestOnceWhileShuttingDown(t *testing.T) {
 	if err := <-shutdown; err != nil {
 		t.Fatalf("Shutdown: %v", err)
 	}
-	if err := <-served; !errors.Is(err, ErrServerClosed) {
-		t.Fatalf("Serve: %v", err)
+	if err := <-served; err != nil {
+		t.Fatalf("serveOnce: %v", err)
+	}
+	if err := srv.ServeConn(&net.UnixConn{}); !errors.Is(err, ErrServerClosed) {
+		t.Fatalf("ServeConn after Shutdown: %v, want ErrServerClosed", err)
 	}
 	if _, err := os.Lstat(addr); !errors.Is(err, os.ErrNotExist) {
 		t.Fatalf("socket file: %v", err)
@@ -774,7 +810,7 @@ func init() {
 		if err != nil {
 			return err
 		}
-		srv := &Server{Once: true, Handler: SequenceHandler(
+		srv := &Server{Handler: SequenceHandler(
 			ListenerHandler(ln, Meta{"addr": ln.Addr().String()}),
 			CallbackHandler(func() { os.Exit(0) }),
 		)}

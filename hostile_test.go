@@ -18,7 +18,6 @@ import (
 	"net"
 	"os"
 	"os/exec"
-	"os/user"
 	"path/filepath"
 	"runtime"
 	"strconv"
@@ -141,6 +140,19 @@ func metaBody(metas ...[]byte) []byte {
 	return b
 }
 
+// fdHandler is a Handler that writes fd with meta, which the caller keeps.
+func fdHandler(fd int, meta io.WriterTo) Handler {
+	return func(_ net.Conn, w *ResponseWriter) error {
+		return w.Write(fd, meta)
+	}
+}
+
+// receiveAll receives transfers on conn with c until the peer closes it.
+func receiveAll(c *Client, conn net.Conn, cb func(fd int, meta io.Reader) error) error {
+	_, err := c.receive(context.Background(), conn, cb, true)
+	return err
+}
+
 // closer is a callback that closes what it gets and counts it.
 type closer struct {
 	mu sync.Mutex
@@ -182,11 +194,7 @@ func (l *logBuf) String() string {
 // so no test connection is needed to wait for the server.
 func serve(t *testing.T, srv *Server, addr string) {
 	t.Helper()
-	mode, gid, err := srv.fileMode()
-	if err != nil {
-		t.Fatal(err)
-	}
-	ln, err := listenUnix(addr, mode, gid)
+	ln, err := listenUnix(addr, 0o600, -1)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -213,61 +221,29 @@ func abstractAddr(t *testing.T) string {
 	return fmt.Sprintf("@graceful-%d-%s", os.Getpid(), strings.ReplaceAll(t.Name(), "/", "-"))
 }
 
-// TestSocketFileMode checks the socket file's mode and group under a umask
-// that would otherwise let everyone in, or keep even the owner out.
+// TestSocketFileMode checks that ListenAndServe's socket file is 0600, of
+// this process's group, under a umask that would otherwise let everyone
+// in, or keep even the owner out.
 func TestSocketFileMode(t *testing.T) {
 	noLeaks(t)
-	g := otherGroup()
-	gid, gname := -1, ""
-	if g != nil {
-		gid, _ = strconv.Atoi(g.Gid)
-		gname = g.Name
-	}
-	for _, tc := range []struct {
-		name string
-		srv  *Server
-		mode fs.FileMode
-		gid  int
-	}{
-		{"default", &Server{}, 0o600, os.Getegid()},
-		{"Mode", &Server{Mode: 0o640}, 0o640, os.Getegid()},
-		{"Group name", &Server{Group: gname}, 0o660, gid},
-		{"Group id", &Server{Group: strconv.Itoa(gid), Mode: 0o620}, 0o620, gid},
-	} {
-		t.Run(tc.name, func(t *testing.T) {
-			if tc.gid < 0 {
-				t.Skip("no group but its own that this process may give a file")
-			}
-			for _, umask := range []int{0, 0o077, 0o777} {
-				addr := sockPath(t)
-				old := syscall.Umask(umask)
-				srv := &Server{Mode: tc.srv.Mode, Group: tc.srv.Group, Handler: SequenceHandler()}
-				errc, err := listen(srv, addr)
-				syscall.Umask(old)
-				if err != nil {
-					t.Fatalf("umask %o: %v", umask, err)
-				}
-				var st unix.Stat_t
-				if err := unix.Lstat(addr, &st); err != nil {
-					t.Fatal(err)
-				}
-				if st.Mode&unix.S_IFMT != unix.S_IFSOCK || fs.FileMode(st.Mode&0o7777) != tc.mode || int(st.Gid) != tc.gid {
-					t.Errorf("umask %o: socket file mode %o gid %d, want socket %o gid %d", umask, st.Mode, st.Gid, tc.mode, tc.gid)
-				}
-				closeServer(t, srv, errc)
-			}
-		})
-	}
-	t.Run("unknown group", func(t *testing.T) {
+	for _, umask := range []int{0, 0o077, 0o777} {
 		addr := sockPath(t)
-		err := (&Server{Group: "no-such-group-graceful", Handler: SequenceHandler()}).ListenAndServe(addr)
-		if err == nil {
-			t.Fatal("ListenAndServe with an unknown group succeeded")
+		old := syscall.Umask(umask)
+		srv := &Server{Handler: SequenceHandler()}
+		errc, err := listen(srv, addr)
+		syscall.Umask(old)
+		if err != nil {
+			t.Fatalf("umask %o: %v", umask, err)
 		}
-		if _, err := os.Lstat(addr); !errors.Is(err, fs.ErrNotExist) {
-			t.Fatalf("socket file left behind: %v", err)
+		var st unix.Stat_t
+		if err := unix.Lstat(addr, &st); err != nil {
+			t.Fatal(err)
 		}
-	})
+		if st.Mode&unix.S_IFMT != unix.S_IFSOCK || st.Mode&0o7777 != 0o600 || int(st.Gid) != os.Getegid() {
+			t.Errorf("umask %o: socket file mode %o gid %d, want socket 600 gid %d", umask, st.Mode, st.Gid, os.Getegid())
+		}
+		closeServer(t, srv, errc)
+	}
 }
 
 // TestAddressNeverStolen checks that ListenAndServe replaces only a stale
@@ -276,13 +252,13 @@ func TestAddressNeverStolen(t *testing.T) {
 	noLeaks(t)
 	p := newProbe(t)
 	for _, addr := range []string{sockPath(t), abstractAddr(t)} {
-		first := &Server{Handler: FdHandler(p.w, Meta{"server": "first"})}
+		first := &Server{Handler: fdHandler(p.w, Meta{"server": "first"})}
 		serve(t, first, addr)
 		var before, after unix.Stat_t
 		if !isAbstract(addr) {
 			unix.Lstat(addr, &before)
 		}
-		second := &Server{Handler: FdHandler(p.w, Meta{"server": "second"})}
+		second := &Server{Handler: fdHandler(p.w, Meta{"server": "second"})}
 		if err := second.ListenAndServe(addr); !errors.Is(err, syscall.EADDRINUSE) {
 			t.Fatalf("second ListenAndServe at %s: %v, want EADDRINUSE", addr, err)
 		}
@@ -395,25 +371,6 @@ func TestModeThroughSymlink(t *testing.T) {
 	}
 }
 
-// otherGroup returns a group, not this process's own, that it may give a
-// file: any group for root, else one of its supplementary groups; nil if
-// there is none with a name.
-func otherGroup() *user.Group {
-	gids, _ := os.Getgroups()
-	if os.Geteuid() == 0 {
-		gids = append(gids, nobody, 1)
-	}
-	for _, gid := range gids {
-		if gid == os.Getegid() {
-			continue
-		}
-		if g, err := user.LookupGroupId(strconv.Itoa(gid)); err == nil {
-			return g
-		}
-	}
-	return nil
-}
-
 // needRoot skips a test that runs a peer as another user. A test calls it
 // first, before it acquires anything.
 func needRoot(t *testing.T) {
@@ -458,7 +415,7 @@ func allowNobody(p Peer) error {
 	if p.UID == nobody {
 		return nil
 	}
-	return SameUser(p)
+	return sameUser(p)
 }
 
 // errKind names an error for a child's output.
@@ -468,7 +425,7 @@ func errKind(err error) string {
 		return "nil"
 	case errors.Is(err, ErrPeerNotAllowed):
 		return "peer-refused"
-	case errors.Is(err, ErrTruncated):
+	case errors.Is(err, errTruncated) && errors.Is(err, ErrLimit):
 		return "truncated"
 	case errors.Is(err, ErrAborted):
 		return ErrAborted.Error()
@@ -486,7 +443,7 @@ func init() {
 			c.Allow = allowNobody
 		}
 		var got closer
-		err := c.Receive(args[0], got.cb)
+		err := c.Receive(context.Background(), args[0], got.cb)
 		fmt.Println("received", got.count(), errKind(err))
 		return nil
 	}
@@ -496,7 +453,7 @@ func init() {
 		if err != nil {
 			return err
 		}
-		srv := &Server{Handler: FdHandler(0, Meta{"uid": strconv.Itoa(os.Getuid())})}
+		srv := &Server{Handler: fdHandler(0, Meta{"uid": strconv.Itoa(os.Getuid())})}
 		errc := make(chan error, 1)
 		go func() { errc <- srv.Serve(ln) }()
 		fmt.Println("listening")
@@ -515,7 +472,7 @@ func TestStrangerClient(t *testing.T) {
 	p := newProbe(t)
 	addr := abstractAddr(t)
 	var lb logBuf
-	srv := &Server{Handler: FdHandler(p.w, nil), ErrorLog: log.New(&lb, "", 0)}
+	srv := &Server{Handler: fdHandler(p.w, nil), ErrorLog: log.New(&lb, "", 0)}
 	serve(t, srv, addr)
 	c := startChildCmd(t, nobodyCmd(t, addr), "receive")
 	// The server closes the connection unserved.
@@ -526,7 +483,7 @@ func TestStrangerClient(t *testing.T) {
 		t.Errorf("server log does not say it refused the peer:\n%s", lb.String())
 	}
 
-	srv = &Server{Handler: FdHandler(p.w, nil), Allow: allowNobody}
+	srv = &Server{Handler: fdHandler(p.w, nil), Allow: allowNobody}
 	serve(t, srv, addr+"-allow")
 	c = startChildCmd(t, nobodyCmd(t, addr+"-allow"), "receive")
 	c.expect("received 1 nil")
@@ -548,7 +505,7 @@ func TestStrangerServer(t *testing.T) {
 		t.Fatalf("Receive from nobody: %d descriptors, %v; want ErrPeerNotAllowed", got.count(), err)
 	}
 	var uid string
-	err := (&Client{Allow: allowNobody}).Receive(addr, func(fd int, meta io.Reader) error {
+	err := (&Client{Allow: allowNobody}).Receive(t.Context(), addr, func(fd int, meta io.Reader) error {
 		m, err := MetaFrom(meta)
 		uid = m["uid"]
 		unix.Close(fd)
@@ -563,7 +520,7 @@ func TestStrangerServer(t *testing.T) {
 // sendFds runs one transfer of n copies of fd, each with meta, on conn, as a
 // server's handler would, and returns what the sender learned.
 func sendFds(conn net.Conn, fd, n int, meta io.WriterTo) error {
-	return transfer(context.Background(), conn, nil, DefaultTimeout, func(s *sender) error {
+	return transfer(context.Background(), conn, nil, DefaultTimeout, func(s *ResponseWriter) error {
 		for i := 0; i < n; i++ {
 			if err := s.Write(fd, meta); err != nil {
 				return err
@@ -584,9 +541,9 @@ func TestLimits(t *testing.T) {
 		n      int
 		meta   io.WriterTo
 	}{
-		{"MaxFds", Client{MaxFds: 100}, 300, nil},
+		{"descriptors", Client{maxFds: 100}, 300, nil},
 		// The sender is still writing when the receiver gives up.
-		{"MaxFds while sending", Client{MaxFds: 100}, 3000, big},
+		{"descriptors while sending", Client{maxFds: 100}, 3000, big},
 		{"MaxMetaSize", Client{MaxMetaSize: 16}, 3, bytes.NewBufferString(strings.Repeat("m", 17))},
 		{"MaxMetaSize while sending", Client{MaxMetaSize: 16}, 1, bytes.NewBuffer(make([]byte, 4<<20))},
 	} {
@@ -596,10 +553,10 @@ func TestLimits(t *testing.T) {
 			sent := make(chan error, 1)
 			go func() { sent <- sendFds(a, p.w, tc.n, tc.meta) }()
 			var got closer
-			err := tc.client.ReceiveFrom(b, got.cb)
+			err := tc.client.ReceiveFrom(t.Context(), b, got.cb)
 			b.Close()
 			// Frames within the limit may have been delivered.
-			if !errors.Is(err, ErrLimit) || got.count() > max(tc.client.MaxFds, 0) {
+			if !errors.Is(err, ErrLimit) || got.count() > max(tc.client.maxFds, 0) {
 				t.Errorf("receiver: %d descriptors, %v; want ErrLimit", got.count(), err)
 			}
 			if err := <-sent; !errors.Is(err, ErrRejected) {
@@ -614,14 +571,14 @@ func TestLimits(t *testing.T) {
 		a, b := socketPair(t)
 		sent := make(chan error, 1)
 		go func() {
-			sent <- transfer(context.Background(), a, nil, DefaultTimeout, func(s *sender) error {
+			sent <- transfer(context.Background(), a, nil, DefaultTimeout, func(s *ResponseWriter) error {
 				s.Write(p.w, nil)
 				s.Write(p.w, bytes.NewBufferString(strings.Repeat("m", 17)))
 				return s.Write(p.w, nil)
 			})
 		}()
 		var got closer
-		err := (&Client{MaxMetaSize: 16}).ReceiveFrom(b, got.cb)
+		err := (&Client{MaxMetaSize: 16}).ReceiveFrom(t.Context(), b, got.cb)
 		b.Close()
 		if !errors.Is(err, ErrLimit) || got.count() != 0 {
 			t.Errorf("receiver: %d descriptors, %v; want ErrLimit before any", got.count(), err)
@@ -678,7 +635,7 @@ func TestNoHang(t *testing.T) {
 	t.Run("never speaks", func(t *testing.T) {
 		addr := sockPath(t)
 		silentServer(t, addr)
-		if err := short.Receive(addr, (&closer{}).cb); !errors.Is(err, os.ErrDeadlineExceeded) {
+		if err := short.Receive(t.Context(), addr, (&closer{}).cb); !errors.Is(err, os.ErrDeadlineExceeded) {
 			t.Errorf("Receive: %v, want a timeout", err)
 		}
 	})
@@ -714,13 +671,13 @@ func TestNoHang(t *testing.T) {
 				// loaded machine does not reach.
 				client = &Client{Timeout: time.Second}
 			}
-			err := client.ReceiveFrom(b, got.cb)
+			err := client.ReceiveFrom(t.Context(), b, got.cb)
 			if !errors.Is(err, os.ErrDeadlineExceeded) || got.count() != tc.got {
 				t.Errorf("ReceiveFrom: %d descriptors, %v; want %d and a timeout", got.count(), err, tc.got)
 			}
 		})
 	}
-	t.Run("ReceiveContext", func(t *testing.T) {
+	t.Run("Client.Receive's ctx", func(t *testing.T) {
 		addr := sockPath(t)
 		accepted := silentServer(t, addr)
 		ctx, cancel := context.WithCancel(context.Background())
@@ -728,9 +685,24 @@ func TestNoHang(t *testing.T) {
 			<-accepted
 			cancel()
 		}()
-		err := (&Client{Timeout: -1}).ReceiveContext(ctx, addr, (&closer{}).cb)
+		err := (&Client{Timeout: -1}).Receive(ctx, addr, (&closer{}).cb)
 		if !errors.Is(err, context.Canceled) {
-			t.Errorf("ReceiveContext: %v, want context.Canceled", err)
+			t.Errorf("Client.Receive: %v, want context.Canceled", err)
+		}
+	})
+	t.Run("Client.ReceiveFrom's ctx", func(t *testing.T) {
+		a, b := socketPair(t)
+		defer a.Close()
+		defer b.Close()
+		rawSend(t, a, answer())
+		// A frame that announces a body that never comes.
+		rawSend(t, a, header(flagEnd, 1, 5), p.fds(1)...)
+		ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
+		defer cancel()
+		var got closer
+		err := (&Client{Timeout: -1}).ReceiveFrom(ctx, b, got.cb)
+		if !errors.Is(err, context.DeadlineExceeded) || got.count() != 0 {
+			t.Errorf("Client.ReceiveFrom: %d descriptors, %v; want none and context.DeadlineExceeded", got.count(), err)
 		}
 	})
 	p.checkClosed(t)
@@ -749,9 +721,9 @@ func TestServerNoHang(t *testing.T) {
 		read  bool // whether the stuck receiver reads what comes
 		quiet bool // whether it says no hello
 	}{
-		{"never says hello", &Server{Timeout: 50 * time.Millisecond, Handler: FdHandler(p.w, nil)}, false, true},
-		{"never acknowledges", &Server{Timeout: 50 * time.Millisecond, Handler: FdHandler(p.w, nil)}, true, false},
-		{"never reads", &Server{Timeout: 50 * time.Millisecond, Handler: HandlerFunc(func(_ net.Conn, w ResponseWriter) error {
+		{"never says hello", &Server{Timeout: 50 * time.Millisecond, Handler: fdHandler(p.w, nil)}, false, true},
+		{"never acknowledges", &Server{Timeout: 50 * time.Millisecond, Handler: fdHandler(p.w, nil)}, true, false},
+		{"never reads", &Server{Timeout: 50 * time.Millisecond, Handler: Handler(func(_ net.Conn, w *ResponseWriter) error {
 			for i := 0; i < 5000; i++ {
 				if err := w.Write(p.w, big); err != nil {
 					return err
@@ -759,7 +731,7 @@ func TestServerNoHang(t *testing.T) {
 			}
 			return nil
 		})}, false, false},
-		{"Shutdown", &Server{Timeout: -1, Handler: FdHandler(p.w, nil)}, true, false},
+		{"Shutdown", &Server{Timeout: -1, Handler: fdHandler(p.w, nil)}, true, false},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			addr := sockPath(t)
@@ -795,6 +767,52 @@ func TestServerNoHang(t *testing.T) {
 			}
 		})
 	}
+	// ServeConn's connection is the caller's: Close and Shutdown interrupt
+	// its transfer without closing it, and leave no deadline on it.
+	for _, stop := range []string{"Close", "Shutdown"} {
+		t.Run("ServeConn/"+stop, func(t *testing.T) {
+			srv := &Server{Timeout: -1, Handler: fdHandler(p.w, nil)}
+			a, b := socketPair(t)
+			defer a.Close()
+			defer b.Close()
+			served := make(chan error, 1)
+			go func() { served <- srv.ServeConn(a) }()
+			if _, err := b.Write(hello()); err != nil {
+				t.Fatal(err)
+			}
+			// The server waits for the acknowledgement now.
+			if _, err := io.ReadFull(b, make([]byte, ackLen+hdrLen)); err != nil {
+				t.Fatal(err)
+			}
+			if stop == "Close" {
+				srv.Close()
+			} else {
+				ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
+				defer cancel()
+				if err := srv.Shutdown(ctx); !errors.Is(err, context.DeadlineExceeded) {
+					t.Errorf("Shutdown: %v, want the context's error", err)
+				}
+			}
+			select {
+			case err := <-served:
+				if !errors.Is(err, context.Canceled) {
+					t.Errorf("ServeConn: %v, want context.Canceled", err)
+				}
+			case <-time.After(10 * time.Second):
+				t.Fatalf("ServeConn still waits after %s", stop)
+			}
+			// The connection still carries data, both ways.
+			if _, err := b.Write([]byte("x")); err != nil {
+				t.Fatal(err)
+			}
+			if _, err := io.ReadFull(a, make([]byte, 1)); err != nil {
+				t.Errorf("reading the caller's connection after ServeConn: %v", err)
+			}
+			if _, err := a.Write([]byte("y")); err != nil {
+				t.Errorf("writing the caller's connection after ServeConn: %v", err)
+			}
+		})
+	}
 	p.checkClosed(t)
 }
 
@@ -805,7 +823,7 @@ func TestShutdownIgnoredHandler(t *testing.T) {
 	noLeaks(t)
 	addr := sockPath(t)
 	started, release := make(chan struct{}), make(chan struct{})
-	srv := &Server{Handler: HandlerFunc(func(net.Conn, ResponseWriter) error {
+	srv := &Server{Handler: Handler(func(net.Conn, *ResponseWriter) error {
 		close(started)
 		<-release
 		return nil
@@ -881,7 +899,7 @@ func TestBadInput(t *testing.T) {
 	for _, tc := range []struct {
 		name   string
 		client Client
-		all    bool // ReceiveAllFrom rather than ReceiveFrom
+		all    bool // all transfers until the end, rather than ReceiveFrom
 		passCr bool // SO_PASSCRED on the receiver's socket
 		// noAnswer leaves the answer to the hello to the peer function.
 		noAnswer bool
@@ -961,7 +979,7 @@ func TestBadInput(t *testing.T) {
 			b := make([]byte, ackLen)
 			putAck(b, 0, statusRefused, 5)
 			rawSend(t, c, append(b, "vexed"...))
-		}, want: ErrIncompatible},
+		}, want: errNoVersion},
 		{name: "answer with descriptors", noAnswer: true, peer: func(t *testing.T, c *net.UnixConn, p *probe) {
 			rawSend(t, c, append(answer(), header(flagEnd, 0, 0)...), p.fds(2)...)
 		}, want: ErrProtocol},
@@ -996,9 +1014,9 @@ func TestBadInput(t *testing.T) {
 			var got closer
 			var err error
 			if tc.all {
-				err = tc.client.ReceiveAllFrom(b, got.cb)
+				err = receiveAll(&tc.client, b, got.cb)
 			} else {
-				err = tc.client.ReceiveFrom(b, got.cb)
+				err = tc.client.ReceiveFrom(t.Context(), b, got.cb)
 			}
 			if tc.want == nil && err != nil || !errors.Is(err, tc.want) || got.count() != tc.got {
 				t.Errorf("receiver: %d descriptors, %v; want %d, %v", got.count(), err, tc.got, tc.want)
@@ -1021,7 +1039,7 @@ func TestBadInput(t *testing.T) {
 		p := newProbe(t)
 		a, b := socketPair(t)
 		rawSend(t, a, answer())
-		rawSend(t, a, append(header(flagEnd, maxBatch, maxBatch*(4+DefaultMaxMetaSize)), 0, 0, 0, 1), p.fds(maxBatch)...)
+		rawSend(t, a, append(header(flagEnd, maxBatch, maxBatch*(4+defaultMaxMetaSize)), 0, 0, 0, 1), p.fds(maxBatch)...)
 		a.CloseWrite()
 		var before, after runtime.MemStats
 		runtime.ReadMemStats(&before)
@@ -1095,7 +1113,7 @@ func TestTruncated(t *testing.T) {
 	p := newProbe(t)
 	addr := sockPath(t)
 	var lb logBuf
-	srv := &Server{ErrorLog: log.New(&lb, "", 0), Handler: HandlerFunc(func(_ net.Conn, w ResponseWriter) error {
+	srv := &Server{ErrorLog: log.New(&lb, "", 0), Handler: Handler(func(_ net.Conn, w *ResponseWriter) error {
 		for i := 0; i < maxBatch; i++ {
 			if err := w.Write(p.w, nil); err != nil {
 				return err
@@ -1110,7 +1128,7 @@ func TestTruncated(t *testing.T) {
 	shutdown(t, srv)
 	p.checkClosed(t)
 	// The sender is told why.
-	if !strings.Contains(lb.String(), ErrRejected.Error()) || !strings.Contains(lb.String(), ErrTruncated.Error()) {
+	if !strings.Contains(lb.String(), ErrRejected.Error()) || !strings.Contains(lb.String(), errTruncated.Error()) {
 		t.Errorf("the server's log: %q, want a rejection for truncation", lb.String())
 	}
 }
@@ -1119,7 +1137,7 @@ func TestTruncated(t *testing.T) {
 // of meta, so that a transfer is far larger than a socket's buffer.
 func manyFds(fd, n int) Handler {
 	meta := Meta{"pad": strings.Repeat("p", 500)}
-	return HandlerFunc(func(_ net.Conn, w ResponseWriter) error {
+	return Handler(func(_ net.Conn, w *ResponseWriter) error {
 		for i := 0; i < n; i++ {
 			if err := w.Write(fd, meta); err != nil {
 				return err
@@ -1141,7 +1159,7 @@ func init() {
 			return err
 		}
 		fmt.Println("listening")
-		return Serve(ln, manyFds(int(f.Fd()), 10000))
+		return (&Server{Handler: manyFds(int(f.Fd()), 10000)}).Serve(ln)
 	}
 	// Receive from args[0], and stop for good after 2000 descriptors.
 	children["stuckreceiver"] = func(args []string) error {
@@ -1257,7 +1275,7 @@ func TestRogueClients(t *testing.T) {
 	p := newProbe(t)
 	q := newProbe(t) // what the rogues send
 	addr := sockPath(t)
-	srv := &Server{Handler: FdHandler(p.w, Meta{"k": "v"})}
+	srv := &Server{Handler: fdHandler(p.w, Meta{"k": "v"})}
 	serve(t, srv, addr)
 	random := make([]byte, 4096)
 	rng := rand.New(rand.NewPCG(2, 4))

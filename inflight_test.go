@@ -47,7 +47,7 @@ func TestInFlightLimit(t *testing.T) {
 	// fails instead exits.
 	got := 0
 	client := &Client{Allow: allowNobody}
-	err = client.ReceiveFrom(a, func(fd int, _ io.Reader) error {
+	err = client.ReceiveFrom(t.Context(), a, func(fd int, _ io.Reader) error {
 		for i := 0; got == 0 && i < 1000 && queued(t, a) < hdrLen; i++ {
 			time.Sleep(10 * time.Millisecond)
 		}
@@ -111,7 +111,7 @@ func init() {
 		if err := unix.Pipe2(p[:], unix.O_CLOEXEC); err != nil {
 			return err
 		}
-		err = transfer(context.Background(), conn, nil, DefaultTimeout, func(s *sender) error {
+		err = transfer(context.Background(), conn, nil, DefaultTimeout, func(s *ResponseWriter) error {
 			for range n {
 				if err := s.Write(p[0], nil); err != nil {
 					return err

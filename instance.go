@@ -15,9 +15,9 @@ import (
 	"time"
 )
 
-// DefaultReadyTimeout is how long a running instance waits for a successor
+// defaultReadyTimeout is how long a running instance waits for a successor
 // to call [Instance.Ready] when [Config.ReadyTimeout] is 0.
-const DefaultReadyTimeout = time.Minute
+const defaultReadyTimeout = time.Minute
 
 // Config configures an [Instance]. Only Socket is required.
 type Config struct {
@@ -38,8 +38,7 @@ type Config struct {
 	// ReadyTimeout bounds how long a running instance waits for its
 	// successor's Ready after handing it its sockets (Restart waits
 	// Timeout more, for the successor it started to start), and how long
-	// Start waits while another instance is starting; 0 means
-	// DefaultReadyTimeout.
+	// Start waits while another instance is starting; 0 means a minute.
 	ReadyTimeout time.Duration
 	// ErrorLog, if set, receives a line for each hand-over that failed
 	// (the instance serves on) but for a Restart's, which Restart returns;
@@ -65,17 +64,16 @@ type Config struct {
 var (
 	// ErrAborted means a hand-over was called off before it completed:
 	// the running instance gave up waiting for Ready, or stopped, or
-	// another successor took over first. The instance whose Start or Ready
-	// fails with it must not serve: the other serves on.
+	// another successor took over first. Start also fails with it after
+	// waiting Config.ReadyTimeout in vain for another instance, between
+	// its own Start and Ready, to finish; the error names its pid where
+	// the system tells. The instance whose Start or Ready fails with it
+	// must not serve: the other serves on.
 	ErrAborted = errors.New("graceful: hand-over aborted")
 	// ErrInstanceState means a method of an Instance was called at the
 	// wrong time: Listen after Stop, Ready twice, Restart before Ready,
 	// after Done or while another Restart runs.
 	ErrInstanceState = errors.New("graceful: not allowed in the instance's state")
-	// ErrBusy means Start waited Config.ReadyTimeout in vain for another
-	// instance, between its own Start and Ready, to finish. The error
-	// names its pid where the system tells.
-	ErrBusy = errors.New("graceful: another instance is starting")
 )
 
 // An Instance is one running instance of a server in a chain of restarts.
@@ -170,7 +168,7 @@ func Start(cfg Config) (*Instance, error) {
 		in.timeout = DefaultTimeout
 	}
 	if in.readyTimeout <= 0 {
-		in.readyTimeout = DefaultReadyTimeout
+		in.readyTimeout = defaultReadyTimeout
 	}
 	m := &in.m
 	m.in = in

@@ -40,7 +40,7 @@ func TestStartFailureClosesHandover(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer f.Close()
-	srv := &Server{Handler: HandlerFunc(func(_ net.Conn, w ResponseWriter) error {
+	srv := &Server{Handler: Handler(func(_ net.Conn, w *ResponseWriter) error {
 		if err := writeObject(w, hln, Meta{"kind": kindHandover}); err != nil {
 			return err
 		}
@@ -1026,7 +1026,7 @@ func TestPassedConnsKeptByPredecessor(t *testing.T) {
 	sent := make(chan error, 1)
 	go func() {
 		defer pred.Close()
-		err := transfer(context.Background(), pred, nil, time.Minute, func(s *sender) error {
+		err := transfer(context.Background(), pred, nil, time.Minute, func(s *ResponseWriter) error {
 			return writeObject(s, f, Meta{"n": "1"})
 		})
 		refuse(pred, "the predecessor keeps them")

@@ -768,7 +768,7 @@ func TestInstanceGivesUp(t *testing.T) {
 
 // TestInstanceBusy starts an instance while another one holds the start
 // lock between its Start and Ready: after ReadyTimeout it fails with
-// ErrBusy, naming the holder.
+// ErrAborted, naming the holder.
 func TestInstanceBusy(t *testing.T) {
 	noLeaks(t)
 	sock := sockPath(t)
@@ -783,8 +783,8 @@ func TestInstanceBusy(t *testing.T) {
 	c := startChild(t, "successor", sock, "wait")
 	c.expect("started ")
 	_, err = Start(Config{Socket: sock, ReadyTimeout: 200 * time.Millisecond})
-	if !errors.Is(err, ErrBusy) || !strings.Contains(err.Error(), fmt.Sprintf("pid %d ", c.cmd.Process.Pid)) {
-		t.Errorf("Start: %v, want ErrBusy naming pid %d", err, c.cmd.Process.Pid)
+	if !errors.Is(err, ErrAborted) || !strings.Contains(err.Error(), fmt.Sprintf("pid %d ", c.cmd.Process.Pid)) {
+		t.Errorf("Start: %v, want ErrAborted naming pid %d", err, c.cmd.Process.Pid)
 	}
 	fmt.Fprintln(c.in, "go")
 	c.expect("ready nil")

@@ -462,7 +462,7 @@ func (k *keeper) commit(conn *net.UnixConn, pid int) {
 	defer conn.Close()
 	wait := k.cfg.ReadyTimeout
 	if wait <= 0 {
-		wait = DefaultReadyTimeout
+		wait = defaultReadyTimeout
 	}
 	conn.SetReadDeadline(time.Now().Add(wait))
 	status, _, err := readReply(conn)

@@ -7,11 +7,11 @@ import (
 )
 
 // FdListener returns a net.Listener for the listening socket fd, typically
-// one received by a [ReceiveCallback]. It takes ownership of fd: on success
-// the listener owns the socket and fd must not be used again; on error fd is
-// closed. A number outside [0, 2^31-1], which names no descriptor, is
+// one that a [Receive] callback got. It takes ownership of fd. On success
+// the listener owns the socket, and fd must not be used again. On error fd
+// is closed. A number outside [0, 2^31-1] names no descriptor. It is
 // rejected with an error satisfying errors.Is(err, syscall.EBADF), and
-// nothing is closed.
+// nothing is closed. FdListener does not block.
 func FdListener(fd int) (net.Listener, error) {
 	f, err := fdSocket(fd, "a listening socket", func(_ int, listening bool) bool {
 		return listening

@@ -61,7 +61,7 @@ func lockFile(path string, wait time.Duration) (*fileLock, error) {
 				holder = "pid " + strconv.Itoa(pid)
 			}
 			f.Close()
-			return nil, fmt.Errorf("%w: %s has held %s for more than %v", ErrBusy, holder, path, wait)
+			return nil, fmt.Errorf("%w: another instance is starting: %s has held %s for more than %v", ErrAborted, holder, path, wait)
 		}
 		time.Sleep(delay)
 		delay = min(2*delay, 50*time.Millisecond)

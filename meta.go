@@ -2,6 +2,7 @@ package graceful
 
 import (
 	"encoding/binary"
+	"errors"
 	"fmt"
 	"io"
 	"slices"
@@ -21,19 +22,19 @@ type Meta map[string]string
 
 const metaVersion = 1
 
-// DefaultMaxMetaSize bounds the meta of one descriptor on the receiving side
-// unless [Client.MaxMetaSize] says otherwise.
-const DefaultMaxMetaSize = 64 << 10
+// defaultMaxMetaSize bounds the meta of one descriptor on the receiving
+// side when Client.MaxMetaSize is 0.
+const defaultMaxMetaSize = 64 << 10
 
-// AppendBinary appends the encoding of m to b. It implements
-// [encoding.BinaryAppender]; senders use it to encode without allocating.
-func (m Meta) AppendBinary(b []byte) ([]byte, error) {
+// appendBinary appends the encoding of m to b. Senders use it to encode
+// without allocating.
+func (m Meta) appendBinary(b []byte) []byte {
 	if len(m) == 0 {
-		return b, nil
+		return b
 	}
 	if len(m) > 4 {
 		var stack [16]metaPair
-		return m.appendPairs(b, stack[:0]), nil
+		return m.appendPairs(b, stack[:0])
 	}
 	// A sender encodes a meta per descriptor, most of a few pairs. They
 	// are sorted into a local array as they come, in one pass over the
@@ -49,13 +50,13 @@ func (m Meta) AppendBinary(b []byte) ([]byte, error) {
 		n++
 		size += 2 + len(k) + len(v)
 	}
-	return appendSorted(slices.Grow(b, size), pairs[:n]), nil
+	return appendSorted(slices.Grow(b, size), pairs[:n])
 }
 
 // appendPairs appends the encoding of m, gathering its pairs in pairs.
 func (m Meta) appendPairs(b []byte, pairs []metaPair) []byte {
 	// The size, counting lengths of one byte: room for a whole meta
-	// almost always, in one allocation for MarshalBinary.
+	// almost always, in one allocation for WriteTo.
 	size := 2
 	for k, v := range m {
 		pairs = append(pairs, metaPair{k, v})
@@ -108,47 +109,42 @@ func keyLess(a, b string) bool {
 	return a < b
 }
 
-// MarshalBinary returns the encoding of m.
-func (m Meta) MarshalBinary() ([]byte, error) {
-	return m.AppendBinary(nil)
-}
-
-// UnmarshalBinary replaces the contents of *m with the pairs decoded from b.
-func (m *Meta) UnmarshalBinary(b []byte) error {
-	d, err := decodeMeta(b)
-	if err != nil {
-		return err
-	}
-	*m = d
-	return nil
-}
-
-// WriteTo writes the encoding of m to w.
+// WriteTo writes the encoding of m to w, in one Write.
 func (m Meta) WriteTo(w io.Writer) (int64, error) {
-	b, _ := m.AppendBinary(nil)
-	n, err := w.Write(b)
+	n, err := w.Write(m.appendBinary(nil))
 	return int64(n), err
 }
 
 // ReadFrom reads r to its end and replaces the contents of *m with the
-// pairs decoded from it. Like [io.ReadAll] it reads as much as r yields:
-// bound a reader you do not trust with [io.LimitReader].
+// pairs decoded from it. It blocks as long as r does. Like [io.ReadAll],
+// it reads as much as r yields: bound a reader you do not trust with
+// [io.LimitReader]. On error *m is unchanged. A malformed encoding is an
+// error that matches [ErrProtocol].
 func (m *Meta) ReadFrom(r io.Reader) (int64, error) {
+	if m == nil {
+		return 0, errors.New("graceful: ReadFrom into a nil *Meta")
+	}
 	b, err := readMeta(r)
 	if err != nil {
 		return int64(len(b)), err
 	}
-	return int64(len(b)), m.UnmarshalBinary(b)
+	d, err := decodeMeta(b)
+	if err != nil {
+		return int64(len(b)), err
+	}
+	*m = d
+	return int64(len(b)), nil
 }
 
-// MetaFrom decodes a Meta from the meta reader given to a [ReceiveCallback],
-// or from any reader, which it reads to its end (the callback's reader holds
-// at most [Client.MaxMetaSize] bytes; bound another reader you do not trust
-// with [io.LimitReader]). A nil reader gives a nil Meta, which reads as
-// empty. From a callback's reader, the Metas of descriptors that arrived
-// together share the memory of their strings, in chunks of a few KiB:
-// decoding costs the allocations of the map alone, and a Meta kept alive
-// keeps its chunk.
+// MetaFrom decodes a Meta from the meta reader that a Receive callback
+// gets, or from any reader, which it reads to its end. The callback's
+// reader holds at most [Client.MaxMetaSize] bytes. Bound another reader
+// you do not trust with [io.LimitReader]. A nil reader gives a nil Meta,
+// which reads as empty. A malformed encoding is an error that matches
+// [ErrProtocol]. From a callback's reader, the Metas of descriptors that
+// arrived together share the memory of their strings, in chunks of a few
+// KiB. Decoding then costs the allocations of the map alone, and a Meta
+// kept alive keeps its chunk.
 func MetaFrom(r io.Reader) (Meta, error) {
 	if r == nil {
 		return nil, nil

@@ -12,7 +12,7 @@ import (
 )
 
 // TestMetaEncoding checks the encoding of Metas of every size that
-// AppendBinary treats apart (up to 4 pairs, up to 16, more) and of lengths
+// appendBinary treats apart (up to 4 pairs, up to 16, more) and of lengths
 // that take more than a byte, against the encoding written the plain way,
 // and that each decodes back, by every way in.
 func TestMetaEncoding(t *testing.T) {
@@ -42,16 +42,16 @@ func TestMetaEncoding(t *testing.T) {
 			t.Run(fmt.Sprintf("pairs=%d/long=%d", pairs, long), func(t *testing.T) {
 				want := plainMetaEncoding(m)
 				prefix := []byte("prefix")
-				got, err := m.AppendBinary(bytes.Clone(prefix))
-				if err != nil || !bytes.Equal(got, append(prefix, want...)) {
-					t.Fatalf("AppendBinary: %v, %x; want %x", err, got, want)
+				if got := m.appendBinary(bytes.Clone(prefix)); !bytes.Equal(got, append(prefix, want...)) {
+					t.Fatalf("appendBinary: %x; want %x", got, want)
 				}
-				if b, _ := m.MarshalBinary(); !bytes.Equal(b, want) {
-					t.Fatalf("MarshalBinary: %x; want %x", b, want)
+				var b bytes.Buffer
+				if n, err := m.WriteTo(&b); err != nil || n != int64(len(want)) || !bytes.Equal(b.Bytes(), want) {
+					t.Fatalf("WriteTo: %d, %v, %x; want %x", n, err, b.Bytes(), want)
 				}
 				var u Meta
-				if err := u.UnmarshalBinary(want); err != nil || !maps.Equal(u, m) {
-					t.Fatalf("UnmarshalBinary: %v, %q", err, u)
+				if n, err := u.ReadFrom(bytes.NewReader(want)); err != nil || n != int64(len(want)) || !maps.Equal(u, m) {
+					t.Fatalf("ReadFrom: %d, %v, %q", n, err, u)
 				}
 				strs := metaStrings{body: want}
 				for _, r := range []*metaReader{{b: want}, {b: want, strs: &strs}} {

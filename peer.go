@@ -8,31 +8,33 @@ import (
 )
 
 // Peer is the process at the other end of a connection, as the kernel
-// recorded it when the connection was made (SO_PEERCRED on Linux and
-// OpenBSD, LOCAL_PEERCRED on macOS and FreeBSD, LOCAL_PEEREID on NetBSD):
-// its effective user and group. PID is 0 where the system did not record
-// it (FreeBSD before 13); on macOS it is the last process that used the
-// other end (LOCAL_PEERPID).
+// recorded it when the connection was made: its effective user and group.
+// The kernel tells it by SO_PEERCRED on Linux and OpenBSD, LOCAL_PEERCRED
+// on macOS and FreeBSD, and LOCAL_PEEREID on NetBSD. PID is 0 where the
+// system did not record it (FreeBSD before 13). On macOS it is the last
+// process that used the other end (LOCAL_PEERPID). An Allow function of a
+// [Server] or [Client] gets it. A nil Allow admits a Peer of this
+// process's user, or root, and refuses any other.
 type Peer struct {
 	PID, UID, GID int
 }
 
-// SameUser is the default policy of both ends: it allows a peer of this
+// sameUser is the policy of a nil Allow: it admits a peer of this
 // process's user, or root, and refuses any other.
-func SameUser(p Peer) error {
+func sameUser(p Peer) error {
 	if p.UID == 0 || p.UID == os.Geteuid() {
 		return nil
 	}
 	return fmt.Errorf("%w: uid %d (pid %d) is not uid %d", ErrPeerNotAllowed, p.UID, p.PID, os.Geteuid())
 }
 
-// checkPeer applies allow, or SameUser if nil, to the peer of conn.
+// checkPeer applies allow, or sameUser if nil, to the peer of conn.
 func checkPeer(conn net.Conn, allow func(Peer) error) error {
 	if err := supported(); err != nil {
 		return err
 	}
 	if allow == nil {
-		allow = SameUser
+		allow = sameUser
 	}
 	rc, err := rawConn(conn)
 	if err != nil {

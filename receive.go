@@ -14,81 +14,75 @@ import (
 	"time"
 )
 
-// ReceiveCallback is called once for each received descriptor, in the order
-// they were sent. It owns fd from the moment it is called, whatever it
-// returns. meta holds the bytes the sender attached to fd, or is nil when the
-// sender gave none; it is valid only until the callback returns. An error
-// stops the transfer: the sender is told it was refused, and the
-// descriptors not yet given to the callback are closed. A panic is not
-// recovered: those descriptors are closed (and Receive's connection, so the
-// sender fails), then the panic goes on to the caller.
-type ReceiveCallback func(fd int, meta io.Reader) error
-
-// DefaultMaxFds bounds the descriptors of one transfer unless
-// [Client.MaxFds] says otherwise.
-const DefaultMaxFds = 1 << 20
+// defaultMaxFds bounds the descriptors of one transfer.
+const defaultMaxFds = 1 << 20
 
 // A Client receives descriptors. Its zero value is ready to use with the
-// defaults; a Client may be used by several goroutines at once.
+// defaults. A Client may be used by several goroutines at once.
+//
+// A transfer carries at most 1<<20 descriptors. A callback that returns
+// an error stops a transfer: it may take fewer.
 type Client struct {
-	// MaxFds bounds the descriptors of one transfer; 0 means
-	// DefaultMaxFds. A sender that exceeds it gets refused.
-	MaxFds int
 	// MaxMetaSize bounds the meta of one descriptor, in bytes; 0 means
-	// DefaultMaxMetaSize.
+	// 64<<10 (64 KiB). A sender that exceeds it is refused, and the
+	// transfer fails with ErrLimit.
 	MaxMetaSize int
-	// Timeout bounds each wait for the sender (to dial, for the next bytes,
-	// to take an acknowledgement); 0 means DefaultTimeout and a negative
-	// value means no bound. Time spent in the callback does not count.
+	// Timeout bounds each wait for the sender: to dial, for the next
+	// bytes, to take an acknowledgement. 0 means DefaultTimeout; a
+	// negative value means no bound. Time spent in the callback does not
+	// count.
 	Timeout time.Duration
-	// ReadBuffer, when positive, sets the kernel receive buffer (SO_RCVBUF)
-	// of connections that Receive dials; larger buffers wake the receiver
-	// less often during large transfers.
-	ReadBuffer int
-	// Allow decides whether to trust the process at the other end; nil
-	// means SameUser.
+	// Allow decides whether to trust the process at the other end. nil
+	// means a process of this process's user, or root.
 	Allow func(Peer) error
+
+	maxFds int // for tests; 0 means defaultMaxFds
 }
 
-// DefaultClient is the Client used by the package-level functions.
-var DefaultClient = &Client{}
+// defaultClient is the Client of the package-level functions.
+var defaultClient Client
 
-// Receive dials the server at the Unix socket addr with [DefaultClient] and
-// receives every transfer it sends until it closes the connection. If
-// nothing serves at addr, the error satisfies errors.Is(err, [ErrNoServer]).
-func Receive(addr string, cb ReceiveCallback) error {
-	return DefaultClient.Receive(addr, cb)
+// errNilContext is the error of a call given a nil Context.
+var errNilContext = errors.New("graceful: nil Context")
+
+// Receive dials the server at the Unix socket addr and receives every
+// transfer it sends, with a zero [Client]. It blocks until the server
+// closes the connection, then closes it too. cb owns each descriptor from
+// the moment it is called, whatever it returns. If nothing serves at
+// addr, the error satisfies errors.Is(err, [ErrNoServer]). See
+// [Client.Receive].
+func Receive(addr string, cb func(fd int, meta io.Reader) error) error {
+	return defaultClient.Receive(context.Background(), addr, cb)
 }
 
-// ReceiveContext is [Receive] with a context that bounds the whole call.
-func ReceiveContext(ctx context.Context, addr string, cb ReceiveCallback) error {
-	return DefaultClient.ReceiveContext(ctx, addr, cb)
+// ReceiveFrom receives one transfer on conn with a zero [Client]. It does
+// not close conn. cb owns each descriptor from the moment it is called,
+// whatever it returns. See [Client.ReceiveFrom].
+func ReceiveFrom(conn net.Conn, cb func(fd int, meta io.Reader) error) error {
+	return defaultClient.ReceiveFrom(context.Background(), conn, cb)
 }
 
-// ReceiveFrom receives one transfer on conn with [DefaultClient].
-func ReceiveFrom(conn net.Conn, cb ReceiveCallback) error {
-	return DefaultClient.ReceiveFrom(conn, cb)
-}
-
-// ReceiveAllFrom receives transfers on conn with [DefaultClient] until the
-// sender closes the connection.
-func ReceiveAllFrom(conn net.Conn, cb ReceiveCallback) error {
-	return DefaultClient.ReceiveAllFrom(conn, cb)
-}
-
-// Receive dials the server at the Unix socket addr (a path, or @name for
-// the abstract namespace), checks its credentials, receives every transfer
-// it sends until it closes the connection, then closes the connection. If
-// nothing serves at addr (no socket file, or a stale one), the error
-// satisfies errors.Is(err, [ErrNoServer]); any other error means the
-// hand-over itself failed.
-func (c *Client) Receive(addr string, cb ReceiveCallback) error {
-	return c.ReceiveContext(context.Background(), addr, cb)
-}
-
-// ReceiveContext is [Client.Receive] with a context that bounds the whole
-// call, dial included.
-func (c *Client) ReceiveContext(ctx context.Context, addr string, cb ReceiveCallback) error {
+// Receive dials the server at the Unix socket addr, a path or @name for the
+// abstract namespace. It checks the server's credentials, and receives
+// every transfer it sends. It blocks until the server closes the
+// connection, then closes it too. ctx bounds the whole call, dial
+// included. If nothing serves at addr (no socket file, or a stale one),
+// the error satisfies errors.Is(err, [ErrNoServer]). Any other error means
+// the hand-over itself failed.
+//
+// cb is called once for each received descriptor, in the order they were
+// sent. It owns fd from the moment it is called, whatever it returns. meta
+// holds the bytes the sender attached to fd, or is nil when it gave none.
+// meta is valid only until cb returns. An error from cb stops the
+// transfer. The sender is told it was refused, and the descriptors not yet
+// given to cb are closed. A panic in cb is not recovered. Those
+// descriptors are closed, and the connection Receive dialled, so the
+// sender fails. Then the panic goes on to the caller. A nil cb refuses
+// the first descriptor.
+func (c *Client) Receive(ctx context.Context, addr string, cb func(fd int, meta io.Reader) error) error {
+	if ctx == nil {
+		return errNilContext
+	}
 	if err := checkAddr(addr); err != nil {
 		return err
 	}
@@ -101,11 +95,6 @@ func (c *Client) ReceiveContext(ctx context.Context, addr string, cb ReceiveCall
 		return dialError(addr, err)
 	}
 	defer conn.Close()
-	if c.ReadBuffer > 0 {
-		if err := conn.(*net.UnixConn).SetReadBuffer(c.ReadBuffer); err != nil {
-			return fmt.Errorf("graceful: %w", err)
-		}
-	}
 	n, err := c.receiveHello(ctx, conn, cb, true, true)
 	if err == nil && n == 0 {
 		// A server always sends a transfer, if only an empty one.
@@ -114,27 +103,27 @@ func (c *Client) ReceiveContext(ctx context.Context, addr string, cb ReceiveCall
 	return err
 }
 
-// ReceiveFrom receives one transfer on conn: all the descriptors sent by one
-// Send call or one server handler. It returns io.EOF if the peer closed the
-// connection cleanly before the transfer began, and io.ErrUnexpectedEOF
-// (wrapped) if it closed it during the transfer.
+// ReceiveFrom receives one transfer on conn: all the descriptors sent by
+// one Send call or one server handler. It blocks until the transfer has
+// ended, and does not close conn. ctx bounds the whole call. cb gets each
+// descriptor as in [Client.Receive], and owns it. ReceiveFrom returns
+// io.EOF if the peer closed the connection cleanly before the transfer
+// began. It returns io.ErrUnexpectedEOF (wrapped) if the peer closed it
+// during the transfer.
 //
-// conn must be a Unix socket connection; its peer's credentials are checked
-// as in [Client.Receive]. Data the peer wrote before the transfer must be
-// read before the call. For its timeout ReceiveFrom interrupts a stuck call
-// by setting a past deadline on conn, after which conn is of no further use;
-// otherwise it leaves conn's deadlines as the caller set them, and they
-// apply. After any error other than io.EOF, the rest of the failed transfer
-// may still be queued on conn: close it rather than receive from it again.
-func (c *Client) ReceiveFrom(conn net.Conn, cb ReceiveCallback) error {
-	_, err := c.receive(context.Background(), conn, cb, false)
-	return err
-}
-
-// ReceiveAllFrom receives transfers on conn until the peer closes it
-// cleanly, and then returns nil. It does not close conn.
-func (c *Client) ReceiveAllFrom(conn net.Conn, cb ReceiveCallback) error {
-	_, err := c.receive(context.Background(), conn, cb, true)
+// conn must be a Unix socket connection. Its peer's credentials are
+// checked as in [Client.Receive]. Data the peer wrote before the transfer
+// must be read before the call. To interrupt a stuck call, for its
+// timeout or ctx, ReceiveFrom sets a past deadline on conn. conn is then
+// of no further use. Otherwise ReceiveFrom leaves conn's deadlines as the
+// caller set them, and they apply. After any error other than io.EOF, the
+// rest of the failed transfer may still be queued on conn: close it
+// rather than receive from it again.
+func (c *Client) ReceiveFrom(ctx context.Context, conn net.Conn, cb func(fd int, meta io.Reader) error) error {
+	if ctx == nil {
+		return errNilContext
+	}
+	_, err := c.receive(ctx, conn, cb, false)
 	return err
 }
 
@@ -162,7 +151,7 @@ func dialError(addr string, err error) error {
 
 // receive runs one transfer, or all until a clean end of stream, and counts
 // those that completed.
-func (c *Client) receive(ctx context.Context, conn net.Conn, cb ReceiveCallback, all bool) (int, error) {
+func (c *Client) receive(ctx context.Context, conn net.Conn, cb func(fd int, meta io.Reader) error, all bool) (int, error) {
 	return c.receiveHello(ctx, conn, cb, all, false)
 }
 
@@ -171,7 +160,7 @@ func (c *Client) receive(ctx context.Context, conn net.Conn, cb ReceiveCallback,
 // the hello cannot fill. The sender waits for the hello, and need not wait
 // for this side's own first steps too; the hello tells nothing but the
 // versions.
-func (c *Client) receiveHello(ctx context.Context, conn net.Conn, cb ReceiveCallback, all, early bool) (int, error) {
+func (c *Client) receiveHello(ctx context.Context, conn net.Conn, cb func(fd int, meta io.Reader) error, all, early bool) (int, error) {
 	if early {
 		var hello [helloLen]byte
 		putHello(hello[:])
@@ -217,6 +206,10 @@ func (c *Client) timeout() time.Duration {
 	return c.Timeout
 }
 
+// errTruncated means the kernel dropped descriptors in transit
+// (MSG_CTRUNC): the receiver's descriptor table is full.
+var errTruncated = fmt.Errorf("%w: descriptors truncated, the descriptor table full", ErrLimit)
+
 // receiver reads the transfers of one connection.
 type receiver struct {
 	mc      msgConn
@@ -238,16 +231,16 @@ type receiver struct {
 
 func (c *Client) newReceiver(ctx context.Context, conn net.Conn) (*receiver, error) {
 	r := &receiver{
-		maxFds:  c.MaxFds,
+		maxFds:  c.maxFds,
 		maxMeta: c.MaxMetaSize,
 		oob:     make([]byte, oobSpace),
 		fds:     make([]int32, 0, maxBatch),
 	}
 	if r.maxFds <= 0 {
-		r.maxFds = DefaultMaxFds
+		r.maxFds = defaultMaxFds
 	}
 	if r.maxMeta <= 0 {
-		r.maxMeta = DefaultMaxMetaSize
+		r.maxMeta = defaultMaxMetaSize
 	}
 	if err := r.mc.init(conn); err != nil {
 		return nil, err
@@ -265,7 +258,7 @@ func (r *receiver) close() {
 }
 
 // transfer receives one transfer, io.EOF if the stream ends before it.
-func (r *receiver) transfer(cb ReceiveCallback) error {
+func (r *receiver) transfer(cb func(fd int, meta io.Reader) error) error {
 	if err := r.greet(); err != nil {
 		return err
 	}
@@ -273,7 +266,7 @@ func (r *receiver) transfer(cb ReceiveCallback) error {
 	for {
 		flags, bodyLen, err := r.readFrame()
 		if err != nil {
-			if errors.Is(err, ErrProtocol) || errors.Is(err, ErrTruncated) {
+			if errors.Is(err, ErrProtocol) || errors.Is(err, errTruncated) {
 				// The sender learns why rather than find the connection
 				// closed. (A limit was told already.)
 				r.refuse(err)
@@ -331,7 +324,7 @@ func (r *receiver) greet() error {
 		if _, err := r.readFull(msg); err != nil {
 			return err
 		}
-		return fmt.Errorf("%w: the sender says %q", ErrIncompatible, msg)
+		return fmt.Errorf("%w: the sender says %q", errNoVersion, msg)
 	}
 	v := r.hdr[0]
 	if v < minVersion || v > maxVersion {
@@ -426,7 +419,7 @@ func (r *receiver) read(p []byte, fds bool) (int, error) {
 		r.fds = appendRights(r.fds, r.oob[:oobn])
 	}
 	if flags&msgCtrunc != 0 {
-		return 0, fmt.Errorf("%w: %d arrived", ErrTruncated, len(r.fds))
+		return 0, fmt.Errorf("%w: %d arrived", errTruncated, len(r.fds))
 	}
 	// Other control messages (SO_PASSCRED's credentials) are no concern.
 	if len(r.fds) > had && (!fds || len(r.fds) > maxBatch) {
@@ -462,7 +455,7 @@ func (r *receiver) checkBody(bodyLen int) error {
 }
 
 // deliver gives the frame's descriptors to the callback with their meta.
-func (r *receiver) deliver(cb ReceiveCallback, bodyLen int) error {
+func (r *receiver) deliver(cb func(fd int, meta io.Reader) error, bodyLen int) error {
 	body := r.body[:bodyLen]
 	r.strs = metaStrings{body: body}
 	r.meta.strs = &r.strs

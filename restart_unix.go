@@ -102,7 +102,7 @@ func dupHandedOn(snap *snapshot, fds *[]int) ([]string, error) {
 			return nil, err
 		}
 		*fds = append(*fds, fd)
-		b, _ := h.meta.MarshalBinary()
+		b := h.meta.appendBinary(nil)
 		metas = append(metas, base64.StdEncoding.EncodeToString(b))
 	}
 	return metas, nil

@@ -14,32 +14,15 @@ import (
 )
 
 // A ResponseWriter sends descriptors to the receiver on behalf of a
-// [Handler]. It buffers descriptors and sends up to 253 in one system call.
-// Used after its transfer ended, it fails with an error that matches
-// net.ErrClosed.
-type ResponseWriter interface {
-	// Write queues fd with its meta (nil for none), which it encodes at
-	// once. The caller keeps ownership of fd, which must stay open until it
-	// is sent: until the next Flush returns or, without one, until the
-	// transfer ends, after the handler returns. The receiver gets a
-	// descriptor of its own. Write blocks only when a full batch must be
-	// sent first, until the receiver takes it.
-	Write(fd int, meta io.WriterTo) error
-	// Flush sends every queued descriptor and waits until the receiver has
-	// acknowledged all descriptors written so far.
-	Flush() error
-}
-
-// errEnded is the error of a ResponseWriter used after its transfer ended:
-// the writer is closed.
-var errEnded = fmt.Errorf("graceful: transfer already ended: %w", net.ErrClosed)
-
-// sender is the ResponseWriter of one transfer on a connection.
-type sender struct {
+// [Handler]. A [Server] makes one per transfer: a ResponseWriter made any
+// other way fails every call. It queues descriptors and sends up to 253 in
+// one system call. Used after its transfer ended, it fails with an error
+// that matches [net.ErrClosed].
+type ResponseWriter struct {
 	mc  msgConn
 	wd  *watchdog
 	fds []int32
-	// dups are the queued descriptors that the sender owns: duplicates
+	// dups are the queued descriptors that the writer owns: duplicates
 	// of objects' descriptors, closed once their frame is sent or the
 	// transfer fails.
 	dups []int32
@@ -52,15 +35,22 @@ type sender struct {
 	done bool
 	// after holds the functions of CallbackHandlers, to run once the
 	// receiver has acknowledged everything written before them: before
-	// the next Write or Flush, or after the end of the transfer.
+	// the next Write, or after the end of the transfer.
 	after []func()
 }
+
+// errEnded is the error of a ResponseWriter used after its transfer ended:
+// the writer is closed.
+var errEnded = fmt.Errorf("graceful: transfer already ended: %w", net.ErrClosed)
+
+// errNoTransfer is the error of a ResponseWriter that no Server made.
+var errNoTransfer = errors.New("graceful: ResponseWriter of no transfer")
 
 // bodyTarget is how much meta a frame gathers before it is sent early.
 const bodyTarget = 64 << 10
 
-func newSender(ctx context.Context, conn net.Conn, timeout time.Duration) (*sender, error) {
-	s := &sender{
+func newResponseWriter(ctx context.Context, conn net.Conn, timeout time.Duration) (*ResponseWriter, error) {
+	s := &ResponseWriter{
 		fds: make([]int32, 0, maxBatch),
 		buf: make([]byte, hdrLen, 1024),
 		oob: make([]byte, oobSpace),
@@ -73,129 +63,142 @@ func newSender(ctx context.Context, conn net.Conn, timeout time.Duration) (*send
 }
 
 // metaWriter appends what a meta's WriteTo writes to the frame.
-type metaWriter sender
+type metaWriter ResponseWriter
 
 func (w *metaWriter) Write(p []byte) (int, error) {
 	w.buf = append(w.buf, p...)
 	return len(p), nil
 }
 
-func (s *sender) Write(fd int, meta io.WriterTo) error {
-	if s.err != nil {
-		return s.err
+// Write queues fd with its meta (nil for none), which it encodes at once.
+// The caller keeps fd; the receiver gets a descriptor of its own. fd must
+// stay open until the transfer ends, or until a later [CallbackHandler]
+// runs its function: it may be sent as late as that. Write blocks only
+// when a full batch must be sent first, until the receiver takes it.
+// A [Meta], or any meta that implements [encoding.BinaryAppender], is
+// encoded into the frame without a copy.
+func (w *ResponseWriter) Write(fd int, meta io.WriterTo) error {
+	if err := w.check(); err != nil {
+		return err
 	}
-	if s.done {
-		return errEnded
-	}
-	if len(s.after) != 0 {
-		if err := s.runAfter(); err != nil {
+	if len(w.after) != 0 {
+		if err := w.flush(); err != nil {
 			return err
 		}
 	}
 	if fd < 0 || fd > 1<<31-1 {
 		return fmt.Errorf("graceful: invalid descriptor %d: %w", fd, syscall.EBADF)
 	}
-	if len(s.fds) == maxBatch || len(s.buf)-hdrLen >= bodyTarget {
-		if err := s.send(0); err != nil {
+	if len(w.fds) == maxBatch || len(w.buf)-hdrLen >= bodyTarget {
+		if err := w.send(0); err != nil {
 			return err
 		}
 	}
-	mark := len(s.buf)
-	s.buf = append(s.buf, 0, 0, 0, 0)
+	mark := len(w.buf)
+	w.buf = append(w.buf, 0, 0, 0, 0)
 	if meta != nil {
 		var err error
 		switch a := meta.(type) {
 		case Meta: // without the look-up of an interface
-			s.buf, err = a.AppendBinary(s.buf)
+			w.buf = a.appendBinary(w.buf)
+		case *Meta:
+			if a != nil {
+				w.buf = a.appendBinary(w.buf)
+			}
 		case encoding.BinaryAppender:
-			s.buf, err = a.AppendBinary(s.buf)
+			w.buf, err = a.AppendBinary(w.buf)
 		default:
-			_, err = meta.WriteTo((*metaWriter)(s))
+			_, err = meta.WriteTo((*metaWriter)(w))
 		}
 		if err != nil {
-			s.buf = s.buf[:mark]
+			w.buf = w.buf[:mark]
 			return fmt.Errorf("graceful: writing meta: %w", err)
 		}
 	}
-	n := len(s.buf) - mark - 4
+	n := len(w.buf) - mark - 4
 	if n > 1<<31-1 {
-		s.buf = s.buf[:mark]
+		w.buf = w.buf[:mark]
 		return fmt.Errorf("%w: meta of %d bytes", ErrLimit, n)
 	}
 	if n > 0 {
-		binary.BigEndian.PutUint32(s.buf[mark:], uint32(n))
-		s.meta = true
+		binary.BigEndian.PutUint32(w.buf[mark:], uint32(n))
+		w.meta = true
 	}
-	s.fds = append(s.fds, int32(fd))
+	w.fds = append(w.fds, int32(fd))
 	return nil
 }
 
-func (s *sender) Flush() error {
-	if s.done {
+// check tells why w cannot be written to: no Server made it, its
+// transfer failed, or it ended.
+func (w *ResponseWriter) check() error {
+	switch {
+	case w == nil || w.buf == nil:
+		return errNoTransfer
+	case w.err != nil:
+		return w.err
+	case w.done:
 		return errEnded
 	}
-	if err := s.roundTrip(flagSync); err != nil {
+	return nil
+}
+
+// flush sends every queued descriptor, waits until the receiver has
+// acknowledged all descriptors written so far, then runs the pending
+// functions of callAfter.
+func (w *ResponseWriter) flush() error {
+	if err := w.check(); err != nil {
 		return err
 	}
-	return s.runAfter()
+	if err := w.roundTrip(flagSync); err != nil {
+		return err
+	}
+	w.callPending()
+	return nil
 }
 
 // callAfter arranges for f to run once the receiver has acknowledged every
 // descriptor written so far, without a round trip of its own when nothing
 // is written after it: then f runs after the end of the transfer.
-func (s *sender) callAfter(f func()) error {
-	if s.done {
-		return errEnded
-	}
-	s.after = append(s.after, f)
-	return nil
-}
-
-// runAfter runs the pending functions of callAfter, first waiting for the
-// acknowledgement of what they follow.
-func (s *sender) runAfter() error {
-	if len(s.after) == 0 {
-		return nil
-	}
-	if err := s.roundTrip(flagSync); err != nil {
+func (w *ResponseWriter) callAfter(f func()) error {
+	if err := w.check(); err != nil {
 		return err
 	}
-	s.callPending()
+	w.after = append(w.after, f)
 	return nil
 }
 
 // callPending calls the functions of callAfter, once.
-func (s *sender) callPending() {
-	after := s.after
-	s.after = nil
+func (w *ResponseWriter) callPending() {
+	after := w.after
+	w.after = nil
 	for _, f := range after {
 		f()
 	}
 }
 
 // end finishes the transfer and waits for the receiver's acknowledgement.
-func (s *sender) end() error {
-	err := s.roundTrip(flagEnd)
-	s.done = true
+func (w *ResponseWriter) end() error {
+	err := w.roundTrip(flagEnd)
+	w.done = true
 	if err == nil {
-		s.callPending()
+		w.callPending()
 	}
 	return err
 }
 
-// writeDup queues fd, a duplicate that the sender then owns: it closes fd
+// writeDup queues fd, a duplicate that w then owns: it closes fd
 // on every path, once sent or when fd will not be sent.
-func (s *sender) writeDup(fd int, meta io.WriterTo) error {
+func (w *ResponseWriter) writeDup(fd int, meta io.WriterTo) error {
 	queued := false
 	defer func() {
 		if !queued { // an error, or a panic in meta's WriteTo
 			closeFd(fd)
 		}
 	}()
-	if err := s.Write(fd, meta); err != nil {
+	if err := w.Write(fd, meta); err != nil {
 		return err
 	}
-	s.dups = append(s.dups, int32(fd))
+	w.dups = append(w.dups, int32(fd))
 	queued = true
 	return nil
 }
@@ -203,92 +206,92 @@ func (s *sender) writeDup(fd int, meta io.WriterTo) error {
 // close closes the duplicates that were queued and will not be sent now
 // (the handler failed or panicked), and ends the watch on the connection,
 // which stays open.
-func (s *sender) close() {
-	s.clear()
-	s.wd.stop()
+func (w *ResponseWriter) close() {
+	w.clear()
+	w.wd.stop()
 }
 
 // clear empties the queue once its frame is sent or given up, and closes
-// the sender's duplicates: after sendmsg the kernel holds its own
+// the writer's duplicates: after sendmsg the kernel holds its own
 // references to the descriptors in flight.
-func (s *sender) clear() {
-	s.fds, s.buf, s.meta = s.fds[:0], s.buf[:hdrLen], false
-	closeFds(s.dups)
-	s.dups = s.dups[:0]
+func (w *ResponseWriter) clear() {
+	w.fds, w.buf, w.meta = w.fds[:0], w.buf[:hdrLen], false
+	closeFds(w.dups)
+	w.dups = w.dups[:0]
 }
 
-func (s *sender) roundTrip(flags byte) error {
-	if err := s.send(flags); err != nil {
+func (w *ResponseWriter) roundTrip(flags byte) error {
+	if err := w.send(flags); err != nil {
 		return err
 	}
-	if err := s.readAck(); err != nil {
-		s.err = err
+	if err := w.readAck(); err != nil {
+		w.err = err
 		return err
 	}
 	return nil
 }
 
 // send writes the queued descriptors as one frame.
-func (s *sender) send(flags byte) error {
-	if s.err != nil {
-		return s.err
+func (w *ResponseWriter) send(flags byte) error {
+	if w.err != nil {
+		return w.err
 	}
-	body := len(s.buf) - hdrLen
-	if !s.meta {
+	body := len(w.buf) - hdrLen
+	if !w.meta {
 		body = 0
 	}
-	putHeader(s.buf, flags, len(s.fds), body)
-	oobn := putRights(s.oob, s.fds)
-	s.wd.arm()
-	err := s.wd.disarm(s.mc.sendmsg(s.buf[:hdrLen+body], s.oob[:oobn]))
+	putHeader(w.buf, flags, len(w.fds), body)
+	oobn := putRights(w.oob, w.fds)
+	w.wd.arm()
+	err := w.wd.disarm(w.mc.sendmsg(w.buf[:hdrLen+body], w.oob[:oobn]))
 	if inFlightLimit(err) {
 		// The kernel bounds the descriptors in flight (on Linux, a user
 		// other than root has its RLIMIT_NOFILE), which a large transfer
 		// reaches when the receiver lags. Nothing was sent: wait until the
 		// receiver has taken every frame so far, then send again.
-		if cerr := s.catchUp(); cerr != nil {
-			s.clear()
-			s.err = cerr
+		if cerr := w.catchUp(); cerr != nil {
+			w.clear()
+			w.err = cerr
 			return cerr
 		}
-		s.wd.arm()
-		err = s.wd.disarm(s.mc.sendmsg(s.buf[:hdrLen+body], s.oob[:oobn]))
+		w.wd.arm()
+		err = w.wd.disarm(w.mc.sendmsg(w.buf[:hdrLen+body], w.oob[:oobn]))
 	}
-	s.clear()
+	w.clear()
 	if err != nil {
-		s.err = ioError("sending descriptors", err)
+		w.err = ioError("sending descriptors", err)
 		if errors.Is(err, syscall.EPIPE) || errors.Is(err, syscall.ECONNRESET) {
 			// A receiver that refuses writes its reason before it closes:
 			// report that rather than the broken pipe it left.
-			if rerr := s.readAck(); errors.Is(rerr, ErrRejected) {
-				s.err = rerr
+			if rerr := w.readAck(); errors.Is(rerr, ErrRejected) {
+				w.err = rerr
 			}
 		}
 	}
-	return s.err
+	return w.err
 }
 
 // catchUp sends a sync frame without descriptors and waits for its
 // acknowledgement.
-func (s *sender) catchUp() error {
-	putHeader(s.sync[:], flagSync, 0, 0)
-	s.wd.arm()
-	if err := s.wd.disarm(s.mc.sendmsg(s.sync[:], nil)); err != nil {
+func (w *ResponseWriter) catchUp() error {
+	putHeader(w.sync[:], flagSync, 0, 0)
+	w.wd.arm()
+	if err := w.wd.disarm(w.mc.sendmsg(w.sync[:], nil)); err != nil {
 		return ioError("sending descriptors", err)
 	}
-	return s.readAck()
+	return w.readAck()
 }
 
-func (s *sender) readAck() error {
-	if err := s.readFull(s.ack[:]); err != nil {
+func (w *ResponseWriter) readAck() error {
+	if err := w.readFull(w.ack[:]); err != nil {
 		return err
 	}
-	status, n, err := parseAck(s.ack[:], version)
+	status, n, err := parseAck(w.ack[:], version)
 	if err != nil || status == statusOK {
 		return err
 	}
 	msg := make([]byte, n)
-	if err := s.readFull(msg); err != nil {
+	if err := w.readFull(msg); err != nil {
 		return err
 	}
 	return fmt.Errorf("%w: %q", ErrRejected, msg)
@@ -297,16 +300,16 @@ func (s *sender) readAck() error {
 // answerHello reads the receiver's hello, which opens each transfer, and
 // answers it with the version to speak, or with a refusal when the two
 // sides speak none in common.
-func (s *sender) answerHello() error {
+func (w *ResponseWriter) answerHello() error {
 	var hello [helloLen]byte
-	if err := s.readFull(hello[:]); err != nil {
+	if err := w.readFull(hello[:]); err != nil {
 		return err
 	}
 	v, perr := pickVersion(hello[:])
-	if perr != nil && !errors.Is(perr, ErrIncompatible) {
+	if perr != nil && !errors.Is(perr, errNoVersion) {
 		return perr
 	}
-	b := s.ack[:]
+	b := w.ack[:]
 	if perr == nil {
 		putAck(b, v, statusOK, 0)
 	} else {
@@ -315,24 +318,24 @@ func (s *sender) answerHello() error {
 		b = append(make([]byte, ackLen, ackLen+len(msg)), msg...)
 		putAck(b, 0, statusRefused, len(msg))
 	}
-	s.wd.arm()
-	if err := s.wd.disarm(s.mc.sendmsg(b, nil)); err != nil {
+	w.wd.arm()
+	if err := w.wd.disarm(w.mc.sendmsg(b, nil)); err != nil {
 		return ioError("answering hello", err)
 	}
 	return perr
 }
 
 // readFull reads from the receiver, refusing any descriptor it sends.
-func (s *sender) readFull(p []byte) error {
+func (w *ResponseWriter) readFull(p []byte) error {
 	for len(p) > 0 {
-		s.wd.arm()
-		n, oobn, _, err := s.mc.recvmsg(p, s.oob)
-		if err = s.wd.disarm(err); err != nil {
+		w.wd.arm()
+		n, oobn, _, err := w.mc.recvmsg(p, w.oob)
+		if err = w.wd.disarm(err); err != nil {
 			return ioError("reading from the receiver", err)
 		}
 		if oobn > 0 {
 			var buf [maxBatch]int32
-			if fds := appendRights(buf[:0], s.oob[:oobn]); len(fds) > 0 {
+			if fds := appendRights(buf[:0], w.oob[:oobn]); len(fds) > 0 {
 				closeFds(fds)
 				return fmt.Errorf("%w: receiver sent descriptors", ErrProtocol)
 			}
@@ -348,7 +351,7 @@ func (s *sender) readFull(p []byte) error {
 // transfer runs one complete transfer on conn: it checks the peer, lets
 // write queue descriptors, ends the transfer unless write did, and waits for
 // the acknowledgement.
-func transfer(ctx context.Context, conn net.Conn, allow func(Peer) error, timeout time.Duration, write func(*sender) error) error {
+func transfer(ctx context.Context, conn net.Conn, allow func(Peer) error, timeout time.Duration, write func(*ResponseWriter) error) error {
 	s, err := openTransfer(ctx, conn, allow, timeout)
 	if err != nil {
 		return err
@@ -358,12 +361,12 @@ func transfer(ctx context.Context, conn net.Conn, allow func(Peer) error, timeou
 }
 
 // openTransfer checks the peer and answers its hello. The caller closes the
-// sender it returns.
-func openTransfer(ctx context.Context, conn net.Conn, allow func(Peer) error, timeout time.Duration) (*sender, error) {
+// writer it returns.
+func openTransfer(ctx context.Context, conn net.Conn, allow func(Peer) error, timeout time.Duration) (*ResponseWriter, error) {
 	if err := checkPeer(conn, allow); err != nil {
 		return nil, err
 	}
-	s, err := newSender(ctx, conn, timeout)
+	s, err := newResponseWriter(ctx, conn, timeout)
 	if err != nil {
 		return nil, err
 	}
@@ -376,82 +379,62 @@ func openTransfer(ctx context.Context, conn net.Conn, allow func(Peer) error, ti
 
 // run lets write queue descriptors, ends the transfer unless write did, and
 // waits for the acknowledgement.
-func (s *sender) run(write func(*sender) error) error {
-	if err := write(s); err != nil {
+func (w *ResponseWriter) run(write func(*ResponseWriter) error) error {
+	if err := write(w); err != nil {
 		return err
 	}
-	return s.end()
+	return w.end()
 }
 
 // SendTo sends fd with meta (nil for none) to the receiver at the other end
-// of conn as one transfer, and returns once the receiver has acknowledged it.
-// The caller keeps fd; the receiver gets a descriptor of its own.
+// of conn, as one transfer. It blocks until the receiver has acknowledged
+// it. The caller keeps fd; the receiver gets a descriptor of its own.
 //
-// conn must be a Unix socket connection whose peer is the same user as this
-// process, or root. SendTo waits at most [DefaultTimeout] for each step of
-// the receiver; it interrupts a stuck call by setting a past deadline on
-// conn, and otherwise leaves conn's deadlines alone.
+// conn must be a Unix socket connection. Its peer must be the same user
+// as this process, or root. SendTo waits at most [DefaultTimeout] for each
+// step of the receiver. It interrupts a stuck call by setting a past
+// deadline on conn, and otherwise leaves conn's deadlines alone. It does
+// not close conn. For another timeout or peer policy, or to send a
+// connection, use [Server.ServeConn] with an [ObjectHandler].
 func SendTo(conn net.Conn, fd int, meta io.WriterTo) error {
-	return transfer(context.Background(), conn, nil, DefaultTimeout, func(s *sender) error {
+	return transfer(context.Background(), conn, nil, DefaultTimeout, func(s *ResponseWriter) error {
 		return s.Write(fd, meta)
 	})
 }
 
-// SendListenerTo sends the descriptor of ln with meta to the receiver at the
-// other end of conn, as [SendTo] does. It sends a duplicate, which it makes
-// at the start (close-on-exec) and closes before it returns, so ln is
-// borrowed only for that moment: ln stays open and keeps accepting, and
-// another goroutine may close it while SendListenerTo waits for the
-// receiver, without waiting for it (closed before the duplicate is made, ln
-// makes SendListenerTo fail). Both processes share the listening socket
-// until each has closed its copy.
+// SendListenerTo sends the descriptor of ln with meta, as [SendTo] does.
+// It sends a duplicate, made at the start (close-on-exec) and closed
+// before it returns. ln is borrowed only for that moment: it stays open
+// and keeps accepting. Another goroutine may close ln while SendListenerTo
+// waits for the receiver; the close does not wait. Closed before the
+// duplicate is made, ln makes SendListenerTo fail. Both processes share
+// the listening socket until each has closed its copy.
 func SendListenerTo(conn net.Conn, ln net.Listener, meta io.WriterTo) error {
 	return sendObjectTo(conn, ln, meta)
 }
 
 // SendFileTo sends the descriptor of f with meta, a duplicate as
-// [SendListenerTo] sends. f stays open and unchanged (it is not switched to
-// blocking mode), and closing it does not wait for the receiver.
+// [SendListenerTo] sends. f stays open and unchanged: it is not switched
+// to blocking mode. Closing it does not wait for the receiver.
 func SendFileTo(conn net.Conn, f *os.File, meta io.WriterTo) error {
 	return sendObjectTo(conn, f, meta)
 }
 
-// SendConnTo sends the descriptor of c to the receiver at the other end of
-// dst, a duplicate as [SendListenerTo] sends. c stays open, and closing it
-// does not wait for the receiver; data it has buffered in user space (for
-// example in a bufio.Reader) is not part of the descriptor.
-func SendConnTo(dst net.Conn, c net.Conn, meta io.WriterTo) error {
-	return sendObjectTo(dst, c, meta)
-}
-
-// SendPacketConnTo sends the descriptor of pc to the receiver at the other
-// end of dst, a duplicate as [SendListenerTo] sends. pc stays open, and
-// closing it does not wait for the receiver.
-func SendPacketConnTo(dst net.Conn, pc net.PacketConn, meta io.WriterTo) error {
-	return sendObjectTo(dst, pc, meta)
-}
-
 func sendObjectTo(conn net.Conn, obj any, meta io.WriterTo) error {
-	return transfer(context.Background(), conn, nil, DefaultTimeout, func(s *sender) error {
+	return transfer(context.Background(), conn, nil, DefaultTimeout, func(s *ResponseWriter) error {
 		return writeObject(s, obj, meta)
 	})
 }
 
-// writeObject queues a duplicate of obj's descriptor. The library's sender
-// owns it from then on; another ResponseWriter (an application's wrapper)
-// gets it flushed and closed here, since a writer may hold a descriptor
-// until its next Flush.
-func writeObject(w ResponseWriter, obj any, meta io.WriterTo) error {
+// writeObject queues a duplicate of obj's descriptor, which w owns from
+// then on.
+func writeObject(w *ResponseWriter, obj any, meta io.WriterTo) error {
+	if err := w.check(); err != nil {
+		return err
+	}
 	fd, err := dupObject(obj)
 	if err != nil {
 		return err
 	}
-	if s, ok := w.(*sender); ok {
-		return s.writeDup(fd, meta)
-	}
-	defer closeFd(fd)
-	if err := w.Write(fd, meta); err != nil {
-		return err
-	}
-	return w.Flush()
+	return w.writeDup(fd, meta)
 }

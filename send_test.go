@@ -31,7 +31,8 @@ import (
 const stallBound = 5 * time.Second
 
 // A sentObject is an application's object that a test sends, as a handler
-// and as a Send*To call, with a check that the receiver's copy works.
+// and as a Send*To call (ServeConn for those without one), with a check
+// that the receiver's copy works.
 type sentObject struct {
 	obj     io.Closer
 	handler Handler
@@ -66,8 +67,9 @@ func newSentObject(t *testing.T, kind string) *sentObject {
 	case "packet":
 		pc, err := net.ListenPacket("udp", "127.0.0.1:0")
 		must(err)
-		o = sentObject{pc, PacketConnHandler(pc, meta),
-			func(conn net.Conn) error { return SendPacketConnTo(conn, pc, meta) },
+		h := ObjectHandler(pc.(*net.UDPConn), meta)
+		o = sentObject{pc, h,
+			func(conn net.Conn) error { return (&Server{Handler: h}).ServeConn(conn) },
 			dialCheck("udp", pc.LocalAddr().String(), want)}
 	case "conn":
 		ln, err := net.Listen("tcp", "127.0.0.1:0")
@@ -78,8 +80,9 @@ func newSentObject(t *testing.T, kind string) *sentObject {
 		t.Cleanup(func() { cli.Close() })
 		c, err := ln.Accept()
 		must(err)
-		o = sentObject{c, ConnHandler(c, meta),
-			func(conn net.Conn) error { return SendConnTo(conn, c, meta) },
+		h := ObjectHandler(c.(*net.TCPConn), meta)
+		o = sentObject{c, h,
+			func(conn net.Conn) error { return (&Server{Handler: h}).ServeConn(conn) },
 			func(t *testing.T) { expectLine(t, cli, want) }}
 	case "file":
 		r, w, err := os.Pipe()
@@ -123,16 +126,6 @@ func expectLine(t *testing.T, r interface {
 	if got := strings.TrimSpace(string(buf[:n])); err != nil || got != want {
 		t.Fatalf("read %q, %v; want %q", got, err, want)
 	}
-}
-
-// userWriter is a ResponseWriter of the application's own that wraps the
-// library's, as middleware may.
-type userWriter struct{ ResponseWriter }
-
-func wrapWriter(h Handler) Handler {
-	return HandlerFunc(func(conn net.Conn, w ResponseWriter) error {
-		return h.Handle(conn, userWriter{w})
-	})
 }
 
 func init() {
@@ -211,18 +204,22 @@ func answerThrough(kind string, fd int) error {
 
 // TestCloseWhileReceiverStalls has a receiver read the frame that carries an
 // object and stall without acknowledging it, while the application closes
-// the object: Close must return, through a handler with no timeout, through
-// an application's wrapper of the ResponseWriter, and through Send*To. Then
-// the receiver's copy must work although the sender's is closed.
+// the object: Close must return, through a handler with no timeout served
+// by Serve and by ServeConn, and through Send*To. Then the receiver's copy
+// must work although the sender's is closed.
 func TestCloseWhileReceiverStalls(t *testing.T) {
 	noLeaks(t)
-	for _, way := range []string{"handler", "wrapped", "send"} {
+	for _, way := range []string{"handler", "serveconn", "send"} {
 		for _, kind := range objectKinds {
 			t.Run(way+"/"+kind, func(t *testing.T) {
 				o := newSentObject(t, kind)
 				addr := sockPath(t)
 				sent := make(chan error, 1)
-				if way == "send" {
+				if way != "handler" {
+					send := o.send
+					if way == "serveconn" {
+						send = (&Server{Timeout: -1, Handler: o.handler}).ServeConn
+					}
 					ln, err := net.Listen("unix", addr)
 					if err != nil {
 						t.Fatal(err)
@@ -235,15 +232,11 @@ func TestCloseWhileReceiverStalls(t *testing.T) {
 							return
 						}
 						defer conn.Close()
-						sent <- o.send(conn)
+						sent <- send(conn)
 					}()
 				} else {
-					h := o.handler
-					if way == "wrapped" {
-						h = wrapWriter(h)
-					}
 					var lb logBuf
-					srv := &Server{Timeout: -1, Handler: h, ErrorLog: log.New(&lb, "", 0)}
+					srv := &Server{Timeout: -1, Handler: o.handler, ErrorLog: log.New(&lb, "", 0)}
 					serve(t, srv, addr)
 					defer func() {
 						shutdown(t, srv)
@@ -331,7 +324,7 @@ func TestObjectsNoLeak(t *testing.T) {
 		{
 			name: "send fails",
 			// The end frame goes out on a connection shut for writing.
-			after: HandlerFunc(func(conn net.Conn, _ ResponseWriter) error {
+			after: Handler(func(conn net.Conn, _ *ResponseWriter) error {
 				return conn.(*net.UnixConn).CloseWrite()
 			}),
 			receive: receiveFails,
@@ -362,13 +355,13 @@ func TestObjectsNoLeak(t *testing.T) {
 		},
 		{
 			name:    "handler fails",
-			after:   HandlerFunc(func(net.Conn, ResponseWriter) error { return boom }),
+			after:   Handler(func(net.Conn, *ResponseWriter) error { return boom }),
 			receive: receiveFails,
 			log:     boom.Error(),
 		},
 		{
 			name:    "handler panics",
-			after:   HandlerFunc(func(net.Conn, ResponseWriter) error { panic(boom) }),
+			after:   Handler(func(net.Conn, *ResponseWriter) error { panic(boom) }),
 			receive: receiveFails,
 			log:     "panic",
 		},
@@ -423,14 +416,15 @@ func receiveFails(t *testing.T, addr string) {
 }
 
 // TestAfterTransferEnded uses a handler's ResponseWriter after its transfer
-// ended: Write, Flush and an object handler fail with an error that matches
-// net.ErrClosed, and the object handler's duplicate is closed.
+// ended: Write, flush and the handlers fail with an error that matches
+// net.ErrClosed, and the object handler's duplicate is closed. A
+// ResponseWriter that no Server made fails the same calls, and panics not.
 func TestAfterTransferEnded(t *testing.T) {
 	noLeaks(t)
 	f, allClosed := pipeProbe(t)
 	addr := sockPath(t)
-	var kept ResponseWriter
-	srv := &Server{Handler: HandlerFunc(func(_ net.Conn, w ResponseWriter) error {
+	var kept *ResponseWriter
+	srv := &Server{Handler: Handler(func(_ net.Conn, w *ResponseWriter) error {
 		kept = w
 		return nil
 	})}
@@ -439,13 +433,29 @@ func TestAfterTransferEnded(t *testing.T) {
 		t.Error(err)
 	}
 	shutdown(t, srv) // the handler's write of kept happened before
+	called := false
 	for name, err := range map[string]error{
-		"Write":       kept.Write(0, nil),
-		"Flush":       kept.Flush(),
-		"FileHandler": FileHandler(f, nil).Handle(nil, kept),
+		"Write":           kept.Write(0, nil),
+		"flush":           kept.flush(),
+		"FileHandler":     FileHandler(f, nil)(nil, kept),
+		"CallbackHandler": CallbackHandler(func() { called = true })(nil, kept),
 	} {
 		if !errors.Is(err, net.ErrClosed) {
 			t.Errorf("%s after the transfer ended: %v, want net.ErrClosed", name, err)
+		}
+	}
+	if called {
+		t.Error("CallbackHandler's function ran after the transfer ended")
+	}
+	for _, w := range []*ResponseWriter{nil, new(ResponseWriter)} {
+		for name, err := range map[string]error{
+			"Write":           w.Write(0, nil),
+			"FileHandler":     FileHandler(f, nil)(nil, w),
+			"CallbackHandler": CallbackHandler(func() {})(nil, w),
+		} {
+			if !errors.Is(err, errNoTransfer) {
+				t.Errorf("%s on %#v: %v, want errNoTransfer", name, w, err)
+			}
 		}
 	}
 	allClosed(t)
@@ -503,9 +513,9 @@ func TestDuplicatesCloseOnExec(t *testing.T) {
 	}
 	queued := make(chan int) // the file's descriptors here, once queued
 	release := make(chan struct{})
-	srv := &Server{Handler: HandlerFunc(func(conn net.Conn, w ResponseWriter) error {
+	srv := &Server{Handler: Handler(func(conn net.Conn, w *ResponseWriter) error {
 		n := -1
-		err := FileHandler(f, nil).Handle(conn, w)
+		err := FileHandler(f, nil)(conn, w)
 		if err == nil {
 			n, err = fdLinks("/proc/self/fd", link)
 		}

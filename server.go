@@ -4,11 +4,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io/fs"
 	"log"
 	"net"
 	"os"
-	"os/user"
 	"runtime"
 	"strconv"
 	"sync"
@@ -17,44 +15,34 @@ import (
 
 // A Server serves descriptors to the processes that connect to its Unix
 // socket, running Handler for each connection. The zero value is ready to
-// use once Handler is set.
+// use once Handler is set. A Server keeps no descriptor of its own but its
+// listener and connections: its Handler's objects stay the application's.
 type Server struct {
 	// Handler says what to send to each receiver.
 	Handler Handler
-	// Allow decides whether to serve the process that connected; nil means
-	// SameUser. A refused client's connection is closed unserved.
+	// Allow decides whether to serve the process that connected. nil
+	// means a process of this process's user, or root. A refused
+	// client's connection is closed unserved.
 	Allow func(Peer) error
-	// Mode is the permission of the socket file that ListenAndServe
-	// creates; 0 means 0600, or 0660 when Group is set. It does not depend
-	// on the umask. An abstract socket (@name) has no file mode: Allow is
-	// its only protection.
-	Mode fs.FileMode
-	// Group, a group name or id, is given the socket file, so that with
-	// Mode 0660 (and an Allow that admits them) its members can connect.
-	Group string
-	// Timeout bounds each wait for the receiver (to take a frame, to
-	// acknowledge); 0 means DefaultTimeout and a negative value means no
-	// bound. Time spent in the Handler does not count.
+	// Timeout bounds each wait for the receiver: to say hello, to take a
+	// frame, to acknowledge. 0 means DefaultTimeout; a negative value means
+	// no bound. Time spent in the Handler does not count.
 	Timeout time.Duration
-	// Once makes the server stop after its first transfer that the receiver
-	// acknowledged: it closes its listener, removing the socket file, before
-	// it closes that connection. Receive in the successor thus returns only
-	// when the address is free for it to serve in turn. Transfers run one
-	// at a time, so no second receiver gets the same descriptors.
-	Once bool
-	// ErrorLog, if set, receives a line for each connection that failed;
-	// the server logs nothing otherwise.
+	// ErrorLog, if set, receives a line for each connection of Serve that
+	// failed. The server logs nothing otherwise.
 	ErrorLog *log.Logger
 
 	mu     sync.Mutex
 	ln     net.Listener
 	conns  map[net.Conn]struct{}
 	closed bool
-	wg     sync.WaitGroup // one count per active connection
-	onceMu sync.Mutex     // serializes transfers when Once is set
-	served bool
+	wg     sync.WaitGroup // one count per active transfer
+	// ctx is done once the server is closed: it interrupts the waits of
+	// ServeConn's transfers, whose connections are not the server's.
+	ctx    context.Context
+	cancel context.CancelFunc
 	// closeMu is held while the listener closes, so that no caller of
-	// closeListener returns before it is closed (Once's promise).
+	// closeListener returns before it is closed.
 	closeMu sync.Mutex
 }
 
@@ -63,21 +51,20 @@ type Server struct {
 var errNoHandler = errors.New("graceful: Server has no Handler")
 
 // ListenAndServe listens on the Unix socket addr and serves h with a
-// Server's defaults. See [Server.ListenAndServe].
+// Server's defaults. It blocks until the server fails, and leaves h's
+// objects to the caller. See [Server.ListenAndServe].
 func ListenAndServe(addr string, h Handler) error {
 	return (&Server{Handler: h}).ListenAndServe(addr)
 }
 
-// Serve serves h on ln with a Server's defaults. See [Server.Serve].
-func Serve(ln net.Listener, h Handler) error {
-	return (&Server{Handler: h}).Serve(ln)
-}
-
 // ListenAndServe listens on the Unix socket addr, a path or @name for the
-// abstract namespace, and serves until Close or Shutdown. A stale socket
-// file left by a crashed process is replaced; if another server is live at
-// addr, the error satisfies errors.Is(err, syscall.EADDRINUSE) and that
-// server is left alone. The socket file is removed when the server closes.
+// abstract namespace. It serves until Close or Shutdown, and blocks until
+// then. The socket file is created 0600, whatever the umask: only this
+// user and root may connect. For another mode or group, make the listener
+// yourself and call [Server.Serve]. A stale socket file left by a crashed
+// process is replaced. If another server is live at addr, the error
+// satisfies errors.Is(err, syscall.EADDRINUSE), and that server is left
+// alone. The socket file is removed when the server closes.
 func (s *Server) ListenAndServe(addr string) error {
 	if err := supported(); err != nil {
 		return err
@@ -85,44 +72,23 @@ func (s *Server) ListenAndServe(addr string) error {
 	if s.Handler == nil {
 		return errNoHandler
 	}
-	mode, gid, err := s.fileMode()
-	if err != nil {
-		return err
-	}
-	ln, err := listenUnix(addr, mode, gid)
+	ln, err := listenUnix(addr, 0o600, -1)
 	if err != nil {
 		return err
 	}
 	return s.Serve(ln)
 }
 
-func (s *Server) fileMode() (fs.FileMode, int, error) {
-	mode, gid := s.Mode, -1
-	if s.Group != "" {
-		g, err := user.LookupGroup(s.Group)
-		if err != nil {
-			g, err = user.LookupGroupId(s.Group)
-		}
-		if err != nil {
-			return 0, 0, fmt.Errorf("graceful: group %q: %w", s.Group, err)
-		}
-		if gid, err = strconv.Atoi(g.Gid); err != nil {
-			return 0, 0, fmt.Errorf("graceful: group %q: %w", s.Group, err)
-		}
-		if mode == 0 {
-			mode = 0o660
-		}
-	}
-	if mode == 0 {
-		mode = 0o600
-	}
-	return mode, gid, nil
-}
-
-// Serve accepts connections on ln and serves each in its own goroutine. It
-// takes ownership of ln and closes it when it returns. It always returns an
-// error; after Close or Shutdown it is [ErrServerClosed].
+// Serve accepts connections on ln and serves each in its own goroutine,
+// as [Server.ServeConn] does. It blocks until Close or Shutdown. It takes
+// ownership of ln, and closes it when it returns. It closes each
+// connection once served. It always returns an error; after Close or
+// Shutdown it is [ErrServerClosed]. A panic in the Handler is recovered
+// and logged: the receiver fails, and the server serves on.
 func (s *Server) Serve(ln net.Listener) error {
+	if ln == nil {
+		return errors.New("graceful: Serve of a nil listener")
+	}
 	if err := supported(); err != nil {
 		ln.Close()
 		return err
@@ -162,11 +128,12 @@ func (s *Server) Serve(ln net.Listener) error {
 			return fmt.Errorf("graceful: accept: %w", err)
 		}
 		delay = 0
-		if !s.track(conn) {
+		ctx, ok := s.track(conn)
+		if !ok {
 			conn.Close()
 			return ErrServerClosed
 		}
-		go s.serveConn(conn)
+		go s.serveAccepted(ctx, conn)
 	}
 }
 
@@ -181,18 +148,20 @@ func (s *Server) isClosed() bool {
 	return s.closed
 }
 
-func (s *Server) track(conn net.Conn) bool {
+// track counts conn, which Serve accepted, as an active transfer, unless
+// the server is closed.
+func (s *Server) track(conn net.Conn) (context.Context, bool) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.closed {
-		return false
+		return nil, false
 	}
 	if s.conns == nil {
 		s.conns = make(map[net.Conn]struct{})
 	}
 	s.conns[conn] = struct{}{}
 	s.wg.Add(1)
-	return true
+	return s.transferContext(), true
 }
 
 func (s *Server) untrack(conn net.Conn) {
@@ -202,7 +171,17 @@ func (s *Server) untrack(conn net.Conn) {
 	s.wg.Done()
 }
 
-func (s *Server) serveConn(conn net.Conn) {
+// transferContext returns the context of the server's transfers, done
+// once Close is called; s.mu is held.
+func (s *Server) transferContext() context.Context {
+	if s.ctx == nil {
+		s.ctx, s.cancel = context.WithCancel(context.Background())
+	}
+	return s.ctx
+}
+
+// serveAccepted serves a connection that Serve accepted, then closes it.
+func (s *Server) serveAccepted(ctx context.Context, conn net.Conn) {
 	defer s.untrack(conn)
 	defer conn.Close()
 	defer func() {
@@ -212,36 +191,64 @@ func (s *Server) serveConn(conn net.Conn) {
 			s.logf("graceful: panic serving %v: %v\n%s", conn.RemoteAddr(), p, buf)
 		}
 	}()
+	if err := s.serve(ctx, conn); err != nil {
+		s.logf("graceful: serving pid %s: %v", peerPID(conn), err)
+	}
+}
+
+// ServeConn runs Handler as one transfer on conn, a Unix socket connection
+// the caller already has, with the server's Timeout and Allow. It blocks
+// until the receiver has acknowledged the transfer, or it failed. It does
+// not close conn, nor take its descriptor: conn stays the caller's. After
+// an error, the rest of the failed transfer may be on conn: close it
+// rather than serve on it again. ServeConn sets a past deadline on conn to
+// interrupt a stuck call. It leaves conn's deadlines alone otherwise. A
+// panic in the Handler goes on to the caller, once the duplicates that
+// object handlers queued are closed. Close interrupts the waits of a
+// ServeConn under way; Shutdown waits for it, until its ctx is done. Once
+// the server is closed, ServeConn returns [ErrServerClosed] at once.
+//
+// A server that serves one receiver only accepts one connection on its
+// listener, calls ServeConn, and closes the listener before conn: the
+// receiver's Receive then returns once the address is free.
+func (s *Server) ServeConn(conn net.Conn) error {
+	if err := supported(); err != nil {
+		return err
+	}
+	if s.Handler == nil {
+		return errNoHandler
+	}
+	if conn == nil {
+		return errors.New("graceful: ServeConn of a nil connection")
+	}
+	s.mu.Lock()
+	if s.closed {
+		s.mu.Unlock()
+		return ErrServerClosed
+	}
+	s.wg.Add(1)
+	ctx := s.transferContext()
+	s.mu.Unlock()
+	defer s.wg.Done()
+	return s.serve(ctx, conn)
+}
+
+// serve runs one transfer of the Handler on conn.
+func (s *Server) serve(ctx context.Context, conn net.Conn) error {
 	timeout := s.Timeout
 	if timeout == 0 {
 		timeout = DefaultTimeout
 	}
-	// A client earns its turn with its hello before it holds anything: one
-	// that connects and stalls costs its own connection only.
-	w, err := openTransfer(context.Background(), conn, s.Allow, timeout)
+	// A client earns its turn with its hello before it holds anything:
+	// one that connects and stalls costs its own connection only.
+	w, err := openTransfer(ctx, conn, s.Allow, timeout)
 	if err != nil {
-		s.logf("graceful: serving pid %s: %v", peerPID(conn), err)
-		return
+		return err
 	}
 	defer w.close()
-	if s.Once {
-		s.onceMu.Lock()
-		defer s.onceMu.Unlock()
-		if s.served {
-			return
-		}
-	}
-	err = w.run(func(w *sender) error {
-		return s.Handler.Handle(conn, w)
+	return w.run(func(w *ResponseWriter) error {
+		return s.Handler(conn, w)
 	})
-	if err != nil {
-		s.logf("graceful: serving pid %s: %v", peerPID(conn), err)
-		return
-	}
-	if s.Once {
-		s.served = true
-		s.closeListener()
-	}
 }
 
 func peerPID(conn net.Conn) string {
@@ -274,24 +281,28 @@ func (s *Server) closeListener() {
 	}
 }
 
-// Close stops the server at once: it closes the listener and every active
-// connection, whose receivers then fail.
+// Close stops the server at once. It closes the listener and every
+// connection Serve accepted. It interrupts the transfers of ServeConn,
+// leaving their connections open. The receivers of all of them fail.
+// Close does not wait for the Handlers to return.
 func (s *Server) Close() error {
 	s.closeListener()
 	s.mu.Lock()
 	for c := range s.conns {
 		c.Close()
 	}
+	s.transferContext()
+	s.cancel()
 	s.mu.Unlock()
 	return nil
 }
 
-// Shutdown closes the listener, so no new receiver connects, then waits for
-// the active transfers to finish. When ctx is done first, it closes the
-// connections still active, as Close does, and returns ctx's error at once,
-// as net/http's Shutdown does: a Handler that ignores its connection may
-// still be running then. It must not be called from a Handler without a ctx
-// that ends, since it would wait for that Handler.
+// Shutdown closes the listener, so no new receiver connects. Then it
+// blocks until the active transfers, ServeConn's included, have finished.
+// When ctx is done first, it stops them as Close does, and returns ctx's
+// error at once, as net/http's Shutdown does. A Handler that ignores its
+// connection may still be running then. Do not call Shutdown from a
+// Handler without a ctx that ends: it would wait for that Handler.
 func (s *Server) Shutdown(ctx context.Context) error {
 	s.closeListener()
 	done := make(chan struct{})

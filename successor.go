@@ -108,7 +108,7 @@ func (in *Instance) serveSuccessor(s *successor) {
 		if snap := <-t.grant; snap == nil {
 			err = errFinished
 		} else {
-			err = tr.run(func(tr *sender) error { return writeHandover(tr, snap) })
+			err = tr.run(func(tr *ResponseWriter) error { return writeHandover(tr, snap) })
 		}
 		tr.close()
 		if err == nil {
@@ -143,7 +143,7 @@ func (m *machine) wantTurn(t turnRequest) {
 
 // writeHandover sends the hand-over socket, with the application's state,
 // then every listener, packet socket and file handed on.
-func writeHandover(s *sender, snap *snapshot) error {
+func writeHandover(s *ResponseWriter, snap *snapshot) error {
 	if err := writeObject(s, snap.handover, handoverMeta(snap.state)); err != nil {
 		return err
 	}

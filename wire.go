@@ -37,6 +37,10 @@ const (
 	statusReady = 2
 )
 
+// errNoVersion means the two sides speak no protocol version in common:
+// one was built with a library too old or too new for the other.
+var errNoVersion = fmt.Errorf("%w: no protocol version in common", ErrProtocol)
+
 // helloMagic opens every hello. The hello and its answer keep their layout
 // in every version, so that any two versions can tell each other apart.
 const helloMagic = "GRFL"
@@ -63,7 +67,7 @@ func pickVersion(b []byte) (byte, error) {
 	}
 	v := min(hi, maxVersion)
 	if v < lo || v < minVersion {
-		return 0, fmt.Errorf("%w: the receiver speaks versions %d to %d, the sender %d to %d", ErrIncompatible, lo, hi, minVersion, maxVersion)
+		return 0, fmt.Errorf("%w: the receiver speaks versions %d to %d, the sender %d to %d", errNoVersion, lo, hi, minVersion, maxVersion)
 	}
 	return v, nil
 }

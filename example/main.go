@@ -30,7 +30,7 @@ func main() {
 	flag.StringVar(&cfg.PIDFile, "pid-file", "", "file to hold the pid of the instance that serves (none if empty)")
 	drainTimeout := flag.Duration("drain-timeout", 30*time.Second, "how long an old instance may take to finish its requests")
 	flag.DurationVar(&cfg.Timeout, "handover-timeout", graceful.DefaultTimeout, "how long each step of a hand-over may wait for the other instance")
-	flag.DurationVar(&cfg.ReadyTimeout, "ready-timeout", graceful.DefaultReadyTimeout, "how long a successor may take to start serving")
+	flag.DurationVar(&cfg.ReadyTimeout, "ready-timeout", time.Minute, "how long a successor may take to start serving")
 	flag.BoolVar(&cfg.KeepPID, "keep-pid", false, "keep the started process, and its pid, for the whole service (on by itself as pid 1, a container's init)")
 	flag.Parse()
 	if err := run(cfg, *listen, *drainTimeout); err != nil {
@@ -56,7 +56,8 @@ func run(cfg graceful.Config, listen string, drainTimeout time.Duration) error {
 		return err
 	}
 	hs := &http.Server{Handler: http.HandlerFunc(serveHTTP), ReadHeaderTimeout: 10 * time.Second}
-	dr := &graceful.Drainer{IdleGrace: min(graceful.DefaultIdleGrace, drainTimeout/2)}
+	// Drain gives idle connections half of drainTimeout, 5 s at most.
+	dr := &graceful.Drainer{}
 	go dr.Serve(hs, ln)
 
 	// Ready once serving: the predecessor stops accepting right after.

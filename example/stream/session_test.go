@@ -35,11 +35,11 @@ func TestSessionStopMidWrite(t *testing.T) {
 	if len(s.out) == 0 || string(s.in) != "thr" {
 		t.Fatalf("state after the stop: in %q, out %q", s.in, s.out)
 	}
-	b, err := s.meta().MarshalBinary()
-	if err != nil {
+	var b bytes.Buffer
+	if _, err := s.meta().WriteTo(&b); err != nil {
 		t.Fatal(err)
 	}
-	m, err := graceful.MetaFrom(bytes.NewReader(b))
+	m, err := graceful.MetaFrom(&b)
 	if err != nil {
 		t.Fatal(err)
 	}
