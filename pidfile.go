@@ -108,16 +108,6 @@ func (p *pidFile) abort() {
 	}
 }
 
-// writePIDFile replaces the pid file atomically, so that a reader never sees
-// it empty or half written.
-func writePIDFile(path string) error {
-	p, err := preparePIDFile(path)
-	if err != nil {
-		return err
-	}
-	return p.commit()
-}
-
 // removePIDFile removes the pid file if it names this process.
 func removePIDFile(path string) {
 	if b, err := os.ReadFile(path); err == nil && string(b) == strconv.Itoa(os.Getpid())+"\n" {

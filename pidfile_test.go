@@ -99,7 +99,9 @@ func TestPIDFileTwoPhases(t *testing.T) {
 	if got := readFile(t, path); got != "1\n" {
 		t.Errorf("removePIDFile removed another's pid file")
 	}
-	if err := writePIDFile(path); err != nil {
+	if p, err := preparePIDFile(path); err != nil {
+		t.Fatal(err)
+	} else if err := p.commit(); err != nil {
 		t.Fatal(err)
 	}
 	removePIDFile(path)

@@ -81,3 +81,9 @@ func (*activation) close()                           {}
 func (*activation) unclaimed() int                   { return 0 }
 func socketMatches(int, string, string, string) bool { return false }
 func notify(string) error                            { return nil }
+
+func dupHandedOn(*snapshot, *[]int) ([]string, error) { return nil, errUnsupported }
+
+func execSuccessor(string, []string, int, []string, []int) (int, *net.UnixConn, error) {
+	return 0, nil, errUnsupported
+}
