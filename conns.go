@@ -229,6 +229,9 @@ func (in *Instance) receiveConns(client *Client, p *predecessor) (batch []passed
 		batch = append(batch, passedFd{fd, m})
 		return err
 	}, false)
+	if errors.Is(err, errSenderRefused) {
+		return batch, errPassKept
+	}
 	if err != nil {
 		return batch, err
 	}

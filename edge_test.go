@@ -190,3 +190,22 @@ func TestPredecessorKilledWhileConnecting(t *testing.T) {
 	}
 	t.Logf("%d of %d trials left nothing serving", nothing, trials)
 }
+
+// A PassConns that fails before its transfer began refuses the successor
+// where it waits for the next transfer: the successor reports the refusal,
+// not a version mismatch.
+func TestPassRefusalNotVersion(t *testing.T) {
+	inst := readyFirst(t, Config{Socket: sockPath(t)})
+	pred, succ := socketPair(t)
+	defer succ.Close()
+	go func() {
+		defer pred.Close()
+		var hello [helloLen]byte
+		io.ReadFull(pred, hello[:])
+		refuse(pred, "the predecessor keeps them")
+	}()
+	_, err := inst.receiveConns(&Client{Timeout: -1}, &predecessor{conn: succ, pid: os.Getpid()})
+	if !errors.Is(err, errPassKept) {
+		t.Errorf("receiveConns: %v, want errPassKept", err)
+	}
+}

@@ -324,6 +324,10 @@ func (r *receiver) greet() error {
 		if _, err := r.readFull(msg); err != nil {
 			return err
 		}
+		if r.hdr[0] != 0 {
+			// A version was picked: not a mismatch, a refusal.
+			return fmt.Errorf("graceful: %w: %q", errSenderRefused, msg)
+		}
 		return fmt.Errorf("%w: the sender says %q", errNoVersion, msg)
 	}
 	v := r.hdr[0]
@@ -336,6 +340,11 @@ func (r *receiver) greet() error {
 	r.ver = v
 	return nil
 }
+
+// errSenderRefused is a sender that answered a hello with a refusal in a
+// version both speak: the restart layer's predecessor that keeps the
+// connections it failed to pass.
+var errSenderRefused = errors.New("the sender refused the transfer")
 
 // readFull reads len(p) bytes, which must come without descriptors. The
 // count is of bytes read before an error.
