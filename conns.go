@@ -24,24 +24,22 @@ type PassedConn struct {
 }
 
 // PassConns hands conns to the successor, which takes them with
-// [Instance.AcceptConn], and closes this instance's descriptors once the
-// successor has acknowledged them all. It may be called once Done is closed
-// for a successor that is ready, as often as needed; each call is one
-// transfer, 253 descriptors per system call. Stop tells the successor that
-// no more come.
+// [Instance.AcceptConn]. It closes this instance's descriptors once the
+// successor has them all. Call it once Done is closed for a successor that
+// is ready, as often as needed. Each call is one transfer, 253 descriptors
+// per system call. Stop tells the successor that no more come.
 //
-// The application stops using each connection before the call: no read or
-// write in progress or to come (set a past read deadline to interrupt a
-// read, then clear it), and whatever it read and did not process goes into
-// the meta. PassConns never shuts a connection down: the successor's
-// descriptor keeps it open, and the peer sees nothing. The connections are
-// PassConns's during the call; after a failure they are all still the
-// caller's, open, and the successor holds none (it closes any it got), so
-// the application may serve them on: the successor keeps a transfer only
-// once this instance, which has read its acknowledgement, tells it so. A
-// failure ends the passing: the connection to the successor is closed, and
-// a later PassConns fails too. PassConns blocks until the successor has
-// acknowledged, at most Config.Timeout for each step; Stop calls it off.
+// Stop using each connection before the call: no read or write in progress
+// or to come. To interrupt a read, set a past deadline, then clear it. Put
+// what was read and not processed into the meta. PassConns never shuts a
+// connection down: the peer sees nothing.
+//
+// It is all or nothing. After a failure, every connection is still the
+// caller's, open, and the successor holds none; a failure ends the
+// passing. If the successor dies meanwhile, PassConns starts another with
+// a copy of the sockets, as Restart would, and passes to it. PassConns
+// blocks until the successor has acknowledged, Config.Timeout at most for
+// each step; Stop calls it off.
 func (in *Instance) PassConns(conns []PassedConn) error {
 	// The descriptors are borrowed, not duplicated: the connections are
 	// this call's, so nothing closes them meanwhile.
@@ -159,13 +157,12 @@ func (m *machine) passEnded(err error, died bool) bool {
 	return retry
 }
 
-// AcceptConn waits for the next live connection that the predecessor passes
-// with PassConns, and returns it with its meta; the connection is the
-// caller's. It returns io.EOF once the predecessor will pass no more (it
-// stopped, or exited), as soon as Ready has run for a first instance, and
-// net.ErrClosed after Stop. Connections arrive only after Ready, in the
-// order they were passed, each transfer once it is complete; those not
-// taken when this instance stops are closed.
+// AcceptConn waits for the next live connection that the predecessor
+// passes with PassConns, and returns it with its meta; the connection is
+// the caller's. Connections come after Ready, in the order they were
+// passed, each transfer once complete. AcceptConn returns io.EOF once the
+// predecessor passes no more (at once for a first instance), and
+// net.ErrClosed after Stop, which closes those not taken.
 func (in *Instance) AcceptConn() (net.Conn, Meta, error) {
 	select {
 	case p := <-in.incoming.ch:

@@ -22,71 +22,64 @@ const defaultReadyTimeout = time.Minute
 // Config configures an [Instance]. Only Socket is required.
 type Config struct {
 	// Socket is the path of the Unix socket on which each instance hands
-	// its sockets to the next: a path whose directory exists (not an
-	// abstract "@" name, for the lock file must be beside it). The socket
-	// file is created 0600, for the same user (or root) only; a lock file,
-	// Socket+".lock", which names the last instance that got ready, stays
-	// beside it for good.
+	// its sockets to the next. Its directory must be this user's (or
+	// root's) and writable by no one else; Start makes it, 0700, if it is
+	// missing. The socket file is 0600. A lock file, Socket+".lock", stays
+	// beside it. An abstract "@" name is refused: the lock needs a place.
 	Socket string
-	// PIDFile, if set, names the file that holds the pid of the instance
-	// that serves: written at each Ready, replaced atomically, and removed
-	// by Stop.
+	// PIDFile, if set, holds the pid of the instance that serves. Ready
+	// writes it; an instance that cannot write it does not take over. Stop
+	// removes it.
 	PIDFile string
 	// Timeout bounds each step of a hand-over, each wait for the other
-	// instance; 0 means DefaultTimeout.
+	// instance. 0 means DefaultTimeout; a negative value, no bound.
 	Timeout time.Duration
-	// ReadyTimeout bounds how long a running instance waits for its
-	// successor's Ready after handing it its sockets (Restart waits
-	// Timeout more, for the successor it started to start), and how long
-	// Start waits while another instance is starting; 0 means a minute.
+	// ReadyTimeout bounds how long an instance waits for its successor's
+	// Ready after handing it its sockets. It also bounds how long Start
+	// waits while another instance is starting. 0 means a minute.
 	ReadyTimeout time.Duration
-	// ErrorLog, if set, receives a line for each hand-over that failed
-	// (the instance serves on) but for a Restart's, which Restart returns;
-	// nothing is logged otherwise.
+	// ErrorLog, if set, receives a line for each hand-over that failed;
+	// the instance serves on. A Restart's failure is Restart's error
+	// instead. Nothing is logged without it.
 	ErrorLog *log.Logger
 	// ListenConfig, if set, creates the sockets that Listen and
-	// ListenPacket make anew: its Control sets socket options
-	// (SO_REUSEPORT, say), its KeepAlive those of TCP. Sockets taken over
-	// keep the options they were made with.
+	// ListenPacket make anew. Its Control sets socket options, such as
+	// SO_REUSEPORT. Sockets taken over keep the options they were made
+	// with.
 	ListenConfig *net.ListenConfig
 	// KeepPID keeps the process started for as long as the service runs,
-	// as a container's init (pid 1) or a process manager needs: Start
-	// never returns in it. It starts the instances, forwards them its
-	// signals (SIGHUP restarts, SIGTERM and SIGINT stop), reaps every
-	// child, and starts a new instance with its copy of the sockets if the
-	// serving one dies. It then exits with the last instance's status. It
-	// is on by itself in a process of pid 1. Linux only: elsewhere Start
-	// fails with an error matching errors.ErrUnsupported.
+	// as a process manager that tracks one pid needs. Start never returns
+	// in it: it starts the instances, forwards its signals to the one that
+	// serves, and reaps every child. If the serving instance dies, it
+	// starts another with its copy of the sockets. It exits with the last
+	// instance's status. A process of pid 1 (a container's init) keeps
+	// anyway. Linux only: elsewhere Start fails with an error matching
+	// errors.ErrUnsupported.
 	KeepPID bool
 }
 
 // Errors of the restart layer.
 var (
-	// ErrAborted means a hand-over was called off before it completed:
-	// the running instance gave up waiting for Ready, or stopped, or
-	// another successor took over first. Start also fails with it after
-	// waiting Config.ReadyTimeout in vain for another instance, between
-	// its own Start and Ready, to finish; the error names its pid where
-	// the system tells. The instance whose Start or Ready fails with it
-	// must not serve: the other serves on.
+	// ErrAborted means a hand-over was called off: the running instance
+	// gave up waiting for Ready, stopped, or took another successor. Start
+	// also fails with it when another instance took too long to start. The
+	// instance that gets it must not serve: the other serves on.
 	ErrAborted = errors.New("graceful: hand-over aborted")
 	// ErrInstanceState means a method of an Instance was called at the
-	// wrong time: Listen after Stop, Ready twice, Restart before Ready,
-	// after Done or while another Restart runs.
+	// wrong time: Listen after Stop, Ready twice, Restart before Ready or
+	// after Done.
 	ErrInstanceState = errors.New("graceful: not allowed in the instance's state")
 )
 
-// An Instance is one running instance of a server in a chain of restarts.
-// [Start] makes it, taking over the sockets of the instance that serves at
-// Config.Socket, if any; [Instance.Listen] hands the application those
-// sockets, or new ones; [Instance.Ready] commits; [Instance.Done] tells when
-// a successor has committed in turn.
+// An Instance is one instance of a server in a chain of restarts. [Start]
+// makes it. [Instance.Listen] hands the application the predecessor's
+// sockets, or new ones. [Instance.Ready] commits. [Instance.Done] closes
+// when a successor has committed in turn.
 //
-// From Start to Ready, and from Ready until a successor is ready,
-// two instances share each listening socket: both accept, so no
-// connection is refused and none is lost. Only one instance is ever
-// between Start and Ready at a time: another that starts meanwhile waits
-// its turn (a lock beside the socket), then takes over from the first.
+// From Start to Ready, two instances share each listening socket. Both
+// accept, so no connection is refused and none is lost. Only one instance
+// is between Start and Ready at a time: another waits its turn (a lock
+// beside the socket), then takes over from the first.
 //
 // The methods of an Instance may be called from several goroutines.
 type Instance struct {
@@ -126,20 +119,19 @@ func objectKey(kind, network, address string) string {
 	return kind + "\x00" + network + "\x00" + address
 }
 
-// Start starts an instance. If an instance serves at cfg.Socket, Start takes
-// over from it: it receives every socket that instance hands on, which
-// [Instance.Listen] and [Instance.File] then return, and that instance serves
-// on until this one's Ready. Otherwise this is the first instance: Listen
-// takes the sockets systemd passed (socket activation), else listens anew.
-// Another instance between its own Start and Ready makes Start wait its turn,
-// at most Config.ReadyTimeout; a successor that Restart started, whose turn
-// comes after another successor of the same predecessor took over, fails
-// with ErrAborted.
+// Start starts an instance. If an instance serves at cfg.Socket, Start
+// takes over from it: it receives every socket that instance hands on. That
+// instance serves on until this one's Ready. Otherwise this is the first
+// instance: Listen takes the sockets systemd passed, or listens anew.
 //
-// Start blocks for the hand-over: at most Config.Timeout for each step. The
-// descriptors it receives are the Instance's until the application claims
-// them; those never claimed are closed at Ready or Stop. On error nothing
-// stays open, and an instance that was serving serves on.
+// Start waits its turn while another instance is between its own Start and
+// Ready, Config.ReadyTimeout at most. Each step of the hand-over waits at
+// most Config.Timeout. The descriptors received are the Instance's until
+// the application claims them; those never claimed are closed at Ready or
+// Stop. On error nothing stays open, and the old instance serves on.
+//
+// In a process of pid 1, or with Config.KeepPID, Start does not return:
+// that process keeps the service (see Config.KeepPID).
 func Start(cfg Config) (*Instance, error) {
 	if cfg.Socket == "" {
 		return nil, fmt.Errorf("graceful: Config.Socket is empty: %w", syscall.EINVAL)
@@ -203,14 +195,13 @@ func (m *machine) abandon() {
 	m.in.cancel()
 }
 
-// Listen returns the listener for network and address: the predecessor's, if it
-// listened on these very strings, or else on the address they name (a
-// predecessor's "localhost:8080" for "127.0.0.1:8080", its ":8080" for ":8080"
-// but not for "127.0.0.1:8080"); else one that systemd passed whose address
-// matches, for a first instance; else a new one from [net.Listen]. The listener
-// is the application's, and this instance hands it on to its successor while it
-// is open. A Unix socket's file stays in place across hand-overs (its listener
-// does not remove it on Close), and a stale one is replaced.
+// Listen returns the listener for network and address. It is the
+// predecessor's if it listened on these very strings, or on the address
+// they name ("localhost:8080" for "127.0.0.1:8080"). Else it is one systemd
+// passed whose address matches, for a first instance. Else it is new, from
+// Config.ListenConfig. The listener is the application's. This instance
+// hands it on to its successor while it is open. A Unix socket's file stays
+// in place across hand-overs; a stale one is replaced.
 func (in *Instance) Listen(network, address string) (net.Listener, error) {
 	ln, err := in.listen(kindListener, network, address)
 	if err != nil {
@@ -220,8 +211,7 @@ func (in *Instance) Listen(network, address string) (net.Listener, error) {
 }
 
 // ListenPacket is [Instance.Listen] for packet sockets: the predecessor's
-// socket for network and address, else one from systemd, else a new one from
-// [net.ListenPacket].
+// socket, else systemd's, else a new one.
 func (in *Instance) ListenPacket(network, address string) (net.PacketConn, error) {
 	pc, err := in.listen(kindPacket, network, address)
 	if err != nil {
@@ -429,46 +419,40 @@ func (in *Instance) logf(format string, args ...any) {
 	}
 }
 
-// Ready commits this instance: from now on it serves. A successor tells its
-// predecessor, on the connection of the hand-over, and waits for its answer;
-// only then does the predecessor's Done close, and this instance serve the
-// hand-over socket for its own successor, write the pid file and tell
-// systemd (READY=1, when NOTIFY_SOCKET is set). The sockets inherited or
-// passed by systemd that the application never claimed with Listen are
-// closed. Ready blocks until the predecessor answers: it decides, within
-// Config.ReadyTimeout of its hand-over, and answers at once. If it dies
-// meanwhile, Ready succeeds: the sockets are this instance's alone.
+// Ready commits this instance: from now on it serves. A successor tells
+// its predecessor and waits for its answer; only then does the
+// predecessor's Done close. Then this instance serves the hand-over socket
+// for its own successor. It puts its pid file in place and tells systemd
+// (READY=1). The inherited sockets that no Listen claimed are closed. If
+// the predecessor dies meanwhile, Ready succeeds: the sockets are this
+// instance's alone.
 //
-// Call Ready once the application serves (its listeners accept): the
-// predecessor stops accepting right after. Until then both instances
-// accept: a successor that dies before its Ready loses the connections it
-// accepted (the predecessor keeps all the others), so an application that
-// can fail on its way to Ready should do so before it serves. If Ready
-// fails, the predecessor (if any) serves on and this instance must not:
-// the listeners Listen returned are closed, and the application drains
-// and exits. The error is [ErrAborted] when the predecessor gave up
-// waiting (Config.ReadyTimeout) or stopped.
+// Call Ready once the application serves: the predecessor stops accepting
+// right after. Ready blocks until the predecessor answers, at once or
+// within its Config.ReadyTimeout. If Ready fails, the predecessor serves
+// on. The listeners Listen returned are then closed, and the application
+// drains and exits. The error is [ErrAborted] when the predecessor gave up
+// or stopped.
 func (in *Instance) Ready() error {
 	reply := make(chan error, 1)
 	in.call(func(m *machine) { m.readyRequest(reply) })
 	return <-reply
 }
 
-// Stop ends this instance without a successor: it stops serving the
-// hand-over socket, calls off a hand-over under way (that successor's Ready
-// fails; before this instance's own Ready, its predecessor serves on), and
-// closes Done. An instance that was serving also removes the hand-over
-// socket file and the pid file if it names this process, and tells systemd
-// STOPPING=1. Stop does not close the application's listeners: the
-// application drains them. After a successor took over, Stop only releases
-// what the instance still holds: the connection to the successor (which
-// then knows that no more connections will be passed) and connections
-// passed to this instance and not accepted.
+// Stop ends this instance without a successor, and closes Done. It stops
+// serving the hand-over socket, and calls off a hand-over under way: that
+// successor's Ready fails. Before this instance's own Ready, its
+// predecessor serves on. A serving instance also removes the socket file,
+// and the pid file if it names this process, and tells systemd STOPPING=1.
+// Stop does not close the application's listeners: the application drains
+// them.
 //
-// Stop calls off a Restart (its successor is killed) and a PassConns (it
-// fails, the connections still the caller's) under way, and blocks until
-// that is done, after a Ready under way has ended: its outcome decides
-// what there is to stop.
+// After a successor took over, Stop releases what remains: the connection
+// to the successor (no more connections are passed) and connections passed
+// to this instance and not accepted. Stop calls off a Restart (its
+// successor is killed) and a PassConns (the connections stay the
+// caller's). It blocks until that is done, and until a Ready under way
+// has ended.
 func (in *Instance) Stop() {
 	done := make(chan struct{})
 	in.call(func(m *machine) { m.stopRequest(done) })

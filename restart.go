@@ -11,34 +11,25 @@ import (
 	"time"
 )
 
-// Restart starts a successor, this program again with the same arguments
-// and environment and its output going where this one's goes, and returns
-// nil once the successor is ready (its Ready succeeded, and Done is closed).
-// It returns an error if the successor exits before it is ready (a process
-// that lives on with its connection, as a wrapper's background job, is
-// waited for), or is not ready within Config.ReadyTimeout (then it is
-// killed); this instance serves on all along, as if nothing had happened.
+// Restart starts a successor: this program again, with the same arguments,
+// environment and output. It returns nil once the successor is ready and
+// Done is closed. It fails if the successor exits before it is ready, or is
+// not ready within Config.ReadyTimeout (it is then killed). This instance
+// serves on all along, as if nothing had happened. If another successor
+// (started beside, by a deploy) is ready first, Restart returns nil too,
+// and kills the one it started.
+//
 // Restart blocks until then: run it in a goroutine of its own, so that
-// signals are handled meanwhile. It works only between Ready and Done
-// (otherwise it fails with ErrInstanceState). If another successor (started
-// beside, by a deploy) is ready first, Restart returns nil too; the one it
-// started is then refused, and killed. Stop, or another Restart, calls it
-// off: its successor is killed, and it fails with ErrAborted.
+// signals are handled meanwhile. Another Restart, or Stop, calls it off:
+// its successor is killed, and it fails with ErrAborted. It works only
+// between Ready and Done, else it fails with ErrInstanceState.
 //
-// The successor gets this instance's sockets at exec, as in a fork/exec
-// restart and as fast, with the environment variable GRACEFUL_INHERIT
-// saying which descriptors they are; its Start takes them, and the commit
-// is the same as for a successor that dials Config.Socket.
-//
-// The program started is the file at the path this one was started by
-// (its os.Args[0], found in PATH if need be and taken from the working
-// directory at start if relative, if it named this program then; or else
-// os.Executable), so that a new binary installed there takes over, whether
-// the old one was replaced, renamed over or moved aside, or a symlink on
-// the path now names a new release. If no file is there (go run removes its
-// build when it ends), this process's own binary is started again where the
-// system can name it (/proc/self/exe on Linux); elsewhere Restart fails
-// then, and this instance serves on.
+// The successor gets the sockets at exec, as in a fork/exec restart, and
+// commits as a successor that dials Config.Socket does. The program
+// started is the file at the path this one was started by, so a new binary
+// installed there takes over, or a symlink switched to a new release. If
+// no file is there (go run removes its build), Linux starts this
+// process's own binary again; elsewhere Restart fails.
 func (in *Instance) Restart() error {
 	exe, err := executable()
 	if err != nil {
