@@ -19,7 +19,7 @@ import (
 
 // serve serves h at addr until a successor takes over or SIGTERM (or
 // SIGINT) comes, and restarts on SIGHUP. dir holds the hand-over socket and
-// the pid file.
+// the pid file; Start makes it if need be.
 func serve(dir, addr string, h http.Handler, sigs <-chan os.Signal) error {
 	inst, err := graceful.Start(graceful.Config{
 		Socket:   filepath.Join(dir, "app.sock"),
@@ -44,13 +44,15 @@ func serve(dir, addr string, h http.Handler, sigs <-chan os.Signal) error {
 	for {
 		select {
 		case sig := <-sigs:
-			if sig == syscall.SIGHUP {
+			if sig != syscall.SIGHUP {
+				inst.Stop() // and a Restart under way
+				continue
+			}
+			go func() {
 				if err := inst.Restart(); err != nil {
 					log.Print(err) // this instance serves on
 				}
-			} else {
-				inst.Stop()
-			}
+			}()
 		case <-inst.Done():
 			// Requests in flight finish, a minute at most.
 			ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
