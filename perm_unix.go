@@ -41,6 +41,18 @@ func trusted(uid uint32) bool {
 	return uid == 0 || int(uid) == os.Geteuid()
 }
 
+// unmapped reports whether uid is the overflow uid of a user namespace:
+// the owner of a file outside the namespace's map, typically the real
+// root's /, /tmp or /home. A directory above the socket's may be owned so.
+func unmapped(uid uint32) bool {
+	b, err := os.ReadFile("/proc/self/uid_map")
+	if f := strings.Fields(string(b)); err != nil || len(f) == 3 && f[0] == "0" && f[1] == "0" && f[2] == "4294967295" {
+		return false // the initial namespace: every uid is mapped
+	}
+	o, err := os.ReadFile("/proc/sys/kernel/overflowuid")
+	return err == nil && strings.TrimSpace(string(o)) == strconv.FormatUint(uint64(uid), 10)
+}
+
 // ownerName names the user uid for a message: "alice (uid 1234)", or
 // "uid 1234" if the user database does not know it.
 func ownerName(uid uint32) string {
@@ -218,7 +230,7 @@ func checkAncestor(dir, abs string) error {
 		return fmt.Errorf("graceful: directory %s: %w", abs, &os.PathError{Op: "stat", Path: dir, Err: err})
 	}
 	mode := uint32(st.Mode)
-	if !trusted(st.Uid) {
+	if !trusted(st.Uid) && !unmapped(st.Uid) {
 		return permErrorf("%s is in %s, which is owned by %s, who may replace what is in it: %s", abs, dir, ownerName(st.Uid), dirAdvice)
 	}
 	if w := writers(mode); w != "" && mode&unix.S_ISVTX == 0 {
