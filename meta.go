@@ -182,27 +182,9 @@ func decodeMetaString(s string) (Meta, error) {
 	if len(s) == 0 {
 		return nil, nil
 	}
-	if s[0] != metaVersion {
-		return nil, fmt.Errorf("%w: meta version %d, want %d", ErrProtocol, s[0], metaVersion)
-	}
-	// A receiver decodes a meta per descriptor: lengths below 0x80, as of
-	// almost any count, key and value, are read here without a call.
-	n, p := uint64(0), 2
-	if len(s) > 1 && s[1] < 0x80 {
-		n = uint64(s[1])
-	} else {
-		var err error
-		if n, p, err = metaUvarint(s, 1); err != nil {
-			return nil, err
-		}
-	}
-	// An empty Meta encodes as zero bytes, not as a count of 0.
-	if n == 0 {
-		return nil, fmt.Errorf("%w: meta of no pairs", ErrProtocol)
-	}
-	// Each pair takes at least two bytes, which bounds the map's size hint.
-	if n > uint64(len(s)-p)/2 {
-		return nil, fmt.Errorf("%w: meta announces %d pairs in %d bytes", ErrProtocol, n, len(s)-1)
+	n, p, err := metaHeader(s)
+	if err != nil {
+		return nil, err
 	}
 	// Up to a group's 8 slots a size hint allocates nothing: the cheaper
 	// make without one does the same.
@@ -212,24 +194,10 @@ func decodeMetaString(s string) (Meta, error) {
 	} else {
 		m = make(Meta, n)
 	}
-	var prev string
+	var k, v, prev string
 	for i := uint64(0); i < n; i++ {
-		var k, v string
-		short := false
-		if p < len(s) && s[p] < 0x80 {
-			// q is the offset of the value's length.
-			if q := p + 1 + int(s[p]); q < len(s) && s[q] < 0x80 && int(s[q]) < len(s)-q {
-				k, v, p, short = s[p+1:q], s[q+1:q+1+int(s[q])], q+1+int(s[q]), true
-			}
-		}
-		if !short {
-			var err error
-			if k, p, err = metaString(s, p); err != nil {
-				return nil, err
-			}
-			if v, p, err = metaString(s, p); err != nil {
-				return nil, err
-			}
+		if k, v, p, err = readMetaPair(s, p); err != nil {
+			return nil, err
 		}
 		if i > 0 && !keyLess(prev, k) {
 			return nil, fmt.Errorf("%w: meta keys not in increasing order", ErrProtocol)
@@ -240,6 +208,47 @@ func decodeMetaString(s string) (Meta, error) {
 		return nil, fmt.Errorf("%w: %d bytes after meta", ErrProtocol, len(s)-p)
 	}
 	return m, nil
+}
+
+// metaHeader reads the version and the number of pairs of the encoding s,
+// and returns the number and the offset of the first pair.
+func metaHeader(s string) (n uint64, p int, err error) {
+	if s[0] != metaVersion {
+		return 0, 0, fmt.Errorf("%w: meta version %d, want %d", ErrProtocol, s[0], metaVersion)
+	}
+	// A receiver decodes a meta per descriptor: lengths below 0x80, as of
+	// almost any count, key and value, are read here without a call.
+	n, p = 0, 2
+	if len(s) > 1 && s[1] < 0x80 {
+		n = uint64(s[1])
+	} else if n, p, err = metaUvarint(s, 1); err != nil {
+		return 0, 0, err
+	}
+	// An empty Meta encodes as zero bytes, not as a count of 0.
+	if n == 0 {
+		return 0, 0, fmt.Errorf("%w: meta of no pairs", ErrProtocol)
+	}
+	// Each pair takes at least two bytes, which bounds the map's size hint.
+	if n > uint64(len(s)-p)/2 {
+		return 0, 0, fmt.Errorf("%w: meta announces %d pairs in %d bytes", ErrProtocol, n, len(s)-1)
+	}
+	return n, p, nil
+}
+
+// readMetaPair reads the pair at offset p of s, and returns it with the offset
+// of the next.
+func readMetaPair(s string, p int) (k, v string, next int, err error) {
+	if p < len(s) && s[p] < 0x80 {
+		// q is the offset of the value's length.
+		if q := p + 1 + int(s[p]); q < len(s) && s[q] < 0x80 && int(s[q]) < len(s)-q {
+			return s[p+1 : q], s[q+1 : q+1+int(s[q])], q + 1 + int(s[q]), nil
+		}
+	}
+	if k, p, err = metaString(s, p); err != nil {
+		return "", "", p, err
+	}
+	v, p, err = metaString(s, p)
+	return k, v, p, err
 }
 
 func metaUvarint(s string, p int) (uint64, int, error) {

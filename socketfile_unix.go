@@ -39,24 +39,21 @@ func listenUnix(addr string, mode fs.FileMode, gid int) (net.Listener, error) {
 		}
 		return ln, nil
 	}
-	opErr := func(op string, err error) error {
-		return fmt.Errorf("graceful: %w", &net.OpError{Op: "listen", Net: "unix", Addr: &net.UnixAddr{Name: addr, Net: "unix"}, Err: os.NewSyscallError(op, err)})
-	}
 	dir, base := filepath.Split(addr)
 	if base == "" || len(addr) > maxSockPath {
-		return nil, opErr("bind", unix.EINVAL)
+		return nil, listenError(addr, "bind", unix.EINVAL)
 	}
 	if dir == "" {
 		dir = "."
 	}
 	dirfd, err := unix.Open(dir, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
 	if err != nil {
-		return nil, opErr("open", err)
+		return nil, listenError(addr, "open", err)
 	}
 	defer unix.Close(dirfd)
 	tmp, tmpfd, err := privateDir(dirfd)
 	if err != nil {
-		return nil, opErr("mkdir", err)
+		return nil, listenError(addr, "mkdir", err)
 	}
 	defer func() {
 		// Once linked or renamed into place, the socket file no longer
@@ -65,40 +62,15 @@ func listenUnix(addr string, mode fs.FileMode, gid int) (net.Listener, error) {
 		unix.Close(tmpfd)
 		unix.Unlinkat(dirfd, tmp, unix.AT_REMOVEDIR)
 	}()
-
 	fd, err := streamSocket()
 	if err != nil {
 		return nil, fmt.Errorf("graceful: %w", os.NewSyscallError("socket", err))
 	}
 	f := os.NewFile(uintptr(fd), addr)
 	defer f.Close()
-	path := filepath.Join(dir, tmp, "s")
-	if len(path) > maxSockPath {
-		if alt := dirByFd(tmpfd); alt != "" {
-			path = alt + "/s"
-		}
-	}
-	if err := unix.Bind(fd, &unix.SockaddrUnix{Name: path}); err != nil {
-		return nil, opErr("bind", err)
-	}
-	// Nobody else can create or replace a name in the private directory:
-	// what is there is the socket file just bound, unless the directory's
-	// own name was swapped in between and the bind went elsewhere.
-	var st unix.Stat_t
-	if err := unix.Fstatat(tmpfd, "s", &st, unix.AT_SYMLINK_NOFOLLOW); err != nil || st.Mode&unix.S_IFMT != unix.S_IFSOCK {
-		return nil, opErr("bind", fmt.Errorf("socket file not created in %s: %w", filepath.Join(dir, tmp), unix.EEXIST))
-	}
-	// The exact mode, which the umask may have cut at bind.
-	if err := unix.Fchmodat(tmpfd, "s", uint32(mode.Perm()), 0); err != nil {
-		return nil, opErr("chmod", err)
-	}
-	if gid >= 0 {
-		if err := unix.Fchownat(tmpfd, "s", -1, gid, unix.AT_SYMLINK_NOFOLLOW); err != nil {
-			return nil, opErr("chown", err)
-		}
-	}
-	if err := unix.Listen(fd, unix.SOMAXCONN); err != nil {
-		return nil, opErr("listen", err)
+	st, err := bindPrivate(fd, tmpfd, filepath.Join(dir, tmp), addr, mode, gid)
+	if err != nil {
+		return nil, err
 	}
 	if err := place(dirfd, tmpfd, base, addr); err != nil {
 		return nil, fmt.Errorf("graceful: listen %s: %w", addr, err)
@@ -112,6 +84,46 @@ func listenUnix(addr string, mode fs.FileMode, gid int) (net.Listener, error) {
 	fl.UnixListener = ln.(*net.UnixListener)
 	fl.UnixListener.SetUnlinkOnClose(false)
 	return fl, nil
+}
+
+// bindPrivate binds the socket fd as "s" in the private directory tmpfd
+// (at tmpPath), gives its file mode (and the group gid unless it is -1),
+// and makes it listen. It returns the file's status.
+func bindPrivate(fd, tmpfd int, tmpPath, addr string, mode fs.FileMode, gid int) (*unix.Stat_t, error) {
+	path := filepath.Join(tmpPath, "s")
+	if len(path) > maxSockPath {
+		if alt := dirByFd(tmpfd); alt != "" {
+			path = alt + "/s"
+		}
+	}
+	if err := unix.Bind(fd, &unix.SockaddrUnix{Name: path}); err != nil {
+		return nil, listenError(addr, "bind", err)
+	}
+	// Nobody else can create or replace a name in the private directory:
+	// what is there is the socket file just bound, unless the directory's
+	// own name was swapped in between and the bind went elsewhere.
+	var st unix.Stat_t
+	if err := unix.Fstatat(tmpfd, "s", &st, unix.AT_SYMLINK_NOFOLLOW); err != nil || st.Mode&unix.S_IFMT != unix.S_IFSOCK {
+		return nil, listenError(addr, "bind", fmt.Errorf("socket file not created in %s: %w", tmpPath, unix.EEXIST))
+	}
+	// The exact mode, which the umask may have cut at bind.
+	if err := unix.Fchmodat(tmpfd, "s", uint32(mode.Perm()), 0); err != nil {
+		return nil, listenError(addr, "chmod", err)
+	}
+	if gid >= 0 {
+		if err := unix.Fchownat(tmpfd, "s", -1, gid, unix.AT_SYMLINK_NOFOLLOW); err != nil {
+			return nil, listenError(addr, "chown", err)
+		}
+	}
+	if err := unix.Listen(fd, unix.SOMAXCONN); err != nil {
+		return nil, listenError(addr, "listen", err)
+	}
+	return &st, nil
+}
+
+// listenError is the error of listening at addr, when op failed.
+func listenError(addr, op string, err error) error {
+	return fmt.Errorf("graceful: %w", &net.OpError{Op: "listen", Net: "unix", Addr: &net.UnixAddr{Name: addr, Net: "unix"}, Err: os.NewSyscallError(op, err)})
 }
 
 // maxSockPath is the longest path a socket address holds.
