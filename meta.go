@@ -196,7 +196,10 @@ func decodeMetaString(s string) (Meta, error) {
 	}
 	var k, v, prev string
 	for i := uint64(0); i < n; i++ {
-		if k, v, p, err = readMetaPair(s, p); err != nil {
+		// Lengths below 0x80, as almost all are, without a call.
+		if q := shortPair(s, p); q > 0 {
+			k, v, p = s[p+1:q], s[q+1:q+1+int(s[q])], q+1+int(s[q])
+		} else if k, v, p, err = readMetaPair(s, p); err != nil {
 			return nil, err
 		}
 		if i > 0 && !keyLess(prev, k) {
@@ -235,15 +238,20 @@ func metaHeader(s string) (n uint64, p int, err error) {
 	return n, p, nil
 }
 
-// readMetaPair reads the pair at offset p of s, and returns it with the offset
-// of the next.
-func readMetaPair(s string, p int) (k, v string, next int, err error) {
+// shortPair returns the offset of the value's length of the pair at p, if
+// both its lengths are below 0x80 and within s, else 0.
+func shortPair(s string, p int) int {
 	if p < len(s) && s[p] < 0x80 {
-		// q is the offset of the value's length.
 		if q := p + 1 + int(s[p]); q < len(s) && s[q] < 0x80 && int(s[q]) < len(s)-q {
-			return s[p+1 : q], s[q+1 : q+1+int(s[q])], q + 1 + int(s[q]), nil
+			return q
 		}
 	}
+	return 0
+}
+
+// readMetaPair reads the pair at offset p of s, and returns it with the
+// offset of the next.
+func readMetaPair(s string, p int) (k, v string, next int, err error) {
 	if k, p, err = metaString(s, p); err != nil {
 		return "", "", p, err
 	}
