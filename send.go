@@ -94,26 +94,35 @@ func (w *ResponseWriter) Write(fd int, meta io.WriterTo) error {
 			return err
 		}
 	}
+	if err := w.appendMeta(meta); err != nil {
+		return err
+	}
+	w.fds = append(w.fds, int32(fd))
+	return nil
+}
+
+// appendMeta appends a descriptor's meta to the frame: its length, then
+// its bytes.
+func (w *ResponseWriter) appendMeta(meta io.WriterTo) error {
 	mark := len(w.buf)
 	w.buf = append(w.buf, 0, 0, 0, 0)
-	if meta != nil {
-		var err error
-		switch a := meta.(type) {
-		case Meta: // without the look-up of an interface
+	var err error
+	switch a := meta.(type) {
+	case nil:
+	case Meta: // without the look-up of an interface
+		w.buf = a.appendBinary(w.buf)
+	case *Meta:
+		if a != nil {
 			w.buf = a.appendBinary(w.buf)
-		case *Meta:
-			if a != nil {
-				w.buf = a.appendBinary(w.buf)
-			}
-		case encoding.BinaryAppender:
-			w.buf, err = a.AppendBinary(w.buf)
-		default:
-			_, err = meta.WriteTo((*metaWriter)(w))
 		}
-		if err != nil {
-			w.buf = w.buf[:mark]
-			return fmt.Errorf("graceful: writing meta: %w", err)
-		}
+	case encoding.BinaryAppender:
+		w.buf, err = a.AppendBinary(w.buf)
+	default:
+		_, err = meta.WriteTo((*metaWriter)(w))
+	}
+	if err != nil {
+		w.buf = w.buf[:mark]
+		return fmt.Errorf("graceful: writing meta: %w", err)
 	}
 	n := len(w.buf) - mark - 4
 	if n > 1<<31-1 {
@@ -124,7 +133,6 @@ func (w *ResponseWriter) Write(fd int, meta io.WriterTo) error {
 		binary.BigEndian.PutUint32(w.buf[mark:], uint32(n))
 		w.meta = true
 	}
-	w.fds = append(w.fds, int32(fd))
 	return nil
 }
 
