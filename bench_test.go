@@ -4,7 +4,6 @@ package graceful
 
 import (
 	"bytes"
-	"context"
 	"encoding/binary"
 	"encoding/gob"
 	"encoding/json"
@@ -429,104 +428,6 @@ func floorSender(conn net.Conn, oobs [][]byte, n int, build func(i int)) (func()
 	}, nil
 }
 
-func init() {
-	// bench-recv kind addr n withMeta: receives n descriptors from addr,
-	// closing each, and prints its recvStats.
-	children["bench-recv"] = func(args []string) error {
-		kind, addr := args[0], args[1]
-		n, err := strconv.Atoi(args[2])
-		if err != nil {
-			return err
-		}
-		withMeta := args[3] == "true"
-		if dir := os.Getenv(benchProfileEnv); dir != "" {
-			stop, err := startCPUProfile(dir, "recv-"+kind)
-			if err != nil {
-				return err
-			}
-			defer stop()
-		}
-		// The encodings that floor-maps builds its maps from, laid out
-		// before the clocks start.
-		var all []byte
-		var size int
-		if kind == "floor-maps" {
-			if all, size, err = benchEncodings(min(n, benchBase)); err != nil {
-				return err
-			}
-		}
-		var m0, m1 runtime.MemStats
-		runtime.ReadMemStats(&m0)
-		cpu0 := processCPU()
-		t0 := time.Now()
-		var got int
-		switch kind {
-		case "lib":
-			err = Receive(addr, func(fd int, meta io.Reader) error {
-				got++
-				if err := unix.Close(fd); err != nil {
-					return err
-				}
-				if !withMeta {
-					if meta != nil {
-						return fmt.Errorf("meta where none was sent")
-					}
-					return nil
-				}
-				m, err := MetaFrom(meta)
-				if err != nil {
-					return err
-				}
-				// A look-up would be the callback's work, which the
-				// reference does not do: the fuzz and unit tests check
-				// what decodes.
-				if len(m) != 2 {
-					return fmt.Errorf("meta %v", m)
-				}
-				return nil
-			})
-		case "floor":
-			got, err = floorReceive(addr, n, nil)
-		case "floor-maps":
-			// The maps of the descriptors that arrive with each recvmsg,
-			// built from a copy of their encodings' bytes. Each
-			// descriptor is closed and its map built in turn, as the
-			// library's callback does.
-			base := min(n, benchBase)
-			got, err = floorReceive(addr, n, func(at int, fds []int32) {
-				j := at % base
-				frame := string(all[j*size : (j+len(fds))*size])
-				for i, fd := range fds {
-					unix.Close(int(fd))
-					mapSink = benchSplit(frame[i*size : (i+1)*size])
-				}
-			})
-		default:
-			err = fmt.Errorf("unknown kind %q", kind)
-		}
-		ns := time.Since(t0)
-		cpu := processCPU() - cpu0
-		runtime.ReadMemStats(&m1)
-		if err != nil {
-			return err
-		}
-		hwm, err := peakRSS()
-		if err != nil {
-			return err
-		}
-		s := recvStats{
-			fds:     uint64(got),
-			mallocs: m1.Mallocs - m0.Mallocs,
-			bytes:   m1.TotalAlloc - m0.TotalAlloc,
-			maxRSS:  hwm,
-			ns:      uint64(ns),
-			cpu:     uint64(cpu),
-		}
-		fmt.Println(s.String())
-		return nil
-	}
-}
-
 // benchProfileEnv, when set to a directory, has each receiving child of
 // the hand-over benchmarks write its CPU profile there, in a file of its
 // own (recv-KIND-*.pprof): go tool pprof merges them. The sender's profile
@@ -658,29 +559,6 @@ func benchSplit(e string) Meta {
 	return m
 }
 
-func init() {
-	children["bench-maps"] = func(args []string) error {
-		n, err := strconv.Atoi(args[0])
-		if err != nil {
-			return err
-		}
-		base := min(n, benchBase)
-		all, size, err := benchEncodings(base)
-		if err != nil {
-			return err
-		}
-		runtime.GC()
-		t0 := time.Now()
-		for i := 0; i < n; i += maxBatch {
-			j, k := i%base, min(maxBatch, n-i)
-			splitFrame(string(all[j*size:(j+k)*size]), size)
-		}
-		ns := time.Since(t0)
-		fmt.Println((&recvStats{fds: uint64(n), ns: uint64(ns)}).String())
-		return nil
-	}
-}
-
 // BenchmarkStartup measures the start-up path of a restarting process: a
 // fresh process receives one TCP listener from a running Server, timed by
 // the child from before Receive dials to the return of its callback, which
@@ -716,30 +594,6 @@ func BenchmarkStartup(b *testing.B) {
 	b.ReportMetric(float64(total.ns)/float64(b.N), "ns/op")
 	b.ReportMetric(float64(total.mallocs)/float64(b.N), "allocs/op")
 	b.ReportMetric(float64(total.bytes)/float64(b.N), "B/op")
-}
-
-func init() {
-	children["bench-startup"] = func(args []string) error {
-		var m0, m1 runtime.MemStats
-		var s recvStats
-		runtime.ReadMemStats(&m0)
-		t0 := time.Now()
-		var ln net.Listener
-		err := Receive(args[0], func(fd int, meta io.Reader) error {
-			defer func() { s.ns = uint64(time.Since(t0)) }()
-			var err error
-			ln, err = FdListener(fd)
-			return err
-		})
-		if err != nil {
-			return err
-		}
-		runtime.ReadMemStats(&m1)
-		ln.Close()
-		s.fds, s.mallocs, s.bytes = 1, m1.Mallocs-m0.Mallocs, m1.TotalAlloc-m0.TotalAlloc
-		fmt.Println(s.String())
-		return nil
-	}
 }
 
 // BenchmarkMeta compares Meta's encoding with encoding/gob and
@@ -924,27 +778,4 @@ func BenchmarkObjectHandlers(b *testing.B) {
 	b.ReportMetric(float64(hd.Nanoseconds())/float64(b.N), "ns/op")
 	b.ReportMetric(float64(wd.Nanoseconds())/float64(b.N), "write-ns/op")
 	b.ReportMetric(float64(hd)/float64(wd), "x-write")
-}
-
-func init() {
-	// bench-recv-all addr: receives transfers from addr until the sender
-	// closes the connection, closing each descriptor, then prints how many
-	// it got.
-	children["bench-recv-all"] = func(args []string) error {
-		conn, err := net.Dial("unix", args[0])
-		if err != nil {
-			return err
-		}
-		defer conn.Close()
-		got := 0
-		_, err = defaultClient.receive(context.Background(), conn, func(fd int, _ io.Reader) error {
-			got++
-			return unix.Close(fd)
-		}, true)
-		if err != nil {
-			return err
-		}
-		fmt.Println(got)
-		return nil
-	}
 }

@@ -11,74 +11,9 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
-	"sync"
 	"syscall"
 	"testing"
 )
-
-func init() {
-	// Take over at args[0], listening at args[1], then answer each passed
-	// connection's next line, prefixed with the bytes its meta says were
-	// pending: "pid=<pid> id=<id> line=<line>". With args[2] "die", exit
-	// at once after Ready instead.
-	// The same, for a replacement the library starts: its arguments are
-	// those of the test binary, so they come in the environment.
-	children["takeconns-env"] = func([]string) error {
-		return children["takeconns"]([]string{os.Getenv("GRACEFUL_TEST_SOCK"), os.Getenv("GRACEFUL_TEST_ADDR"), "serve"})
-	}
-	children["takeconns"] = func(args []string) error {
-		before, err := ownFdsInUse()
-		if err != nil {
-			return err
-		}
-		inst, err := Start(Config{Socket: args[0]})
-		if err != nil {
-			return err
-		}
-		ln, err := inst.Listen("tcp", args[1])
-		if err != nil {
-			return err
-		}
-		if err := inst.Ready(); err != nil {
-			return err
-		}
-		fmt.Println("ready")
-		if args[2] == "die" {
-			bufio.NewReader(os.Stdin).ReadString('\n')
-			os.Exit(0)
-		}
-		n := 0
-		var replies sync.WaitGroup
-		defer replies.Wait()
-		for {
-			c, m, err := inst.AcceptConn()
-			if err == io.EOF {
-				break
-			}
-			if err != nil {
-				return err
-			}
-			n++
-			replies.Add(1)
-			go func() {
-				defer replies.Done()
-				defer c.Close()
-				line, err := bufio.NewReader(c).ReadString('\n')
-				if err != nil {
-					return
-				}
-				fmt.Fprintf(c, "pid=%d id=%s line=%s", os.Getpid(), m["id"], m["pending"]+line)
-			}()
-		}
-		fmt.Println("accepted", n)
-		bufio.NewReader(os.Stdin).ReadString('\n')
-		replies.Wait()
-		ln.Close()
-		inst.Stop()
-		fmt.Println("leaked", countOwnFds()-before)
-		return nil
-	}
-}
 
 // passFixture is a first instance in the test process with n live
 // connections, each of which has sent "part" and no more.

@@ -163,10 +163,7 @@ func TestPredecessorDiesBeforeHanding(t *testing.T) {
 // The red team's steps: an instance started beside while the old one is
 // killed 0 to 15 ms later. Whoever wins, something serves.
 func TestPredecessorKilledWhileConnecting(t *testing.T) {
-	trials := 5
-	if os.Getenv("GRACEFUL_LONG") != "" {
-		trials = 50
-	}
+	trials := sweep(5, 50)
 	nothing := 0
 	for i := 0; i < trials; i++ {
 		c := newChain(t)

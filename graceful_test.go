@@ -3,7 +3,6 @@
 package graceful
 
 import (
-	"bufio"
 	"bytes"
 	"context"
 	"crypto/sha256"
@@ -12,7 +11,6 @@ import (
 	"io"
 	"net"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -21,105 +19,6 @@ import (
 
 	"golang.org/x/sys/unix"
 )
-
-// The test binary re-executes itself as the peer process: a child runs the
-// function registered under the name in childEnv and exits.
-const childEnv = "GRACEFUL_TEST_CHILD"
-
-var children = map[string]func(args []string) error{}
-
-func TestMain(m *testing.M) {
-	if os.Getenv(inheritEnv) != "" && os.Getenv(childEnv) == "" {
-		// A successor started without saying what to run (a Restart of
-		// a test that set no child): it must not run the tests again.
-		fmt.Fprintln(os.Stderr, "a successor of the tests with no child to run")
-		os.Exit(2)
-	}
-	if name := os.Getenv(childEnv); name != "" {
-		f, ok := children[name]
-		if !ok {
-			fmt.Fprintf(os.Stderr, "unknown child %q\n", name)
-			os.Exit(2)
-		}
-		if err := f(os.Args[1:]); err != nil {
-			fmt.Fprintf(os.Stderr, "child %s: %v\n", name, err)
-			os.Exit(1)
-		}
-		os.Exit(0)
-	}
-	os.Exit(m.Run())
-}
-
-// child is a peer process running children[name] with args.
-type child struct {
-	cmd    *exec.Cmd
-	out    *bufio.Reader
-	in     io.WriteCloser
-	stderr logBuf // written by the child while the test may read it
-	t      testing.TB
-}
-
-func startChild(t testing.TB, name string, args ...string) *child {
-	t.Helper()
-	return startChildCmd(t, exec.Command(os.Args[0], args...), name)
-}
-
-// startChildCmd starts cmd, which runs a copy of the test binary, as the
-// child name; the caller may have set its credentials or directory.
-func startChildCmd(t testing.TB, cmd *exec.Cmd, name string) *child {
-	t.Helper()
-	// Under -race a process sleeps a second at exit unless told not to.
-	cmd.Env = append(os.Environ(), childEnv+"="+name, "GORACE="+os.Getenv("GORACE")+" atexit_sleep_ms=0")
-	c := &child{cmd: cmd, t: t}
-	cmd.Stderr = &c.stderr
-	out, err := cmd.StdoutPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if c.in, err = cmd.StdinPipe(); err != nil {
-		t.Fatal(err)
-	}
-	c.out = bufio.NewReader(out)
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		c.in.Close()
-		if cmd.ProcessState == nil {
-			cmd.Process.Kill()
-			cmd.Wait()
-		}
-	})
-	return c
-}
-
-// line reads the child's next line of output.
-func (c *child) line() string {
-	c.t.Helper()
-	s, err := c.out.ReadString('\n')
-	if err != nil {
-		c.cmd.Wait()
-		c.t.Fatalf("child output: %v; stderr:\n%s", err, c.stderr.String())
-	}
-	return strings.TrimSuffix(s, "\n")
-}
-
-// expect reads a line and checks it.
-func (c *child) expect(want string) {
-	c.t.Helper()
-	if got := c.line(); got != want {
-		c.t.Fatalf("child said %q, want %q; stderr:\n%s", got, want, c.stderr.String())
-	}
-}
-
-// wait waits for the child to exit and fails the test if it failed.
-func (c *child) wait() {
-	c.t.Helper()
-	c.in.Close()
-	if err := c.cmd.Wait(); err != nil {
-		c.t.Fatalf("child: %v; stderr:\n%s", err, c.stderr.String())
-	}
-}
 
 // countFds counts this process's open descriptors.
 func countFds(t testing.TB) int {
@@ -330,83 +229,6 @@ func expectReply(t *testing.T, c net.Conn, want string) {
 	}
 }
 
-func init() {
-	children["kinds"] = func(args []string) error {
-		objs := map[string]int{}
-		var kinds []string
-		var fileName string
-		err := Receive(args[0], func(fd int, meta io.Reader) error {
-			m, err := MetaFrom(meta)
-			if err != nil {
-				return err
-			}
-			objs[m["kind"]] = fd
-			kinds = append(kinds, m["kind"])
-			if m["kind"] == "file" {
-				fileName = m["name"]
-			}
-			return nil
-		})
-		if err != nil {
-			return err
-		}
-		fmt.Println("received", strings.Join(kinds, " "))
-
-		for _, kind := range []string{"tcp", "unix"} {
-			ln, err := FdListener(objs[kind])
-			if err != nil {
-				return err
-			}
-			c, err := ln.Accept()
-			if err != nil {
-				return err
-			}
-			line, err := bufio.NewReader(c).ReadString('\n')
-			if err != nil || line != "ping\n" {
-				return fmt.Errorf("%s: read %q, %v", kind, line, err)
-			}
-			fmt.Fprintf(c, "%s child\n", kind)
-			c.Close()
-			ln.Close()
-			fmt.Println(kind, "done")
-			if kind == "tcp" {
-				if err := udpChild(objs["udp"]); err != nil {
-					return err
-				}
-			}
-		}
-
-		f := os.NewFile(uintptr(objs["file"]), fileName)
-		b := make([]byte, 13)
-		if _, err := f.ReadAt(b, 0); err != nil {
-			return err
-		}
-		f.Close()
-		fmt.Println("file", string(b))
-
-		p := os.NewFile(uintptr(objs["pipe"]), "pipe")
-		line, err := bufio.NewReader(p).ReadString('\n')
-		if err != nil {
-			return err
-		}
-		p.Close()
-		fmt.Println("pipe", strings.TrimSpace(line))
-
-		conn, err := FdConn(objs["conn"])
-		if err != nil {
-			return err
-		}
-		line, err = bufio.NewReader(conn).ReadString('\n')
-		if err != nil {
-			return err
-		}
-		fmt.Fprintf(conn, "conn child got %s", line)
-		conn.Close()
-		fmt.Println("conn done")
-		return nil
-	}
-}
-
 func udpChild(fd int) error {
 	pc, err := FdPacketConn(fd)
 	if err != nil {
@@ -472,61 +294,6 @@ func TestAdvancedUsage(t *testing.T) {
 	c.wait()
 }
 
-func init() {
-	children["advanced"] = func(args []string) error {
-		conn, err := net.Dial("unix", args[0])
-		if err != nil {
-			return err
-		}
-		defer conn.Close()
-		var size int
-		fmt.Sscan(args[1], &size)
-		data := make([]byte, size)
-		if _, err := io.ReadFull(conn, data); err != nil {
-			return err
-		}
-		fmt.Printf("data %x\n", sha256.Sum256(data))
-		err = ReceiveFrom(conn, func(fd int, meta io.Reader) error {
-			ln, err := FdListener(fd)
-			if err != nil {
-				return err
-			}
-			ln.Close()
-			fmt.Println("listener", meta)
-			return nil
-		})
-		if err != nil {
-			return err
-		}
-		err = ReceiveFrom(conn, func(fd int, meta io.Reader) error {
-			f := os.NewFile(uintptr(fd), "")
-			defer f.Close()
-			m, err := MetaFrom(meta)
-			if err != nil {
-				return err
-			}
-			fmt.Println("file", m["name"])
-			return nil
-		})
-		if err != nil {
-			return err
-		}
-		err = ReceiveFrom(conn, func(fd int, meta io.Reader) error {
-			defer unix.Close(fd)
-			b, err := io.ReadAll(meta)
-			fmt.Println("custom", string(b))
-			return err
-		})
-		if err != nil {
-			return err
-		}
-		if err := ReceiveFrom(conn, nil); err != io.EOF {
-			return fmt.Errorf("after the last transfer: %v, want io.EOF", err)
-		}
-		return nil
-	}
-}
-
 // serveOnce serves one receiver, as an application does with ServeConn:
 // it accepts connections on ln until one is served, then closes ln before
 // that connection. The receiver's Receive thus returns only once the
@@ -581,39 +348,6 @@ func TestServeOnce(t *testing.T) {
 	// The child removed its own socket file when it exited.
 	if _, err := os.Lstat(addr); !errors.Is(err, os.ErrNotExist) {
 		t.Fatalf("socket file: %v", err)
-	}
-}
-
-func init() {
-	// The successor: receive, then serve at once on the same address.
-	children["once"] = func(args []string) error {
-		n := 0
-		err := Receive(args[0], func(fd int, meta io.Reader) error {
-			n++
-			return unix.Close(fd)
-		})
-		if err != nil {
-			return err
-		}
-		fmt.Println("received", n)
-		srv := &Server{Handler: SequenceHandler()}
-		errc := make(chan error, 1)
-		go func() { errc <- srv.ListenAndServe(args[0]) }()
-		for i := 0; ; i++ {
-			if c, err := net.Dial("unix", args[0]); err == nil {
-				c.Close()
-				break
-			}
-			select {
-			case err := <-errc:
-				return err
-			case <-time.After(time.Millisecond):
-			}
-		}
-		fmt.Println("listening")
-		srv.Close()
-		<-errc
-		return nil
 	}
 }
 
@@ -800,22 +534,6 @@ func devNull(t testing.TB) *os.File {
 	}
 	t.Cleanup(func() { f.Close() })
 	return f
-}
-
-func init() {
-	// Serve a TCP listener once at args[0], and exit as soon as the
-	// callback placed after it runs: a drain that takes no time.
-	children["exitincallback"] = func(args []string) error {
-		ln, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			return err
-		}
-		srv := &Server{Handler: SequenceHandler(
-			ListenerHandler(ln, Meta{"addr": ln.Addr().String()}),
-			CallbackHandler(func() { os.Exit(0) }),
-		)}
-		return srv.ListenAndServe(args[0])
-	}
 }
 
 // TestExitInCallback hands a listener over 100 times from a program that

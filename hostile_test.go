@@ -435,35 +435,6 @@ func errKind(err error) string {
 	return err.Error()
 }
 
-func init() {
-	// Receive from args[0]; args[1] == "allow" admits a nobody server.
-	children["receive"] = func(args []string) error {
-		c := &Client{Timeout: 10 * time.Second}
-		if len(args) > 1 && args[1] == "allow" {
-			c.Allow = allowNobody
-		}
-		var got closer
-		err := c.Receive(context.Background(), args[0], got.cb)
-		fmt.Println("received", got.count(), errKind(err))
-		return nil
-	}
-	// Serve the child's stdin at args[0] until stdin ends.
-	children["serve"] = func(args []string) error {
-		ln, err := listenUnix(args[0], 0o600, -1)
-		if err != nil {
-			return err
-		}
-		srv := &Server{Handler: fdHandler(0, Meta{"uid": strconv.Itoa(os.Getuid())})}
-		errc := make(chan error, 1)
-		go func() { errc <- srv.Serve(ln) }()
-		fmt.Println("listening")
-		io.Copy(io.Discard, os.Stdin)
-		srv.Close()
-		<-errc
-		return nil
-	}
-}
-
 // TestStrangerClient checks that a server on an abstract socket, which has
 // no file mode to protect it, serves no other user unless Allow admits it.
 func TestStrangerClient(t *testing.T) {
@@ -1087,24 +1058,6 @@ func countOwnFds() int {
 	return len(ents) - 1
 }
 
-func init() {
-	// Receive from args[0] with a descriptor table that is nearly full.
-	children["fulltable"] = func(args []string) error {
-		before, err := ownFdsInUse()
-		if err != nil {
-			return err
-		}
-		lim := unix.Rlimit{Cur: uint64(before + 20), Max: uint64(before + 20)}
-		if err := unix.Setrlimit(unix.RLIMIT_NOFILE, &lim); err != nil {
-			return err
-		}
-		var got closer
-		err = Receive(args[0], got.cb)
-		fmt.Println("received", got.count(), errKind(err), "leaked", countOwnFds()-before)
-		return nil
-	}
-}
-
 // TestTruncated checks MSG_CTRUNC as it happens: a receiver whose descriptor
 // table cannot hold a batch gets only part of it from the kernel. It must
 // fail, deliver none of the batch, and close the part it got.
@@ -1145,33 +1098,6 @@ func manyFds(fd, n int) Handler {
 		}
 		return nil
 	})
-}
-
-func init() {
-	// Serve 10,000 copies of /dev/null at args[0] until killed.
-	children["server10k"] = func(args []string) error {
-		f, err := os.Open(os.DevNull)
-		if err != nil {
-			return err
-		}
-		ln, err := listenUnix(args[0], 0o600, -1)
-		if err != nil {
-			return err
-		}
-		fmt.Println("listening")
-		return (&Server{Handler: manyFds(int(f.Fd()), 10000)}).Serve(ln)
-	}
-	// Receive from args[0], and stop for good after 2000 descriptors.
-	children["stuckreceiver"] = func(args []string) error {
-		n := 0
-		return Receive(args[0], func(fd int, meta io.Reader) error {
-			if n++; n == 2000 {
-				fmt.Println("got", n)
-				time.Sleep(time.Hour)
-			}
-			return unix.Close(fd)
-		})
-	}
 }
 
 // TestSenderKilled kills the sender in the middle of a transfer of 10,000

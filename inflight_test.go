@@ -3,8 +3,6 @@
 package graceful
 
 import (
-	"context"
-	"fmt"
 	"io"
 	"net"
 	"os"
@@ -82,47 +80,4 @@ func queued(t *testing.T, conn *net.UnixConn) int {
 		t.Fatal(ierr)
 	}
 	return n
-}
-
-func init() {
-	// send-many n: sends n descriptors (one pipe end again and again) as
-	// one transfer on descriptor 3, with a soft RLIMIT_NOFILE far below n.
-	children["send-many"] = func(args []string) error {
-		n, err := strconv.Atoi(args[0])
-		if err != nil {
-			return err
-		}
-		var lim unix.Rlimit
-		if err := unix.Getrlimit(unix.RLIMIT_NOFILE, &lim); err != nil {
-			return err
-		}
-		lim.Cur = 64
-		if err := unix.Setrlimit(unix.RLIMIT_NOFILE, &lim); err != nil {
-			return err
-		}
-		f := os.NewFile(3, "conn")
-		conn, err := net.FileConn(f)
-		f.Close()
-		if err != nil {
-			return err
-		}
-		defer conn.Close()
-		var p [2]int
-		if err := unix.Pipe2(p[:], unix.O_CLOEXEC); err != nil {
-			return err
-		}
-		err = transfer(context.Background(), conn, nil, DefaultTimeout, func(s *ResponseWriter) error {
-			for range n {
-				if err := s.Write(p[0], nil); err != nil {
-					return err
-				}
-			}
-			return nil
-		})
-		if err != nil {
-			return err
-		}
-		fmt.Println("sent")
-		return nil
-	}
 }

@@ -9,7 +9,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"log"
 	"net"
 	"os"
 	"os/exec"
@@ -87,16 +86,6 @@ func TestListenAfterClose(t *testing.T) {
 		t.Errorf("Listen after closing the previous listener: %v", err)
 	} else {
 		ln2.Close()
-	}
-}
-
-func init() {
-	children["idle"] = func([]string) error {
-		if os.Getenv("GRACEFUL_TEST_EXIT0") != "" {
-			return nil
-		}
-		time.Sleep(time.Hour)
-		return nil
 	}
 }
 
@@ -182,62 +171,6 @@ func TestRestartSuccessorExitsZero(t *testing.T) {
 	}
 }
 
-func init() {
-	children["restarter"] = func(args []string) error {
-		sock, dir := args[0], args[1]
-		pid := os.Getpid()
-		say := func(format string, a ...any) { fmt.Printf("%d "+format+"\n", append([]any{pid}, a...)...) }
-		inst, err := Start(Config{Socket: sock, PIDFile: filepath.Join(dir, "pid"), ErrorLog: log.New(os.Stdout, fmt.Sprintf("%d log ", pid), 0)})
-		if err != nil {
-			say("start failed: %v", err)
-			return err
-		}
-		say("started inherited=%v predPID=%d", inst.Inherited(), inst.predPID())
-		ln, err := inst.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			say("listen failed: %v", err)
-			return err
-		}
-		go func() {
-			for {
-				c, err := ln.Accept()
-				if err != nil {
-					return
-				}
-				fmt.Fprintf(c, "%d\n", pid)
-				c.Close()
-			}
-		}()
-		if inst.Inherited() {
-			for {
-				if _, err := os.Stat(filepath.Join(dir, "gate."+strconv.Itoa(pid))); err == nil {
-					break
-				}
-				time.Sleep(10 * time.Millisecond)
-			}
-		}
-		err = inst.Ready()
-		say("ready %v %s", err, ln.Addr())
-		if err != nil {
-			return nil
-		}
-		go func() {
-			s := bufio.NewScanner(os.Stdin)
-			for s.Scan() {
-				switch s.Text() {
-				case "restart":
-					go func() { say("restart %v", inst.Restart()) }()
-				case "exit":
-					os.Exit(0)
-				}
-			}
-		}()
-		<-inst.Done()
-		say("done successor=%d", inst.SuccessorPID())
-		select {}
-	}
-}
-
 // readUntil reads lines from c until one starts with prefix.
 func readUntil(t *testing.T, c *child, prefix string) string {
 	t.Helper()
@@ -316,21 +249,6 @@ func TestRestartLosesToSuccessorBeside(t *testing.T) {
 	}
 }
 
-func init() {
-	children["late"] = func(args []string) error {
-		inst, err := Start(Config{Socket: args[0], Timeout: 500 * time.Millisecond})
-		if err != nil {
-			return err
-		}
-		fmt.Println("started")
-		bufio.NewReader(os.Stdin).ReadString('\n')
-		err = inst.Ready()
-		fmt.Println("ready", err)
-		inst.Stop()
-		return nil
-	}
-}
-
 // The predecessor is slow to commit and the successor slow to read its
 // answer: once the predecessor committed, the successor serves.
 func TestReadyWaitsForSlowCommit(t *testing.T) {
@@ -354,29 +272,6 @@ func TestReadyWaitsForSlowCommit(t *testing.T) {
 	t.Logf("predecessor committed to pid %d; successor: %s", inst.SuccessorPID(), l)
 	if l != "ready <nil>" {
 		t.Errorf("the predecessor committed (Done closed, Successor()=%d) but the successor's Ready failed: nobody serves", inst.SuccessorPID())
-	}
-}
-
-func init() {
-	children["passee"] = func(args []string) error {
-		inst, err := Start(Config{Socket: args[0]})
-		if err != nil {
-			return err
-		}
-		if err := inst.Ready(); err != nil {
-			return err
-		}
-		fmt.Println("ready")
-		for {
-			c, m, err := inst.AcceptConn()
-			if err != nil {
-				fmt.Println("acceptconn", err)
-				return nil
-			}
-			fmt.Println("accepted", m["k"])
-			fmt.Fprintf(c, "successor %d\n", os.Getpid())
-			c.Close()
-		}
 	}
 }
 
@@ -537,23 +432,6 @@ func TestRestartThroughDaemonizingWrapper(t *testing.T) {
 	c.stop(next)
 }
 
-func init() {
-	children["sdsucc"] = func(args []string) error {
-		inst, err := Start(Config{Socket: args[0]})
-		if err != nil {
-			return err
-		}
-		err = inst.Ready()
-		l, lerr := os.Readlink("/proc/self/fd/3")
-		if lerr != nil {
-			l = "closed"
-		}
-		fmt.Printf("ready %v inherited=%v fd3=%s LISTEN_PID=%q LISTEN_FDS=%q\n", err, inst.Inherited(), l, os.Getenv("LISTEN_PID"), os.Getenv("LISTEN_FDS"))
-		inst.Stop()
-		return nil
-	}
-}
-
 // A socket-activated process that takes over from a running instance
 // closes systemd's sockets it never claimed and unsets LISTEN_*.
 func TestActivatedTakeOverClosesSystemdSockets(t *testing.T) {
@@ -630,19 +508,6 @@ func TestStartRefusesAbstractSocket(t *testing.T) {
 	}
 }
 
-func init() {
-	children["negtimeout"] = func(args []string) error {
-		inst, err := Start(Config{Socket: args[0], Timeout: -1})
-		if err != nil {
-			fmt.Println("start", err)
-			return nil
-		}
-		fmt.Println("ready", inst.Ready())
-		inst.Stop()
-		return nil
-	}
-}
-
 // A negative Config.Timeout means no bound, as for Client and Server: the
 // take-over succeeds.
 func TestNegativeTimeout(t *testing.T) {
@@ -710,48 +575,6 @@ func readyFirst(t *testing.T, cfg Config) *Instance {
 		t.Fatal(err)
 	}
 	return inst
-}
-
-// wrapstop is an application modelled on example/main.go: a first instance
-// that, while its Restart starts a successor, is told to stop (SIGTERM):
-// it calls Stop, waits for Restart, and exits. A successor (its grandchild,
-// through a wrapper that runs the program without exec) reports whether its
-// Ready succeeded.
-func init() {
-	children["wrapstop"] = func(args []string) error {
-		sock := args[0]
-		pid := os.Getpid()
-		say := func(format string, a ...any) { fmt.Printf("%d "+format+"\n", append([]any{pid}, a...)...) }
-		inst, err := Start(Config{Socket: sock, Timeout: 3 * time.Second, ErrorLog: log.New(os.Stdout, strconv.Itoa(pid)+" log ", 0)})
-		if err != nil {
-			say("start failed: %v", err)
-			return nil
-		}
-		inherited := inst.Inherited()
-		ln, err := inst.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			say("listen failed: %v", err)
-			return nil
-		}
-		defer ln.Close()
-		err = inst.Ready()
-		say("ready %v inherited=%v", err, inherited)
-		if err != nil || inherited {
-			inst.Stop()
-			return nil
-		}
-		// The test installs the wrapper now.
-		bufio.NewReader(os.Stdin).ReadString('\n')
-		d, _ := strconv.Atoi(os.Getenv("GRACEFUL_TEST_DELAY_US"))
-		var wg sync.WaitGroup
-		wg.Add(1)
-		go func() { defer wg.Done(); say("restart %v", inst.Restart()) }()
-		time.Sleep(time.Duration(d) * time.Microsecond)
-		inst.Stop()
-		say("stopped")
-		wg.Wait()
-		return nil
-	}
 }
 
 // Stop while Restart starts its successor, which a wrapper runs without
@@ -857,26 +680,6 @@ func TestStopDuringRestartThroughWrapper(t *testing.T) {
 	}
 }
 
-func init() {
-	children["lockwaiter"] = func([]string) error {
-		out, err := os.OpenFile(os.Getenv("GRACEFUL_TEST_OUT"), os.O_WRONLY|os.O_APPEND, 0)
-		if err != nil {
-			return err
-		}
-		say := func(format string, a ...any) { fmt.Fprintf(out, format+"\n", a...) }
-		inst, err := Start(Config{Socket: os.Getenv("GRACEFUL_TEST_SOCK"), ReadyTimeout: 20 * time.Second, ErrorLog: log.New(out, "log ", 0)})
-		say("start %v", err)
-		if err != nil {
-			return nil
-		}
-		say("ready %v", inst.Ready())
-		inst.Stop() // as an application whose Ready failed does
-		say("stopped")
-		time.Sleep(3 * time.Second) // draining what it accepted, say
-		return nil
-	}
-}
-
 // A successor that Restart started waits in Start for the start lock (another
 // instance is between its Start and Ready), and its predecessor refuses it
 // meanwhile: its Start returns, its Ready fails, and once it stopped the lock
@@ -944,33 +747,6 @@ func TestRefusedWhileWaitingForLock(t *testing.T) {
 			first = append(first, s.Text())
 		}
 		t.Errorf("race report in the child:\n%s", strings.Join(first, "\n"))
-	}
-}
-
-func init() {
-	children["negpred"] = func(args []string) error {
-		inst, err := Start(Config{Socket: args[0], Timeout: -1})
-		if err != nil {
-			return err
-		}
-		if _, err := inst.Listen("tcp", "127.0.0.1:0"); err != nil {
-			return err
-		}
-		fmt.Println("ready", inst.Ready())
-		time.Sleep(time.Hour)
-		return nil
-	}
-	children["negsucc"] = func(args []string) error {
-		inst, err := Start(Config{Socket: args[0], Timeout: -1})
-		if err != nil {
-			fmt.Println("start", err)
-			return nil
-		}
-		fmt.Println("started")
-		bufio.NewReader(os.Stdin).ReadString('\n')
-		fmt.Println("ready", inst.Ready())
-		inst.Stop()
-		return nil
 	}
 }
 
@@ -1070,26 +846,6 @@ func stopProcess(t *testing.T, pid int) {
 	}
 }
 
-func init() {
-	children["argv0"] = func(args []string) error {
-		inst, err := Start(Config{Socket: args[0]})
-		if err != nil {
-			return err
-		}
-		defer inst.Stop()
-		if err := inst.Ready(); err != nil {
-			fmt.Println("ready", err)
-			return nil
-		}
-		if inst.Inherited() {
-			fmt.Println("successor ready")
-			return nil
-		}
-		fmt.Println("restart", inst.Restart())
-		return nil
-	}
-}
-
 // A program whose argv[0] names another program ("true", found in PATH)
 // restarts as itself.
 func TestRestartArgv0NamesAnother(t *testing.T) {
@@ -1108,21 +864,6 @@ func TestRestartArgv0NamesAnother(t *testing.T) {
 		}
 	}
 	c.wait()
-}
-
-func init() {
-	children["noaccept"] = func(args []string) error {
-		inst, err := Start(Config{Socket: args[0], Timeout: -1})
-		if err != nil {
-			return err
-		}
-		if err := inst.Ready(); err != nil {
-			return err
-		}
-		fmt.Println("ready")
-		time.Sleep(time.Hour) // takes no passed connection (yet)
-		return nil
-	}
 }
 
 // Stop calls off a PassConns that waits on its successor, even with no
@@ -1166,33 +907,6 @@ func TestStopCallsOffPassConns(t *testing.T) {
 	}
 	if _, err := kept.Write([]byte("x")); err != nil {
 		t.Errorf("the connection PassConns failed to pass: %v", err)
-	}
-}
-
-func init() {
-	children["slowready"] = func(args []string) error {
-		sock, addr := args[0], args[1]
-		pid := os.Getpid()
-		inst, err := Start(Config{Socket: sock})
-		if err != nil {
-			fmt.Printf("%d start failed: %v\n", pid, err)
-			return err
-		}
-		defer inst.Stop()
-		ln, err := inst.Listen("tcp", addr)
-		if err != nil {
-			return err
-		}
-		defer ln.Close()
-		fmt.Printf("%d started\n", pid)
-		time.Sleep(2 * time.Second) // holds the start lock
-		if err := inst.Ready(); err != nil {
-			fmt.Printf("%d ready failed: %v\n", pid, err)
-			return err
-		}
-		fmt.Printf("%d ready %s\n", pid, ln.Addr())
-		time.Sleep(time.Hour)
-		return nil
 	}
 }
 

@@ -5,16 +5,13 @@ package graceful
 import (
 	"bufio"
 	"bytes"
-	"context"
 	"errors"
 	"fmt"
 	"io"
-	"log"
 	"net"
 	"net/http"
 	"os"
 	"os/exec"
-	"os/signal"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -23,94 +20,6 @@ import (
 	"testing"
 	"time"
 )
-
-// The instance tests run the test binary as a server built on Instance, as
-// an application would be: instanceMain below. Every instance of a test
-// writes its lines to one pipe, which the test reads.
-
-// faultFile, in the directory of the test, tells the next instance to fail
-// while it takes over: "crash" exits after Start, "hang" sleeps, "refuse"
-// stops, each before Ready; "slow" serves a second before its Ready. The
-// instance empties it, so only one fails.
-const faultFile = "fault"
-
-func init() {
-	children["instance"] = instanceMain
-}
-
-// instanceMain serves HTTP at args[1] through an Instance at the socket
-// args[0], with the pid file args[2]; SIGHUP restarts it, SIGTERM stops it.
-// It answers each request with its pid, and prints its events.
-func instanceMain(args []string) error {
-	sock, addr, pidFile := args[0], args[1], args[2]
-	rt, _ := time.ParseDuration(os.Getenv("GRACEFUL_TEST_READY_TIMEOUT"))
-	sigs := make(chan os.Signal, 1)
-	signal.Notify(sigs, syscall.SIGHUP, syscall.SIGTERM)
-	pid := os.Getpid()
-	say := func(format string, a ...any) {
-		fmt.Printf("%d "+format+"\n", append([]any{pid}, a...)...)
-	}
-	activated := activatedInodes()
-	inst, err := Start(Config{Socket: sock, PIDFile: pidFile, ReadyTimeout: rt, ErrorLog: log.New(os.Stdout, strconv.Itoa(pid)+" log ", 0)})
-	if err != nil {
-		say("start failed: %v", err)
-		return err
-	}
-	faultPath := filepath.Join(filepath.Dir(sock), faultFile)
-	fault, _ := os.ReadFile(faultPath)
-	if len(fault) > 0 {
-		os.WriteFile(faultPath, nil, 0o600)
-		say("fault %s", fault)
-		switch string(fault) {
-		case "crash":
-			os.Exit(3)
-		case "hang":
-			time.Sleep(time.Hour)
-		case "refuse":
-			inst.Stop()
-			return errors.New("refused")
-		}
-	}
-	ln, err := inst.Listen("tcp", addr)
-	if err != nil {
-		say("listen failed: %v", err)
-		return err
-	}
-	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		io.Copy(io.Discard, r.Body)
-		fmt.Fprintf(w, "pid=%d\n", pid)
-	})}
-	var d Drainer
-	go d.Serve(srv, ln)
-	if string(fault) == "slow" {
-		time.Sleep(time.Second)
-	}
-	if err := inst.Ready(); err != nil {
-		say("ready failed: %v", err)
-		d.Drain(context.Background())
-		return err
-	}
-	say("ready %s inherited=%v", ln.Addr(), inst.Inherited())
-	if len(activated) > 0 {
-		say("activated kept %d of %d", countOpen(activated), len(activated))
-	}
-	for {
-		select {
-		case sig := <-sigs:
-			if sig == syscall.SIGTERM {
-				inst.Stop()
-				continue
-			}
-			say("restart %v", inst.Restart())
-		case <-inst.Done():
-			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-			err := d.Drain(ctx)
-			cancel()
-			say("exit successor=%d %v", inst.SuccessorPID(), err)
-			return err
-		}
-	}
-}
 
 // A chain is the instances of one test, their common output and a load.
 type chain struct {
@@ -178,12 +87,6 @@ func (c *chain) start() *exec.Cmd {
 	cmd.Env = append(cmd.Env, c.env...)
 	c.startCmd(cmd)
 	return cmd
-}
-
-// instanceEnv is the environment that makes the test binary an instance.
-func instanceEnv() []string {
-	// Under -race a process sleeps a second at exit unless told not to.
-	return []string{childEnv + "=instance", "GORACE=" + os.Getenv("GORACE") + " atexit_sleep_ms=0"}
 }
 
 // startCmd starts cmd as an instance of the chain.
@@ -567,67 +470,6 @@ func TestInstanceConcurrentStarts(t *testing.T) {
 	}
 	l.check(t)
 	c.stop(last)
-}
-
-func init() {
-	// Take over at args[0] as args[1] says, and report on stdout:
-	// "check" claims the predecessor's TCP listener by the address in
-	// args[2] and its file "log", reads its state, gets ready, and checks
-	// that it holds no descriptor it did not claim; "wait" takes over, then
-	// waits for a line on stdin before Ready.
-	children["successor"] = func(args []string) error {
-		before, err := ownFdsInUse()
-		if err != nil {
-			return err
-		}
-		inst, err := Start(Config{Socket: args[0]})
-		if err != nil {
-			return err
-		}
-		fmt.Println("started", string(inst.State()))
-		if args[1] == "wait" {
-			bufio.NewReader(os.Stdin).ReadString('\n')
-			fmt.Println("ready", errKind(inst.Ready()))
-			inst.Stop()
-			fmt.Println("leaked", countOwnFds()-before)
-			return nil
-		}
-		ln, err := inst.Listen("tcp", args[2])
-		if err != nil {
-			return err
-		}
-		uln, err := inst.Listen("unix", args[3])
-		if err != nil {
-			return err
-		}
-		f := inst.File("log")
-		if f == nil {
-			return errors.New("no file log")
-		}
-		if _, err := f.WriteString("successor was here\n"); err != nil {
-			return err
-		}
-		if err := inst.Ready(); err != nil {
-			return err
-		}
-		// Two listeners, file, hand-over socket, and the connection to
-		// the predecessor, for passed connections: the other listener and
-		// the packet socket it did not claim are closed.
-		fmt.Println("ready", countOwnFds()-before)
-		for _, l := range []net.Listener{ln, uln} {
-			c, err := l.Accept()
-			if err != nil {
-				return err
-			}
-			fmt.Fprintf(c, "successor %d\n", os.Getpid())
-			c.Close()
-			l.Close()
-		}
-		f.Close()
-		inst.Stop()
-		fmt.Println("leaked", countOwnFds()-before)
-		return nil
-	}
 }
 
 // TestInstanceInProcess runs the first instance in the test process and

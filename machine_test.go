@@ -22,30 +22,6 @@ import (
 // The state machine's cases that two instances in this process can show,
 // and those of Restart, whose successor is the test binary as "app".
 
-func init() {
-	// app is an instance that Restart starts: GRACEFUL_TEST_APP says what
-	// it does ("hang" after Start, else it serves until a successor takes
-	// over).
-	children["app"] = func(args []string) error {
-		inst, err := Start(Config{Socket: os.Getenv("GRACEFUL_TEST_SOCK")})
-		if err != nil {
-			return err
-		}
-		if os.Getenv("GRACEFUL_TEST_APP") == "hang" {
-			select {}
-		}
-		if _, err := inst.Listen("tcp", "127.0.0.1:0"); err != nil {
-			return err
-		}
-		if err := inst.Ready(); err != nil {
-			return err
-		}
-		<-inst.Done()
-		inst.Stop()
-		return nil
-	}
-}
-
 // syncLog is a log that a test reads while instances write it.
 type syncLog struct {
 	mu  sync.Mutex

@@ -9,9 +9,7 @@ package graceful
 // skipped, and the rest still run.
 
 import (
-	"bufio"
 	"errors"
-	"fmt"
 	"io/fs"
 	"net"
 	"os"
@@ -347,37 +345,6 @@ func TestLockOpenToOthers(t *testing.T) {
 	c.wait()
 	if !strings.Contains(got, "may be opened by others (mode -rw-rw-rw-, owned by root (uid 0))") || !strings.Contains(got, "permission") {
 		t.Errorf("the other user's openLock said %q", got)
-	}
-}
-
-func init() {
-	// Hold a flock on args[0] until stdin ends.
-	children["flock"] = func(args []string) error {
-		f, err := os.Open(args[0])
-		if err != nil {
-			return err
-		}
-		defer f.Close()
-		if err := unix.Flock(int(f.Fd()), unix.LOCK_EX); err != nil {
-			return err
-		}
-		fmt.Println("locked")
-		bufio.NewReader(os.Stdin).ReadString('\n')
-		return nil
-	}
-	// Open args[0] with openLock, and say what happened.
-	children["openlock"] = func(args []string) error {
-		f, err := openLock(args[0])
-		if err == nil {
-			f.Close()
-			fmt.Println("opened")
-			return nil
-		}
-		if errors.Is(err, fs.ErrPermission) {
-			err = fmt.Errorf("%w (permission)", err)
-		}
-		fmt.Println(err)
-		return nil
 	}
 }
 

@@ -3,9 +3,7 @@
 package graceful
 
 import (
-	"bufio"
 	"errors"
-	"fmt"
 	"io/fs"
 	"os"
 	"path/filepath"
@@ -107,18 +105,6 @@ func TestPIDFileTwoPhases(t *testing.T) {
 	removePIDFile(path)
 	if got := readFile(t, path); got != "missing" {
 		t.Errorf("removePIDFile left this process's pid file: %q", got)
-	}
-}
-
-func init() {
-	// Prepare the pid file args[0], say so and wait to be killed.
-	children["pidprepare"] = func(args []string) error {
-		if _, err := preparePIDFile(args[0]); err != nil {
-			return err
-		}
-		fmt.Println("prepared")
-		bufio.NewReader(os.Stdin).ReadString('\n')
-		return nil
 	}
 }
 

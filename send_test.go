@@ -128,28 +128,6 @@ func expectLine(t *testing.T, r interface {
 	}
 }
 
-func init() {
-	// stall addr: receives from addr; the callback says "got <kind>" and
-	// stalls, the transfer unacknowledged, until a line comes on stdin.
-	// Then it uses the descriptor, answering "child <kind>" through it.
-	children["stall"] = func(args []string) error {
-		in := bufio.NewReader(os.Stdin)
-		return Receive(args[0], func(fd int, meta io.Reader) error {
-			m, err := MetaFrom(meta)
-			if err != nil {
-				unix.Close(fd)
-				return err
-			}
-			fmt.Println("got", m["kind"])
-			if _, err := in.ReadString('\n'); err != nil {
-				unix.Close(fd)
-				return err
-			}
-			return answerThrough(m["kind"], fd)
-		})
-	}
-}
-
 // answerThrough writes "child <kind>" through the received descriptor fd, and
 // closes it.
 func answerThrough(kind string, fd int) error {
@@ -491,15 +469,6 @@ func pipeLink(t *testing.T, f *os.File) string {
 	return fmt.Sprintf("pipe:[%d]", st.Ino)
 }
 
-func init() {
-	// fdlinks link: prints how many of its descriptors refer to link.
-	children["fdlinks"] = func(args []string) error {
-		n, err := fdLinks("/proc/self/fd", args[0])
-		fmt.Println(n)
-		return err
-	}
-}
-
 // TestDuplicatesCloseOnExec starts a process while an object handler's
 // duplicate is queued: the duplicate exists, and the new process does not
 // inherit it.
@@ -541,28 +510,6 @@ func TestDuplicatesCloseOnExec(t *testing.T) {
 	}
 	shutdown(t, srv)
 	allClosed(t)
-}
-
-func init() {
-	// framecount addr: receives from addr and prints, for each descriptor,
-	// how many descriptors of the same file it holds when its callback
-	// runs. It closes each before the next, so within a frame of k the
-	// counts are k, k-1, ... 1: the receiver took the whole frame first.
-	children["framecount"] = func(args []string) error {
-		var counts []string
-		err := Receive(args[0], func(fd int, _ io.Reader) error {
-			defer unix.Close(fd)
-			link, err := os.Readlink(fmt.Sprintf("/proc/self/fd/%d", fd))
-			if err != nil {
-				return err
-			}
-			n, err := fdLinks("/proc/self/fd", link)
-			counts = append(counts, fmt.Sprint(n))
-			return err
-		})
-		fmt.Println(strings.Join(counts, " "))
-		return err
-	}
 }
 
 // TestObjectHandlersShareFrame checks that consecutive object handlers send

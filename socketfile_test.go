@@ -3,7 +3,6 @@
 package graceful
 
 import (
-	"bufio"
 	"errors"
 	"fmt"
 	"io"
@@ -144,47 +143,6 @@ func TestListenRace(t *testing.T) {
 	}
 	if got := dirNames(t, filepath.Dir(addr)); len(got) != 0 {
 		t.Errorf("left in the socket's directory: %q", got)
-	}
-}
-
-func init() {
-	// contend: on each line "go" on stdin, ListenAndServe at args[0] and
-	// say "won", or "lost" and why; on "close", close a server that won
-	// and say "closed".
-	children["contend"] = func(args []string) error {
-		f, err := os.Open(os.DevNull)
-		if err != nil {
-			return err
-		}
-		defer f.Close()
-		var srv *Server
-		var errc <-chan error
-		in := bufio.NewScanner(os.Stdin)
-		for in.Scan() {
-			switch in.Text() {
-			case "go":
-				srv = &Server{Handler: FileHandler(f, Meta{"id": strconv.Itoa(os.Getpid())})}
-				errc, err = listen(srv, args[0])
-				switch {
-				case err == nil:
-					fmt.Println("won")
-				case errors.Is(err, syscall.EADDRINUSE):
-					fmt.Println("lost EADDRINUSE")
-				default:
-					fmt.Println("lost", strings.ReplaceAll(err.Error(), "\n", " "))
-				}
-			case "close":
-				if errc != nil {
-					srv.Close()
-					if err := <-errc; !errors.Is(err, ErrServerClosed) {
-						return err
-					}
-					errc = nil
-				}
-				fmt.Println("closed")
-			}
-		}
-		return in.Err()
 	}
 }
 

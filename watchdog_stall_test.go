@@ -6,9 +6,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
-	"fmt"
 	"io"
-	"net"
 	"os"
 	"os/exec"
 	"strconv"
@@ -18,45 +16,6 @@ import (
 
 	"golang.org/x/sys/unix"
 )
-
-func init() {
-	// Over the connection on descriptor 3, send a request and read the
-	// answer, each watched with the idle timeout args[0] (a duration), and
-	// say how it went: the milliseconds taken, then "nil", "deadline" or
-	// the error.
-	children["stalled"] = func(args []string) error {
-		idle, err := time.ParseDuration(args[0])
-		if err != nil {
-			return err
-		}
-		f := os.NewFile(3, "conn")
-		c, err := net.FileConn(f)
-		f.Close()
-		if err != nil {
-			return err
-		}
-		defer c.Close()
-		w := newWatchdog(context.Background(), c, idle)
-		start := time.Now()
-		w.arm()
-		_, err = c.Write([]byte("q"))
-		if err = w.disarm(err); err == nil {
-			w.arm()
-			_, err = io.ReadFull(c, make([]byte, 1))
-			err = w.disarm(err)
-		}
-		w.stop()
-		kind := "nil"
-		switch {
-		case errors.Is(err, os.ErrDeadlineExceeded):
-			kind = "deadline"
-		case err != nil:
-			kind = strconv.Quote(err.Error())
-		}
-		fmt.Println(time.Since(start).Milliseconds(), kind)
-		return nil
-	}
-}
 
 // waitStopped waits until the process pid is stopped.
 func waitStopped(t *testing.T, pid int) {
