@@ -354,6 +354,12 @@ func (k *keeper) settleExits() {
 	for _, e := range batch {
 		k.exited(e.pid, exitStatus(e.ws))
 	}
+	if k.childless && k.serving != 0 && !k.over {
+		// The instance that serves is none of this keeper's: one started
+		// beside took over, under a keeper of its own.
+		k.logf("pid %d, not started here, serves now: leaving the service to it", k.serving)
+		k.status, k.over = 0, true
+	}
 }
 
 // exitStatus is a shell's: the exit status, or 128 and the signal.
