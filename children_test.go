@@ -58,16 +58,32 @@ func TestMain(m *testing.M) {
 	os.Exit(m.Run())
 }
 
-// sweep is n, or long with GRACEFUL_LONG set in the environment (CI sets
-// it): the tests run short by default, and their long forms in CI. The
-// tests with a long form, and their sizes, short and long:
+// long reports whether the tests run in their long forms: with
+// GRACEFUL_LONG set in the environment, as CI does. By default they run
+// short. The tests with a long form, and their sizes, short and long:
 //
+//   - TestListenRace: 100 and 400 rounds of 4 servers at once
+//   - TestListenRaceProcesses: 50 and 300 rounds of 3 processes
+//   - TestListenWhileOthersComeAndGo: 150 and 500 tries of 3 listeners
+//   - TestModeThroughSymlink: 250 and 1000 rounds
+//   - TestExitInCallback: 20 and 100 hand-overs
+//   - TestStopDuringRestart: 30 and 200 rounds
+//   - TestStopDuringRestartThroughWrapper: 20 and 150 rounds
+//   - TestNegativeTimeoutPredecessorDies: 10 and 60 rounds
 //   - TestPredecessorKilledWhileConnecting: 5 and 50 trials
+//   - TestInstanceRestarts: 6 and 12 restarts under load
+//   - TestCrossVersionTakeOver: only in its long form (it builds two
+//     programs)
 //
-// The examples have a sweep of their own.
-func sweep(n, long int) int {
-	if os.Getenv("GRACEFUL_LONG") != "" {
-		return long
+// The examples have the same switch (example/internal/exampletest).
+func long() bool {
+	return os.Getenv("GRACEFUL_LONG") != ""
+}
+
+// sweep is n, or nLong in the long form.
+func sweep(n, nLong int) int {
+	if long() {
+		return nLong
 	}
 	return n
 }

@@ -97,7 +97,7 @@ func TestStopDuringRestart(t *testing.T) {
 	counts := map[string]int{}
 	var cmu sync.Mutex
 	defer func() { t.Logf("%v", counts) }()
-	for i := 0; i < 200; i++ {
+	for i := range sweep(30, 200) {
 		sock := sockPath(t)
 		inst, err := Start(Config{Socket: sock})
 		if err != nil {
@@ -601,13 +601,14 @@ func TestStopDuringRestartThroughWrapper(t *testing.T) {
 	counts := map[string]int{}
 	wrapped := 0 // rounds where the wrapper ran
 	defer func() { t.Logf("outcomes: %v; the wrapper ran in %d rounds", counts, wrapped) }()
-	for i := 0; i < 150; i++ {
+	rounds := sweep(20, 150)
+	for i := range rounds {
 		point(os.Args[0])
 		sock := filepath.Join(dir, "s"+strconv.Itoa(i))
 		r, w, _ := os.Pipe()
 		cmd := &exec.Cmd{Path: app, Args: []string{app, sock}, Stdout: w, Stderr: w}
 		cmd.Env = append(os.Environ(), childEnv+"=wrapstop", "GORACE="+os.Getenv("GORACE")+" atexit_sleep_ms=0",
-			"GRACEFUL_TEST_DELAY_US="+strconv.Itoa((i%40)*75))
+			"GRACEFUL_TEST_DELAY_US="+strconv.Itoa(i*150/rounds%40*75))
 		in, err := cmd.StdinPipe()
 		if err != nil {
 			t.Fatal(err)
@@ -755,7 +756,7 @@ func TestRefusedWhileWaitingForLock(t *testing.T) {
 // about to end are its predecessor's death.
 func TestNegativeTimeoutPredecessorDies(t *testing.T) {
 	fails := 0
-	const rounds = 60
+	rounds := sweep(10, 60)
 	for i := 0; i < rounds; i++ {
 		sock := sockPath(t)
 		p := startChild(t, "negpred", sock)

@@ -350,7 +350,8 @@ func (l *load) check(t *testing.T) {
 	}
 }
 
-// TestInstanceRestarts restarts a server 12 times under load, by SIGHUP
+// TestInstanceRestarts restarts a server 6 times (12 in the long form)
+// under load, by SIGHUP
 // (Restart) and by starting an instance beside it, in turn: no request
 // fails, each instance answers, and the last leaves nothing behind.
 func TestInstanceRestarts(t *testing.T) {
@@ -362,7 +363,7 @@ func TestInstanceRestarts(t *testing.T) {
 	l := startLoad(t, c.addr)
 	l.answered(t, pid, 20)
 	seen := map[int]bool{pid: true}
-	for i := 0; i < 12; i++ {
+	for i := range sweep(6, 12) {
 		n := c.mark()
 		if i%2 == 0 {
 			syscall.Kill(pid, syscall.SIGHUP)
@@ -392,7 +393,7 @@ func TestInstanceRestarts(t *testing.T) {
 // Restart and beside the running instance: it serves on, no request fails,
 // and Restart says why.
 func TestInstanceRollback(t *testing.T) {
-	c := newChain(t, "GRACEFUL_TEST_READY_TIMEOUT=1s")
+	c := newChain(t, "GRACEFUL_TEST_READY_TIMEOUT=500ms")
 	pid := c.startFirst()
 	l := startLoad(t, c.addr)
 	l.answered(t, pid, 20)

@@ -89,10 +89,12 @@ func receiveID(addr string) (string, error) {
 // it. Before the socket file appeared only once it listened, of 3,000 such
 // rounds 32 without a file and 110 on a stale one ended with two servers or
 // more (one on a socket without a file), and in 174 others a contender
-// failed with ENOENT; the first failure came within 33 rounds.
+// failed with ENOENT; the first failure came within 33 rounds. It runs 100
+// rounds, 400 in its long form.
 func TestListenRace(t *testing.T) {
 	noLeaks(t)
-	const contenders, rounds = 4, 400
+	const contenders = 4
+	rounds := sweep(100, 400)
 	addr := sockPath(t)
 	f := devNull(t)
 	type result struct {
@@ -148,11 +150,12 @@ func TestListenRace(t *testing.T) {
 
 // TestListenRaceProcesses is TestListenRace for separate processes that
 // find a stale socket file: one serves, the others fail with EADDRINUSE.
-// Before the fix 49 and 139 rounds of 300 failed in two runs, 40 of them
-// (in the second) with two servers or more.
+// Before the fix 49 and 139 rounds of 300 (its long form; 50 by default)
+// failed in two runs, 40 of them (in the second) with two servers or more.
 func TestListenRaceProcesses(t *testing.T) {
 	checkFds(t)
-	const contenders, rounds = 3, 300
+	const contenders = 3
+	rounds := sweep(50, 300)
 	addr := sockPath(t)
 	cs := make([]*child, contenders)
 	for i := range cs {
@@ -316,7 +319,8 @@ func TestBusyServerKept(t *testing.T) {
 func TestListenWhileOthersComeAndGo(t *testing.T) {
 	noLeaks(t)
 	addr := sockPath(t)
-	const workers, tries = 3, 500
+	const workers = 3
+	tries := sweep(150, 500)
 	errs := make(chan error, workers)
 	for range workers {
 		go func() {
