@@ -539,8 +539,8 @@ func childSendMany(args []string) error {
 }
 
 // childStalled, over the connection on descriptor 3, sends a request and
-// reads the answer, each watched by a watchdog with the idle timeout
-// args[0] (a duration), and says how it went: the
+// reads the answer, watched by a watchdog with the idle timeout args[0] (a
+// duration) armed before the request, and says how it went: the
 // milliseconds taken, then "nil", "deadline" or the error. Run by
 // TestWatchdogStalledSelf.
 func childStalled(args []string) error {
@@ -557,13 +557,14 @@ func childStalled(args []string) error {
 	defer c.Close()
 	w := newWatchdog(context.Background(), c, idle)
 	start := time.Now()
+	// Armed before the request: once the test has read it, the idle
+	// timer runs, and is due while the test stops this process.
 	w.arm()
 	_, err = c.Write([]byte("q"))
-	if err = w.disarm(err); err == nil {
-		w.arm()
+	if err == nil {
 		_, err = io.ReadFull(c, make([]byte, 1))
-		err = w.disarm(err)
 	}
+	err = w.disarm(err)
 	w.stop()
 	kind := "nil"
 	switch {

@@ -3,7 +3,6 @@
 package graceful
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"io"
@@ -17,29 +16,19 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// waitStopped waits until the process pid is stopped.
-func waitStopped(t *testing.T, pid int) {
-	t.Helper()
-	for range 1000 {
-		b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
-		if err != nil {
-			t.Fatal(err)
-		}
-		if i := bytes.LastIndexByte(b, ')'); i >= 0 && i+2 < len(b) && b[i+2] == 'T' {
-			return
-		}
-		time.Sleep(time.Millisecond)
-	}
-	t.Fatalf("process %d not stopped", pid)
-}
-
 // TestWatchdogStalledSelf stops the process whose watchdog waits for an
 // answer, for three times its idle timeout. The idle timer is then long
 // overdue, through no fault of the peer, which was not watched meanwhile:
 // the watchdog must not blame the peer, but give it a fresh idle period.
-// A peer that really is idle must still time out.
+// A peer that really is idle must still time out. (Without the check of a
+// timer that runs late, the second and fourth cases time out at once when
+// the process resumes.)
 func TestWatchdogStalledSelf(t *testing.T) {
-	const idle = 500 * time.Millisecond
+	checkFds(t)
+	// The idle timeout is as short as lateSlack lets it be: the stop,
+	// three times as long, ends 2 idle periods after the timer was due,
+	// long after the slack of 100 ms.
+	const idle = 200 * time.Millisecond
 	tests := []struct {
 		name   string
 		stop   bool
@@ -53,7 +42,8 @@ func TestWatchdogStalledSelf(t *testing.T) {
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			checkFds(t)
+			// Each case waits for its child: they run side by side.
+			t.Parallel()
 			a, b := socketPair(t)
 			bf, err := b.File()
 			b.Close()
@@ -68,40 +58,46 @@ func TestWatchdogStalledSelf(t *testing.T) {
 			bf.Close()
 			pid := cmd.Process.Pid
 			a.SetDeadline(time.Now().Add(10 * time.Second))
+			// The request: the child's watchdog is armed.
 			if _, err := io.ReadFull(a, make([]byte, 1)); err != nil {
 				t.Fatalf("reading the request: %v; stderr:\n%s", err, c.stderr.String())
 			}
 			if tc.stop {
-				// Let the child arm its watchdog and block in the
-				// read of the answer, whose idle timer is then due
-				// while it is stopped.
-				time.Sleep(idle / 5)
-				if err := unix.Kill(pid, unix.SIGSTOP); err != nil {
-					t.Fatal(err)
-				}
-				waitStopped(t, pid)
+				stopProcess(t, pid)
 				if tc.answer < 0 {
 					a.Write([]byte("a")) // waits in the socket buffer
 				}
-				time.Sleep(3 * idle)
+				time.Sleep(3 * idle) // the stop, the scenario itself
 				if err := unix.Kill(pid, unix.SIGCONT); err != nil {
 					t.Fatal(err)
 				}
 			}
 			resumed := time.Now()
 			if tc.answer > 0 {
-				time.Sleep(tc.answer)
+				time.Sleep(tc.answer) // a peer that answers that late
 				a.Write([]byte("a"))
 			}
-			ms, got, _ := strings.Cut(c.line(), " ")
+			line := c.line()
 			afterResume := time.Since(resumed)
 			c.wait()
+			msText, got, _ := strings.Cut(line, " ")
 			if got != tc.want {
-				t.Fatalf("child: %s after %s ms, want %s", got, ms, tc.want)
+				t.Fatalf("child: %s after %s ms, want %s", got, msText, tc.want)
 			}
-			t.Logf("child: %s after %s ms, %v after the stop ended", got, ms, afterResume.Round(time.Millisecond))
-			if tc.want == "deadline" && (afterResume < idle*9/10 || afterResume > 3*idle) {
-				t.Errorf("timed out %v after the stop ended, want about %v", afterResume, idle)
+			t.Logf("child: %s after %s ms, %v after the stop ended (or the request, without a stop)", got, msText, afterResume.Round(time.Millisecond))
+			if tc.want != "deadline" {
+				return
+			}
+			// A fresh idle period from the end of the stop, or from the
+			// arm if there was none (which the child measures: it came
+			// before the request that the test read).
+			since := afterResume
+			if !tc.stop {
+				ms, _ := strconv.Atoi(msText)
+				since = time.Duration(ms) * time.Millisecond
+			}
+			if since < idle*9/10 || afterResume > 3*idle {
+				t.Errorf("timed out %v after the stop ended (%s ms after the arm), want about %v", afterResume, msText, idle)
 			}
 		})
 	}
