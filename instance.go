@@ -377,7 +377,8 @@ func (in *Instance) Done() <-chan struct{} {
 }
 
 // SuccessorPID returns the pid of the instance that took over from this
-// one, or 0 while none has.
+// one, or 0 while none has. It is 0 too for a successor in a PID namespace
+// this process cannot see.
 func (in *Instance) SuccessorPID() (pid int) {
 	in.call(func(m *machine) {
 		if m.succ != nil {
