@@ -12,12 +12,14 @@
 package main
 
 import (
+	"cmp"
 	"flag"
 	"fmt"
 	"log"
 	"os"
 	"os/signal"
 	"path/filepath"
+	"strconv"
 	"syscall"
 	"time"
 
@@ -49,12 +51,10 @@ func main() {
 	logger.Print("exited")
 }
 
-// defaultSocket is in the user's runtime directory, else the temp directory.
+// defaultSocket is in the user's runtime directory, else in a directory of
+// this user's in the temp directory, which Start makes (0700) and checks.
 func defaultSocket() string {
-	dir := os.Getenv("XDG_RUNTIME_DIR")
-	if dir == "" {
-		dir = os.TempDir()
-	}
+	dir := cmp.Or(os.Getenv("XDG_RUNTIME_DIR"), filepath.Join(os.TempDir(), "graceful-stream-"+strconv.Itoa(os.Getuid())))
 	return filepath.Join(dir, "graceful-stream.sock")
 }
 
