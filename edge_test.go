@@ -27,7 +27,7 @@ func TestSocketFileRebound(t *testing.T) {
 	for _, how := range []string{"rm", "rm -rf dir; mkdir dir"} {
 		t.Run(how, func(t *testing.T) {
 			sock := filepath.Join(sockPath(t), "s")
-			var plog syncLog
+			var plog logBuf
 			pred := readyFirst(t, Config{Socket: sock, ErrorLog: log.New(&plog, "", 0)})
 			if how == "rm" {
 				os.Remove(sock)
@@ -86,7 +86,7 @@ func TestPIDFileFullFailsReady(t *testing.T) {
 	dir, fill := fullDir(t)
 	pidFile := filepath.Join(dir, "app.pid")
 	sock := sockPath(t)
-	var plog syncLog
+	var plog logBuf
 	pred := readyFirst(t, Config{Socket: sock, PIDFile: pidFile, ErrorLog: log.New(&plog, "", 0)})
 	fill()
 	for i := 0; i < 5; i++ {
@@ -147,7 +147,7 @@ func TestPredecessorDiesBeforeHanding(t *testing.T) {
 		hln.Close() // dead: nobody listens at the file any more
 		conn.Close()
 	}()
-	var slog syncLog
+	var slog logBuf
 	inst, err := Start(Config{Socket: sock, ErrorLog: log.New(&slog, "", 0)})
 	if err != nil {
 		t.Fatalf("Start with a predecessor that died: %v", err)

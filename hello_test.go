@@ -28,11 +28,8 @@ func TestNotHostage(t *testing.T) {
 			t.Fatal(err)
 		}
 		defer c.Close()
-		// Give the server time to take up the client: a server that
-		// serves before the client speaks writes to it at once.
-		for i := 0; i < 50 && queued(t, c) == 0; i++ {
-			time.Sleep(10 * time.Millisecond)
-		}
+		// The server takes up the client (and waits for its hello).
+		waitTracked(t, srv, i+1)
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
@@ -172,4 +169,20 @@ func TestVersions(t *testing.T) {
 		})
 	}
 	p.checkClosed(t)
+}
+
+// waitTracked waits until srv serves n connections.
+func waitTracked(t *testing.T, srv *Server, n int) {
+	t.Helper()
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(time.Millisecond) {
+		srv.mu.Lock()
+		got := len(srv.conns)
+		srv.mu.Unlock()
+		if got >= n {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the server serves %d connections, want %d", got, n)
+		}
+	}
 }

@@ -86,12 +86,13 @@ func (p *probe) checkClosed(t testing.TB) {
 	t.Helper()
 	unix.Close(p.w)
 	p.w = -1
-	for i := 0; i < 500; i++ {
+	// Nothing is written to the pipe: poll wakes up at the hang-up (or
+	// for a signal, EINTR).
+	for deadline := time.Now().Add(5 * time.Second); time.Now().Before(deadline); {
 		pfd := []unix.PollFd{{Fd: int32(p.r), Events: unix.POLLIN}}
-		if n, _ := unix.Poll(pfd, 0); n > 0 && pfd[0].Revents&unix.POLLHUP != 0 {
+		if n, _ := unix.Poll(pfd, int(time.Until(deadline).Milliseconds())+1); n > 0 && pfd[0].Revents&unix.POLLHUP != 0 {
 			return
 		}
-		time.Sleep(10 * time.Millisecond)
 	}
 	t.Error("a copy of a sent descriptor is still open somewhere")
 }
@@ -172,16 +173,45 @@ func (c *closer) count() int {
 	return c.n
 }
 
-// logBuf collects a Server's ErrorLog.
+// logBuf collects a log (a Server's or an Instance's ErrorLog, a child's
+// stderr) that a test reads while it is written.
 type logBuf struct {
-	mu sync.Mutex
-	b  strings.Builder
+	mu      sync.Mutex
+	b       strings.Builder
+	changed chan struct{} // closed at the next write, if not nil
 }
 
 func (l *logBuf) Write(p []byte) (int, error) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
+	if l.changed != nil {
+		close(l.changed)
+		l.changed = nil
+	}
 	return l.b.Write(p)
+}
+
+// waitFor waits until the log holds s.
+func (l *logBuf) waitFor(t *testing.T, s string) {
+	t.Helper()
+	timeout := time.After(30 * time.Second)
+	for {
+		l.mu.Lock()
+		if strings.Contains(l.b.String(), s) {
+			l.mu.Unlock()
+			return
+		}
+		if l.changed == nil {
+			l.changed = make(chan struct{})
+		}
+		changed := l.changed
+		l.mu.Unlock()
+		select {
+		case <-changed:
+		case <-timeout:
+			t.Fatalf("no %q in the log:\n%s", s, l.String())
+		}
+	}
 }
 
 func (l *logBuf) String() string {

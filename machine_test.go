@@ -3,7 +3,6 @@
 package graceful
 
 import (
-	"bytes"
 	"cmp"
 	"errors"
 	"log"
@@ -11,7 +10,6 @@ import (
 	"os"
 	"slices"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -22,40 +20,12 @@ import (
 // The state machine's cases that two instances in this process can show,
 // and those of Restart, whose successor is the test binary as "app".
 
-// syncLog is a log that a test reads while instances write it.
-type syncLog struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (l *syncLog) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.buf.Write(p)
-}
-
-// waitFor waits until the log has a line containing s.
-func (l *syncLog) waitFor(t *testing.T, s string) {
-	t.Helper()
-	for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(5 * time.Millisecond) {
-		l.mu.Lock()
-		found := strings.Contains(l.buf.String(), s)
-		l.mu.Unlock()
-		if found {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("no %q in the log:\n%s", s, l.buf.String())
-		}
-	}
-}
-
 // A successor that serves but hangs before its Ready is given up on by its
 // predecessor (ReadyTimeout): the listener Listen handed it stops
 // accepting, so it keeps no share of the traffic, and its Ready fails.
 func TestAbandonedSuccessorStopsAccepting(t *testing.T) {
 	sock := sockPath(t)
-	var plog syncLog
+	var plog logBuf
 	pred := readyFirst(t, Config{Socket: sock, ReadyTimeout: 200 * time.Millisecond, ErrorLog: log.New(&plog, "", 0)})
 	pln, err := pred.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
