@@ -392,9 +392,10 @@ func childOnce(args []string) error {
 	return nil
 }
 
-// childExitInCallback serves a TCP listener once at args[0], and exits
-// as soon as the callback placed after the listener runs: a drain that
-// takes no time. Run by TestExitInCallback.
+// childExitInCallback serves a TCP listener once at args[0], saying
+// "listening" once its socket listens, and exits as soon as the callback
+// placed after the listener runs: a drain that takes no time. Run by
+// TestExitInCallback.
 func childExitInCallback(args []string) error {
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -404,7 +405,12 @@ func childExitInCallback(args []string) error {
 		ListenerHandler(ln, Meta{"addr": ln.Addr().String()}),
 		CallbackHandler(func() { os.Exit(0) }),
 	)}
-	return srv.ListenAndServe(args[0])
+	hln, err := listenUnix(args[0], 0o600, -1)
+	if err != nil {
+		return err
+	}
+	fmt.Println("listening")
+	return srv.Serve(hln)
 }
 
 // childStall receives from args[0]; the callback says "got <kind>" and

@@ -546,19 +546,13 @@ func TestExitInCallback(t *testing.T) {
 	lost, rounds := 0, sweep(20, 100)
 	for i := 0; i < rounds; i++ {
 		c := startChild(t, "exitincallback", addr)
+		c.expect("listening")
 		var ln net.Listener
-		var err error
-		for try := 0; try < 1000; try++ {
-			err = Receive(addr, func(fd int, meta io.Reader) error {
-				var err error
-				ln, err = FdListener(fd)
-				return err
-			})
-			if !errors.Is(err, ErrNoServer) {
-				break
-			}
-			time.Sleep(time.Millisecond)
-		}
+		err := Receive(addr, func(fd int, meta io.Reader) error {
+			var err error
+			ln, err = FdListener(fd)
+			return err
+		})
 		if err != nil || ln == nil {
 			lost++
 			t.Errorf("hand-over %d: %v", i, err)
