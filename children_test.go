@@ -1130,15 +1130,18 @@ func childWrapStop(args []string) error {
 
 // childLockWaiter is a successor that Restart started (without its kill,
 // as through a wrapper), at GRACEFUL_TEST_SOCK, which waits in Start for
-// the start lock. It writes to the file GRACEFUL_TEST_OUT how its Start
+// the start lock. It writes to the FIFO GRACEFUL_TEST_OUT how its Start
 // and Ready went, then "stopped" once it stopped as an application whose
-// Ready failed does, and lives on (draining, say) for 3 s. Run by
+// Ready failed does, and lives on (draining, say) until SIGTERM. Run by
 // TestRefusedWhileWaitingForLock.
 func childLockWaiter([]string) error {
-	out, err := os.OpenFile(os.Getenv("GRACEFUL_TEST_OUT"), os.O_WRONLY|os.O_APPEND, 0)
+	term := make(chan os.Signal, 1)
+	signal.Notify(term, syscall.SIGTERM)
+	out, err := os.OpenFile(os.Getenv("GRACEFUL_TEST_OUT"), os.O_WRONLY, 0)
 	if err != nil {
 		return err
 	}
+	defer out.Close()
 	say := func(format string, a ...any) { fmt.Fprintf(out, format+"\n", a...) }
 	inst, err := Start(Config{Socket: os.Getenv("GRACEFUL_TEST_SOCK"), ReadyTimeout: 20 * time.Second, ErrorLog: log.New(out, "log ", 0)})
 	say("start %v", err)
@@ -1148,7 +1151,11 @@ func childLockWaiter([]string) error {
 	say("ready %v", inst.Ready())
 	inst.Stop() // as an application whose Ready failed does
 	say("stopped")
-	time.Sleep(3 * time.Second) // draining what it accepted, say
+	// Draining what it accepted, say, while the test checks the lock.
+	select {
+	case <-term:
+	case <-time.After(time.Minute):
+	}
 	return nil
 }
 

@@ -20,6 +20,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // A Start that fails after the hand-over socket arrived closes it with
@@ -690,7 +692,9 @@ func TestRefusedWhileWaitingForLock(t *testing.T) {
 	os.Mkdir(dir, 0o700)
 	sock := filepath.Join(dir, "s")
 	outPath := filepath.Join(dir, "out")
-	os.WriteFile(outPath, nil, 0o600)
+	if err := unix.Mkfifo(outPath, 0o600); err != nil {
+		t.Fatal(err)
+	}
 	raceLog := filepath.Join(dir, "race")
 	inst, err := Start(Config{Socket: sock})
 	if err != nil {
@@ -715,27 +719,57 @@ func TestRefusedWhileWaitingForLock(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	time.Sleep(time.Second) // the child waits for the lock
-	inst.Stop()             // the predecessor refuses it
-	time.Sleep(500 * time.Millisecond)
-	other.unlock() // the other instance is done
-	// The child reports; once it says "stopped", nobody is between Start
-	// and Ready: a new instance must get the lock at once.
-	deadline := time.Now().Add(10 * time.Second)
-	for {
-		b, _ := os.ReadFile(outPath)
-		if strings.Contains(string(b), "stopped") || time.Now().After(deadline) {
-			break
+	defer func() {
+		proc.Kill()
+		proc.Wait()
+	}()
+	// The child's lines, through the FIFO, which it opens first.
+	var out []string
+	lines := make(chan string)
+	go func() {
+		defer close(lines)
+		f, err := os.Open(outPath)
+		if err != nil {
+			return
 		}
-		time.Sleep(20 * time.Millisecond)
+		defer f.Close()
+		for s := bufio.NewScanner(f); s.Scan(); {
+			lines <- s.Text()
+		}
+	}()
+	// The child waits for the lock once it has opened the lock file.
+	for deadline := time.Now().Add(10 * time.Second); !holds(proc.Pid, sock+".lock"); time.Sleep(time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("the child never opened the lock file")
+		}
+	}
+	inst.Stop()    // the predecessor refuses it
+	other.unlock() // the other instance is done
+	// Once the child says "stopped", nobody is between Start and Ready: a
+	// new instance must get the lock at once.
+	timeout := time.After(10 * time.Second)
+	for stopped := false; !stopped; {
+		select {
+		case l, ok := <-lines:
+			if !ok {
+				t.Fatalf("the child ended its output without stopping:\n%s", strings.Join(out, "\n"))
+			}
+			out = append(out, l)
+			stopped = l == "stopped"
+		case <-timeout:
+			t.Fatalf("the child did not stop:\n%s", strings.Join(out, "\n"))
+		}
 	}
 	l, lerr := lockFile(sock+".lock", time.Second)
 	if lerr == nil {
 		l.unlock()
 	}
+	proc.Signal(syscall.SIGTERM)
 	st, _ := proc.Wait()
-	b, _ := os.ReadFile(outPath)
-	t.Logf("child (%v):\n%s", st, b)
+	for l := range lines {
+		out = append(out, l)
+	}
+	t.Logf("child (%v):\n%s", st, strings.Join(out, "\n"))
 	if lerr != nil {
 		t.Errorf("the refused successor stopped, yet still holds the start lock: %v", lerr)
 	}
@@ -749,6 +783,12 @@ func TestRefusedWhileWaitingForLock(t *testing.T) {
 		}
 		t.Errorf("race report in the child:\n%s", strings.Join(first, "\n"))
 	}
+}
+
+// holds reports whether the process pid has the file path open.
+func holds(pid int, path string) bool {
+	n, _ := fdLinks(fmt.Sprintf("/proc/%d/fd", pid), path)
+	return n > 0
 }
 
 // With Config.Timeout -1 ("no bound"), a successor whose predecessor
