@@ -1229,8 +1229,8 @@ func childNoAccept(args []string) error {
 }
 
 // childSlowReady takes over at args[0], listens at args[1], says
-// "started", and holds the start lock for 2 s; then it gets ready and
-// serves until killed. Each line starts with its pid. Run
+// "started", and holds the start lock until a line comes on stdin; then it
+// gets ready and serves until killed. Each line starts with its pid. Run
 // by TestSuccessorsOfDeadPredecessor.
 func childSlowReady(args []string) error {
 	sock, addr := args[0], args[1]
@@ -1247,7 +1247,7 @@ func childSlowReady(args []string) error {
 	}
 	defer ln.Close()
 	fmt.Printf("%d started\n", pid)
-	time.Sleep(2 * time.Second) // holds the start lock
+	bufio.NewReader(os.Stdin).ReadString('\n') // holds the start lock
 	if err := inst.Ready(); err != nil {
 		fmt.Printf("%d ready failed: %v\n", pid, err)
 		return err

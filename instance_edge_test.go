@@ -737,12 +737,7 @@ func TestRefusedWhileWaitingForLock(t *testing.T) {
 			lines <- s.Text()
 		}
 	}()
-	// The child waits for the lock once it has opened the lock file.
-	for deadline := time.Now().Add(10 * time.Second); !holds(proc.Pid, sock+".lock"); time.Sleep(time.Millisecond) {
-		if time.Now().After(deadline) {
-			t.Fatal("the child never opened the lock file")
-		}
-	}
+	waitOpen(t, proc.Pid, sock+".lock") // the child waits for the lock
 	inst.Stop()    // the predecessor refuses it
 	other.unlock() // the other instance is done
 	// Once the child says "stopped", nobody is between Start and Ready: a
@@ -785,10 +780,19 @@ func TestRefusedWhileWaitingForLock(t *testing.T) {
 	}
 }
 
-// holds reports whether the process pid has the file path open.
-func holds(pid int, path string) bool {
-	n, _ := fdLinks(fmt.Sprintf("/proc/%d/fd", pid), path)
-	return n > 0
+// waitOpen waits until the process pid has the file path open. A process
+// that has opened the start lock's file, which another holds, waits for
+// the lock: lockFile opens it, then tries flock until it gets it.
+func waitOpen(t *testing.T, pid int, path string) {
+	t.Helper()
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(time.Millisecond) {
+		if n, _ := fdLinks(fmt.Sprintf("/proc/%d/fd", pid), path); n > 0 {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("pid %d never opened %s", pid, path)
+		}
+	}
 }
 
 // With Config.Timeout -1 ("no bound"), a successor whose predecessor
@@ -959,7 +963,12 @@ func TestSuccessorsOfDeadPredecessor(t *testing.T) {
 	c := newChain(t)
 	a := c.startFirst()
 	x := exec.Command(os.Args[0], c.sock, c.addr)
-	x.Env = append(os.Environ(), childEnv+"=slowready", "GORACE="+os.Getenv("GORACE")+" atexit_sleep_ms=0")
+	x.Env = childEnvFor("slowready")
+	gate, err := x.StdinPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer gate.Close()
 	c.startCmd(x)
 	c.wait(x.Process.Pid, "started")
 	syscall.Kill(a, syscall.SIGHUP)
@@ -970,8 +979,9 @@ func TestSuccessorsOfDeadPredecessor(t *testing.T) {
 		}
 		kids = childPids(t, a)
 	}
-	time.Sleep(300 * time.Millisecond) // the child waits for the start lock
+	waitOpen(t, kids[0], c.sock+".lock") // the Restart's child waits for the lock
 	syscall.Kill(a, syscall.SIGKILL)
+	fmt.Fprintln(gate, "go") // the successor beside gets ready
 	if l := c.wait(x.Process.Pid, "ready"); !strings.HasPrefix(l, fmt.Sprintf("%d ready 127.", x.Process.Pid)) {
 		t.Fatalf("the successor beside: %s", l)
 	}
