@@ -954,8 +954,8 @@ func childIdle([]string) error {
 
 // childRestarter takes over at args[0] (or is the first instance), with
 // the pid file in the directory args[1], says "started", serves its pid on
-// a TCP listener, and, if it took over, waits for the test to create its
-// gate (the file gate.<pid> in args[1]) before its Ready; it says how
+// a TCP listener, and, if it took over, waits for the test to open its
+// gate (the FIFO gate.<pid> in args[1]) before its Ready; it says how
 // Ready went. Then, on "restart" on stdin, it restarts; on "exit" it
 // exits; it says when Done closes. Each line starts with its pid. Run by
 // TestRestartLosesToSuccessorBeside and TestPredecessorPIDThirdGeneration.
@@ -967,6 +967,14 @@ func childRestarter(args []string) error {
 	if err != nil {
 		say("start failed: %v", err)
 		return err
+	}
+	// The gate of a successor: a FIFO, whose opening for reading returns
+	// once the test opens it for writing (openGate).
+	gate := filepath.Join(dir, "gate."+strconv.Itoa(pid))
+	if inst.Inherited() {
+		if err := unix.Mkfifo(gate, 0o600); err != nil {
+			return err
+		}
 	}
 	say("started inherited=%v predPID=%d", inst.Inherited(), inst.predPID())
 	ln, err := inst.Listen("tcp", "127.0.0.1:0")
@@ -985,12 +993,11 @@ func childRestarter(args []string) error {
 		}
 	}()
 	if inst.Inherited() {
-		for {
-			if _, err := os.Stat(filepath.Join(dir, "gate."+strconv.Itoa(pid))); err == nil {
-				break
-			}
-			time.Sleep(10 * time.Millisecond)
+		f, err := os.Open(gate)
+		if err != nil {
+			return err
 		}
+		f.Close()
 	}
 	err = inst.Ready()
 	say("ready %v %s", err, ln.Addr())

@@ -173,6 +173,27 @@ func TestRestartSuccessorExitsZero(t *testing.T) {
 	}
 }
 
+// openGate lets the restarter pid, a successor, go on to its Ready.
+func openGate(t *testing.T, dir string, pid int) {
+	t.Helper()
+	opened := make(chan error, 1)
+	go func() {
+		f, err := os.OpenFile(filepath.Join(dir, "gate."+strconv.Itoa(pid)), os.O_WRONLY, 0)
+		if err == nil {
+			f.Close()
+		}
+		opened <- err
+	}()
+	select {
+	case err := <-opened:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatalf("pid %d never opened its gate", pid)
+	}
+}
+
 // readUntil reads lines from c until one starts with prefix.
 func readUntil(t *testing.T, c *child, prefix string) string {
 	t.Helper()
@@ -200,11 +221,15 @@ func TestRestartLosesToSuccessorBeside(t *testing.T) {
 	bpid := b.cmd.Process.Pid
 	readUntil(t, b, fmt.Sprintf("%d started inherited=true", bpid))
 	fmt.Fprintln(p.in, "restart") // C forks, waits for the start lock
-	for len(childPids(t, ppid)) == 0 {
-		time.Sleep(time.Millisecond)
+	var kids []int
+	for deadline := time.Now().Add(10 * time.Second); len(kids) == 0; time.Sleep(time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("no child of the Restart")
+		}
+		kids = childPids(t, ppid)
 	}
-	time.Sleep(100 * time.Millisecond)
-	os.WriteFile(filepath.Join(dir, "gate."+strconv.Itoa(bpid)), nil, 0o600)
+	waitOpen(t, kids[0], sock+".lock")
+	openGate(t, dir, bpid)
 	readUntil(t, b, fmt.Sprintf("%d ready <nil>", bpid))
 	// Restart returns once its child is gone: nil, since a successor is
 	// ready.
@@ -547,7 +572,7 @@ func TestPredecessorPIDThirdGeneration(t *testing.T) {
 	p2 := startChild(t, "restarter", sock, dir)
 	pid2 := p2.cmd.Process.Pid
 	readUntil(t, p2, fmt.Sprintf("%d started inherited=true predPID", pid2))
-	os.WriteFile(filepath.Join(dir, "gate."+strconv.Itoa(pid2)), nil, 0o600)
+	openGate(t, dir, pid2)
 	readUntil(t, p2, fmt.Sprintf("%d ready <nil>", pid2))
 	<-first.Done() // the first instance drains, alive
 	p3 := startChild(t, "restarter", sock, dir)
@@ -556,7 +581,7 @@ func TestPredecessorPIDThirdGeneration(t *testing.T) {
 	p2.cmd.Process.Kill() // the predecessor crashes
 	p2.cmd.Wait()
 	start := time.Now()
-	os.WriteFile(filepath.Join(dir, "gate."+strconv.Itoa(pid3)), nil, 0o600)
+	openGate(t, dir, pid3)
 	l := readUntil(t, p3, fmt.Sprintf("%d ready ", pid3))
 	t.Logf("after %v (first instance pid %d, predecessor pid %d)", time.Since(start).Round(time.Millisecond), os.Getpid(), pid2)
 	if !strings.HasPrefix(l, fmt.Sprintf("%d ready <nil>", pid3)) {
@@ -738,8 +763,8 @@ func TestRefusedWhileWaitingForLock(t *testing.T) {
 		}
 	}()
 	waitOpen(t, proc.Pid, sock+".lock") // the child waits for the lock
-	inst.Stop()    // the predecessor refuses it
-	other.unlock() // the other instance is done
+	inst.Stop()                         // the predecessor refuses it
+	other.unlock()                      // the other instance is done
 	// Once the child says "stopped", nobody is between Start and Ready: a
 	// new instance must get the lock at once.
 	timeout := time.After(10 * time.Second)
