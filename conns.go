@@ -26,7 +26,8 @@ type PassedConn struct {
 // PassConns hands conns to the successor, which takes them with
 // [Instance.AcceptConn]. It closes this instance's descriptors once the
 // successor has them all. Call it once Done is closed for a successor that
-// is ready, as often as needed. Each call is one transfer, 253 descriptors
+// is ready, as often as needed; without one (Done closed by Stop) it fails
+// with ErrInstanceState. Each call is one transfer, 253 descriptors
 // per system call. Stop tells the successor that no more come.
 //
 // Stop using each connection before the call: no read or write in progress
@@ -159,8 +160,8 @@ func (m *machine) passEnded(err error, died bool) bool {
 
 // AcceptConn waits for the next live connection that the predecessor
 // passes with PassConns, and returns it with its meta; the connection is
-// the caller's. Connections come after Ready, in the order they were
-// passed, each transfer once complete. AcceptConn returns io.EOF once the
+// the caller's. Connections come after Ready (AcceptConn waits until
+// then), in the order they were passed, each transfer once complete. AcceptConn returns io.EOF once the
 // predecessor passes no more (at once for a first instance), and
 // net.ErrClosed after Stop, which closes those not taken.
 func (in *Instance) AcceptConn() (net.Conn, Meta, error) {

@@ -52,9 +52,9 @@ type Config struct {
 	// in it: it starts the instances, forwards its signals to the one that
 	// serves, and reaps every child. If the serving instance dies, it
 	// starts another with its copy of the sockets. It exits with the last
-	// instance's status. A process of pid 1 (a container's init) keeps
-	// anyway. Linux only: elsewhere Start fails with an error matching
-	// errors.ErrUnsupported.
+	// instance's status. Signal it: PIDFile names the serving instance. A
+	// process of pid 1 (a container's init) keeps anyway. Linux only:
+	// elsewhere Start fails with an error matching errors.ErrUnsupported.
 	KeepPID bool
 }
 
@@ -131,7 +131,8 @@ func objectKey(kind, network, address string) string {
 // Stop. On error nothing stays open, and the old instance serves on.
 //
 // In a process of pid 1, or with Config.KeepPID, Start does not return:
-// that process keeps the service (see Config.KeepPID).
+// that process keeps the service (see Config.KeepPID). What main did
+// before Start ran in it too: call Start early.
 func Start(cfg Config) (*Instance, error) {
 	if cfg.Socket == "" {
 		return nil, fmt.Errorf("graceful: Config.Socket is empty: %w", syscall.EINVAL)
@@ -241,7 +242,10 @@ func (m *machine) listen(kind, network, address string) (any, error) {
 		}
 	}
 	obj, err := m.claim(kind, key, network, address)
-	if err != nil {
+	var oe *net.OpError
+	if errors.As(err, &oe) {
+		return nil, fmt.Errorf("graceful: %w", err) // it names the address
+	} else if err != nil {
 		return nil, fmt.Errorf("graceful: listen %s %s: %w", network, address, err)
 	}
 	if ul, ok := obj.(*net.UnixListener); ok {

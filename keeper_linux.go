@@ -248,7 +248,7 @@ func (k *keeper) message(msg keeperMsg) {
 		k.serving = pid // a predecessor's commit
 	}
 	if msg.vars["STOPPING"] == "1" && msg.pid == k.serving {
-		k.stopping = true
+		k.stop()
 	}
 }
 
@@ -307,8 +307,7 @@ func (k *keeper) signal(sig syscall.Signal) {
 		return
 	}
 	if sig == syscall.SIGTERM || sig == syscall.SIGINT {
-		k.stopping = true
-		k.respawn = nil
+		k.stop()
 	}
 	target := k.serving
 	if target == 0 {
@@ -319,6 +318,16 @@ func (k *keeper) signal(sig syscall.Signal) {
 	} else if k.stopping {
 		k.status, k.over = 0, true // nothing runs: nothing to stop
 	}
+}
+
+// stop marks the service as stopping. The copies of the sockets go at
+// once: a connection that came now would wait in a backlog that nobody
+// accepts from, and be reset when the keeper exits, rather than refused.
+func (k *keeper) stop() {
+	k.stopping = true
+	k.respawn = nil
+	closeAll(k.stored)
+	k.stored, k.metas = nil, nil
 }
 
 // reap collects every child that ended, and asks the socket for a
@@ -386,7 +395,10 @@ func (k *keeper) exited(pid, status int) {
 	case k.started:
 		k.started = 0
 		if k.stopping || !k.served {
-			k.status, k.over = status, true // the service could not start
+			if !k.stopping {
+				k.logf("the first instance, pid %d, ended with status %d before it was ready: the service could not start", pid, status)
+			}
+			k.status, k.over = status, true
 			return
 		}
 		k.crashed(pid, status, true)
@@ -442,8 +454,12 @@ func (k *keeper) restartService() {
 // instance serving at Config.Socket, or is the first), or one given the
 // sockets of metas at exec.
 func (k *keeper) start(metas []string, fds []int) error {
+	// A process group of their own: a signal a terminal sends the keeper's
+	// group (Ctrl-C, a hang-up) reaches the serving instance once, by the
+	// keeper, not twice.
+	sys := &syscall.SysProcAttr{Setpgid: true}
 	if metas == nil {
-		pid, err := syscall.ForkExec(k.exe, os.Args, &syscall.ProcAttr{Env: k.env, Files: []uintptr{0, 1, 2}})
+		pid, err := syscall.ForkExec(k.exe, os.Args, &syscall.ProcAttr{Env: k.env, Files: []uintptr{0, 1, 2}, Sys: sys})
 		if err != nil {
 			return &os.PathError{Op: "fork/exec", Path: k.exe, Err: err}
 		}
@@ -452,7 +468,7 @@ func (k *keeper) start(metas []string, fds []int) error {
 	}
 	// Its predecessor is the instance that died: the start lock names it
 	// as the last that got ready.
-	pid, conn, err := execSuccessor(k.exe, k.env, k.storedBy, metas, fds)
+	pid, conn, err := execSuccessor(k.exe, k.env, k.storedBy, metas, fds, sys)
 	if err != nil {
 		return err
 	}

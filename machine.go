@@ -261,14 +261,14 @@ func (m *machine) beginStop() {
 		m.pred.conn.Close()
 	}
 	for s := range m.pending {
-		m.callOff(s)
+		m.callOff(s, "the predecessor stopped")
 	}
 	for _, t := range m.queue {
 		t.grant <- nil
 	}
 	m.queue = nil
 	if op := m.restart; op != nil {
-		op.decide(fmt.Errorf("graceful: Restart: successor pid %d: %w: stopped", op.s.pid, ErrAborted), true)
+		op.decide(fmt.Errorf("graceful: Restart: successor pid %d: %w: stopped", op.s.pid, ErrAborted), true, "the predecessor stopped")
 	}
 	if m.handover != nil && m.from != handedOver {
 		m.handover.Close()

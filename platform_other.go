@@ -9,6 +9,7 @@ import (
 	"net"
 	"os"
 	"runtime"
+	"syscall"
 	"time"
 )
 
@@ -84,6 +85,6 @@ func notify(string) error                            { return nil }
 
 func dupHandedOn(*snapshot, *[]int) ([]string, error) { return nil, errUnsupported }
 
-func execSuccessor(string, []string, int, []string, []int) (int, *net.UnixConn, error) {
+func execSuccessor(string, []string, int, []string, []int, *syscall.SysProcAttr) (int, *net.UnixConn, error) {
 	return 0, nil, errUnsupported
 }

@@ -75,7 +75,7 @@ func (m *machine) restartRequest(exe string, reply chan error) {
 	if op := m.restart; op != nil {
 		// Signalled again (a fixed binary deployed, say): the successor
 		// not ready yet goes, and the newer one is started.
-		op.decide(fmt.Errorf("graceful: Restart: successor pid %d: %w: another Restart superseded it", op.s.pid, ErrAborted), true)
+		op.decide(fmt.Errorf("graceful: Restart: successor pid %d: %w: another Restart superseded it", op.s.pid, ErrAborted), true, "another Restart superseded it")
 	}
 	s, proc, err := m.startSuccessor(exe)
 	if err != nil {
@@ -116,7 +116,7 @@ func (m *machine) startSuccessor(exe string) (*successor, *os.Process, error) {
 
 // decide sets the outcome of the Restart, which returns it once the
 // process started has ended if it is to be killed, else at once.
-func (op *restartOp) decide(err error, kill bool) {
+func (op *restartOp) decide(err error, kill bool, why string) {
 	if op.decided {
 		return
 	}
@@ -126,7 +126,7 @@ func (op *restartOp) decide(err error, kill bool) {
 	}
 	if kill {
 		if op.m.pending[op.s] {
-			op.m.callOff(op.s) // its Ready is not to commit now
+			op.m.callOff(op.s, why) // its Ready is not to commit now
 		}
 		if !op.exited {
 			op.proc.Kill()
@@ -148,10 +148,10 @@ func (op *restartOp) answer() {
 // own, or another's (started beside), which the one started loses to.
 func (op *restartOp) committed(s *successor) {
 	if s != op.s {
-		op.decide(nil, true)
+		op.decide(nil, true, "the predecessor handed over to another")
 		return
 	}
-	op.decide(nil, false)
+	op.decide(nil, false, "")
 	// It serves now: its end is not this instance's to wait for.
 	op.detached = true
 	op.m.links--
@@ -164,14 +164,14 @@ func (op *restartOp) linkFailed(err error) {
 	}
 	switch {
 	case !errors.Is(err, errGone):
-		op.decide(fmt.Errorf("graceful: Restart: successor pid %d: %w", op.s.pid, err), true)
+		op.decide(fmt.Errorf("graceful: Restart: successor pid %d: %w", op.s.pid, err), true, "")
 	case op.exited:
-		op.decide(op.exitedEarly(err), false)
+		op.decide(op.exitedEarly(err), false, "")
 	default:
 		// It is exiting: its status says more. Timeout at most.
 		time.AfterFunc(max(op.m.in.timeout, time.Second), func() {
 			op.m.in.post(func(*machine) {
-				op.decide(fmt.Errorf("graceful: Restart: successor pid %d: %w", op.s.pid, err), true)
+				op.decide(fmt.Errorf("graceful: Restart: successor pid %d: %w", op.s.pid, err), true, "")
 			})
 		})
 		op.result = err // for childExited
@@ -186,7 +186,7 @@ func (op *restartOp) childExited(err error) {
 	}
 	if !op.decided && op.result != nil {
 		// Its hand-over failed first: it went away, and now it exited.
-		op.decide(op.exitedEarly(op.result), false)
+		op.decide(op.exitedEarly(op.result), false, "")
 		return
 	}
 	// Else its hand-over decides: a program started in the background

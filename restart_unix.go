@@ -35,7 +35,7 @@ func (m *machine) startChild(exe string) (*os.Process, *net.UnixConn, error) {
 	if err != nil {
 		return nil, nil, err
 	}
-	pid, conn, err := execSuccessor(exe, os.Environ(), os.Getpid(), metas, fds)
+	pid, conn, err := execSuccessor(exe, os.Environ(), os.Getpid(), metas, fds, nil)
 	if err != nil {
 		return nil, nil, err
 	}
@@ -51,7 +51,7 @@ func (m *machine) startChild(exe string) (*os.Process, *net.UnixConn, error) {
 // program's arguments, env, its standard output and error, and the
 // descriptors fds, which metas describe (they stay the caller's). It
 // returns the successor's pid and this end of the hand-over's connection.
-func execSuccessor(exe string, env []string, pred int, metas []string, fds []int) (int, *net.UnixConn, error) {
+func execSuccessor(exe string, env []string, pred int, metas []string, fds []int, sys *syscall.SysProcAttr) (int, *net.UnixConn, error) {
 	pair, err := streamPair()
 	if err != nil {
 		return 0, nil, os.NewSyscallError("socketpair", err)
@@ -79,7 +79,7 @@ func execSuccessor(exe string, env []string, pred int, metas []string, fds []int
 	argv := append([]string{os.Args[0]}, os.Args[1:]...)
 	// Not os/exec: it would put the descriptors in blocking mode, for the
 	// instance that shares them too.
-	pid, err := syscall.ForkExec(exe, argv, &syscall.ProcAttr{Env: env, Files: files})
+	pid, err := syscall.ForkExec(exe, argv, &syscall.ProcAttr{Env: env, Files: files, Sys: sys})
 	if err != nil {
 		conn.Close()
 		return 0, nil, &os.PathError{Op: "fork/exec", Path: exe, Err: err}

@@ -233,9 +233,9 @@ func (m *machine) refuse(s *successor, reason string) {
 
 // callOff calls off the hand-over to a pending successor: it is refused,
 // and its goroutine interrupted (its end is then ignored).
-func (m *machine) callOff(s *successor) {
+func (m *machine) callOff(s *successor, reason string) {
 	delete(m.pending, s)
-	m.refuse(s, m.whyRefused(errFinished))
+	m.refuse(s, reason)
 	s.conn.SetDeadline(time.Unix(1, 0))
 }
 
@@ -311,7 +311,7 @@ func (m *machine) commit(s *successor) error {
 	// lives: one that found the connection closed without a word would
 	// take this instance for dead, and serve too.
 	for other := range m.pending {
-		m.callOff(other)
+		m.callOff(other, "the predecessor handed over to another")
 	}
 	for _, t := range m.queue {
 		t.grant <- nil
