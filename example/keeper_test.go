@@ -77,14 +77,27 @@ func (k *kept) noZombies(t *testing.T) {
 	t.Errorf("%d zombies", n)
 }
 
-// stop sends SIGTERM to the keeper: it ends with status 0 once every
-// instance has, and leaves nothing behind.
+// stop sends SIGTERM to the keeper under load: it ends with status 0 once
+// every instance has, and leaves nothing behind. Connections that come
+// while the service stops are refused at once. A keeper that held a copy
+// of the socket held each client's next connection until it exited, then
+// reset it: one per client. Closing a listener resets only those in its
+// queue at that moment, as without a keeper: a few at most.
 func (k *kept) stop(t *testing.T) {
 	t.Helper()
+	ld := startLoad(t, k.c.addr, testLoad)
+	ld.waitPid(t, k.pid, 2*answersPerInstance)
 	k.signal(syscall.SIGTERM)
 	if err := k.wait(); err != nil {
 		t.Errorf("the keeper ended with %v, want status 0", err)
 	}
+	ld.finish()
+	ld.mu.Lock()
+	t.Logf("while stopping: %d refused, %d reset", ld.refused, ld.reset)
+	if ld.reset >= len(testLoad) {
+		t.Errorf("%d requests reset while the service stopped, one per client: %v", ld.reset, ld.errs)
+	}
+	ld.mu.Unlock()
 	k.c.logW.Close()
 	select {
 	case <-k.c.logDone:

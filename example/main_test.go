@@ -329,6 +329,7 @@ type load struct {
 	ok      map[string]int // by kind
 	failed  map[string]int
 	refused int // connections refused
+	reset   int // connections reset or closed after the request was sent
 	errs    []string
 	pids    map[int]int
 	first   map[int]time.Time // when each pid's first answer arrived
@@ -391,6 +392,9 @@ func (l *load) worker(kind string) {
 			l.failed[kind]++
 			if strings.Contains(err.Error(), "connection refused") {
 				l.refused++
+			}
+			if strings.Contains(err.Error(), "reset by peer") || strings.Contains(err.Error(), "EOF") {
+				l.reset++
 			}
 			if len(l.errs) < 20 {
 				l.errs = append(l.errs, kind+": "+err.Error())
