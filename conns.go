@@ -105,21 +105,30 @@ func (in *Instance) PassConns(conns []PassedConn) error {
 // passed, each transfer once it is complete; those not taken when this
 // instance stops are closed.
 func (in *Instance) AcceptConn() (net.Conn, Meta, error) {
-	select {
-	case p := <-in.passing.ch:
-		return p.Conn, p.Meta, nil
-	case <-in.passing.done:
-		if in.passing.ctx.Err() != nil {
-			return nil, nil, net.ErrClosed
+	for {
+		p, err := in.passing.next()
+		if err != nil {
+			return nil, nil, err
 		}
-		return nil, nil, io.EOF
+		// The descriptor becomes a net.Conn here, on the caller's
+		// goroutine: no switch to another for each connection.
+		c, err := in.passing.maker.conn(p.fd)
+		if err != nil {
+			in.logf("a passed connection: %v", err)
+			continue
+		}
+		return c, p.meta, nil
 	}
 }
 
 // passing is the state of an instance's passed connections.
 type passing struct {
 	send     sync.Mutex // one PassConns at a time
-	ch       chan PassedConn
+	mu       sync.Mutex
+	queue    []passedFd    // delivered, not taken yet, in order
+	avail    chan struct{} // a token while the queue may hold some
+	taken    chan struct{} // a token once the queue has emptied
+	maker    connMaker
 	done     chan struct{} // closed when no more connections come
 	doneOnce sync.Once
 	ctx      context.Context // canceled by Stop
@@ -128,7 +137,8 @@ type passing struct {
 }
 
 func (p *passing) init() {
-	p.ch = make(chan PassedConn)
+	p.avail = make(chan struct{}, 1)
+	p.taken = make(chan struct{}, 1)
 	p.done = make(chan struct{})
 	p.ctx, p.cancel = context.WithCancel(context.Background())
 }
@@ -137,12 +147,68 @@ func (p *passing) finish() {
 	p.doneOnce.Do(func() { close(p.done) })
 }
 
+// token puts a token in ch unless it holds one.
+func token(ch chan struct{}) {
+	select {
+	case ch <- struct{}{}:
+	default:
+	}
+}
+
+// next takes the first descriptor of the queue, waiting for one: io.EOF
+// once none will come, net.ErrClosed after Stop.
+func (p *passing) next() (passedFd, error) {
+	for {
+		p.mu.Lock()
+		if len(p.queue) > 0 {
+			fd := p.queue[0]
+			p.queue[0] = passedFd{}
+			p.queue = p.queue[1:]
+			more := len(p.queue) > 0
+			if !more {
+				p.queue = nil
+			}
+			p.mu.Unlock()
+			if more {
+				token(p.avail) // for another caller
+			} else {
+				token(p.taken)
+			}
+			return fd, nil
+		}
+		p.mu.Unlock()
+		select {
+		case <-p.avail:
+		case <-p.done:
+			// What was delivered before is in the queue.
+			p.mu.Lock()
+			empty := len(p.queue) == 0
+			p.mu.Unlock()
+			if !empty {
+				continue
+			}
+			p.maker.close()
+			if p.ctx.Err() != nil {
+				return passedFd{}, net.ErrClosed
+			}
+			return passedFd{}, io.EOF
+		}
+	}
+}
+
 // stopPassed ends the reception of passed connections, closing what came
 // and was not accepted: Stop calls it.
 func (in *Instance) stopPassed() {
 	in.passing.cancel()
 	in.passing.finish()
 	in.passing.wg.Wait()
+	in.passing.mu.Lock()
+	for _, p := range in.passing.queue {
+		closeFd(p.fd)
+	}
+	in.passing.queue = nil
+	in.passing.mu.Unlock()
+	in.passing.maker.close()
 }
 
 // afterPredecessor receives, once the predecessor has committed, the
@@ -215,24 +281,30 @@ type passedFd struct {
 	meta Meta
 }
 
-// deliver gives the connections to AcceptConn, in order, closing those it
-// cannot give.
+// deliver queues the descriptors of a committed transfer for AcceptConn,
+// in order, and waits until they are all taken; after Stop, stopPassed
+// closes those left.
 func (in *Instance) deliver(batch []passedFd) error {
-	for i, p := range batch {
-		c, err := FdConn(p.fd)
-		if err != nil {
-			in.logf("a passed connection: %v", err)
-			continue
+	p := &in.passing
+	p.mu.Lock()
+	if len(p.queue) == 0 {
+		p.queue = batch
+	} else {
+		p.queue = append(p.queue, batch...)
+	}
+	p.mu.Unlock()
+	token(p.avail)
+	for {
+		p.mu.Lock()
+		empty := len(p.queue) == 0
+		p.mu.Unlock()
+		if empty {
+			return nil
 		}
 		select {
-		case in.passing.ch <- PassedConn{c, p.meta}:
-		case <-in.passing.ctx.Done():
-			c.Close()
-			for _, p := range batch[i+1:] {
-				closeFd(p.fd)
-			}
+		case <-p.taken:
+		case <-p.ctx.Done():
 			return net.ErrClosed
 		}
 	}
-	return nil
 }
