@@ -8,11 +8,16 @@ import (
 	"io"
 	"net"
 	"os"
+	"os/exec"
+	"os/signal"
 	"path/filepath"
 	"runtime"
+	"runtime/trace"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 
 	"golang.org/x/sys/unix"
@@ -42,16 +47,24 @@ import (
 //	pass-ns/conn            until PassConns returned (its closes included)
 //	recv-cpu-ns/conn        the receiving child's CPU time, user and system,
 //	floor-recv-cpu-ns/conn  from before the first descriptor to the last conn
-//	recv-allocs/conn        the successor's allocations over that span
-//	recv-csw/conn           the successor's context switches (voluntary and
-//	                        involuntary) over it
+//	x-floor-recv-cpu        their ratio, median of the iterations': less
+//	                        sensitive to other load on the machine
+//	recv-allocs/conn        the receiving child's allocations over that span,
+//	floor-recv-allocs/conn  the successor's and the floor's
+//	recv-csw/conn           their context switches (voluntary and
+//	floor-recv-csw/conn     involuntary) over it
 //
 // Run it with
 //
 //	go test -run '^$' -bench PassConns -benchtime 5x -count 1
 //
 // GRACEFUL_BENCH_CPUPROFILE (see benchProfileEnv) has the receiving
-// children write CPU profiles (recv-succ-*, recv-floorconn-*).
+// children write CPU profiles (recv-succ-*, recv-floorconn-*), and
+// GRACEFUL_BENCH_WRAP, a command and its arguments separated by spaces,
+// runs them under that command: under valgrind --tool=callgrind, for
+// instance, to count their instructions (the windows then mean nothing);
+// GRACEFUL_BENCH_CALLGRIND then has them zero the counts before their window
+// and dump them after it, with callgrind_control.
 func BenchmarkPassConns(b *testing.B) {
 	for _, n := range []int{5_000, 10_000} {
 		b.Run(fmt.Sprintf("n=%d", n), func(b *testing.B) {
@@ -69,7 +82,7 @@ func benchPassConns(b *testing.B, n int) {
 		b.Fatal(err)
 	}
 	defer tcp.Close()
-	var lib, floor, pass, ratios, libCPU, floorCPU, allocs, csw []float64
+	var lib, floor, pass, ratios, libCPU, floorCPU, cpuRatios, allocs, floorAllocs, csw, floorCsw []float64
 	for range b.N {
 		conns, closeConns := passClients(b, tcp, n)
 
@@ -79,12 +92,13 @@ func benchPassConns(b *testing.B, n int) {
 		if err != nil {
 			b.Fatal(err)
 		}
-		fc := startChild(b, "bench-floorconn", addr, strconv.Itoa(n))
+		fc := startBenchChild(b, "bench-floorconn", addr, strconv.Itoa(n))
 		uc, err := ul.Accept()
 		ul.Close()
 		if err != nil {
 			b.Fatal(err)
 		}
+		fc.expect("ready")
 		fds := make([]int, n)
 		for i, c := range conns {
 			rc, _ := c.(*net.TCPConn).SyscallConn()
@@ -112,7 +126,7 @@ func benchPassConns(b *testing.B, n int) {
 		if err := inst.Ready(); err != nil {
 			b.Fatal(err)
 		}
-		sc := startChild(b, "bench-succ", sock, strconv.Itoa(n))
+		sc := startBenchChild(b, "bench-succ", sock, strconv.Itoa(n))
 		sc.expect("ready")
 		<-inst.Done()
 		passed := make([]PassedConn, n)
@@ -137,8 +151,11 @@ func benchPassConns(b *testing.B, n int) {
 		pass = append(pass, per(t2-t1))
 		libCPU = append(libCPU, per(ls.cpu))
 		floorCPU = append(floorCPU, per(fs.cpu))
+		cpuRatios = append(cpuRatios, float64(ls.cpu)/float64(fs.cpu))
 		allocs = append(allocs, per(ls.mallocs))
+		floorAllocs = append(floorAllocs, per(fs.mallocs))
 		csw = append(csw, per(ls.csw))
+		floorCsw = append(floorCsw, per(fs.csw))
 	}
 	b.ReportMetric(0, "ns/op")
 	b.ReportMetric(median(lib), "ns/conn")
@@ -147,9 +164,69 @@ func benchPassConns(b *testing.B, n int) {
 	b.ReportMetric(median(pass), "pass-ns/conn")
 	b.ReportMetric(median(libCPU), "recv-cpu-ns/conn")
 	b.ReportMetric(median(floorCPU), "floor-recv-cpu-ns/conn")
+	b.ReportMetric(median(cpuRatios), "x-floor-recv-cpu")
 	b.ReportMetric(median(allocs), "recv-allocs/conn")
+	b.ReportMetric(median(floorAllocs), "floor-recv-allocs/conn")
 	b.ReportMetric(median(csw), "recv-csw/conn")
+	b.ReportMetric(median(floorCsw), "floor-recv-csw/conn")
 	b.Logf("n=%d: ratios %.3f", n, ratios)
+}
+
+// startBenchChild starts the receiving child name, under the command of
+// GRACEFUL_BENCH_WRAP if set.
+func startBenchChild(b *testing.B, name string, args ...string) *child {
+	b.Helper()
+	wrap := strings.Fields(os.Getenv("GRACEFUL_BENCH_WRAP"))
+	if len(wrap) == 0 {
+		return startChild(b, name, args...)
+	}
+	args = append(append(wrap[1:], os.Args[0]), args...)
+	return startChildCmd(b, exec.Command(wrap[0], args...), name)
+}
+
+// benchTraceEnv, when set to a directory, has BenchmarkPassConns's successor
+// write an execution trace there (recv-succ-*.trace), from before its window
+// to its end: go tool trace reads it.
+const benchTraceEnv = "GRACEFUL_BENCH_TRACE"
+
+// startTrace traces this process into a new file in dir, until the function
+// it returns is called.
+func startTrace(dir, name string) (stop func(), err error) {
+	f, err := os.CreateTemp(dir, name+"-*.trace")
+	if err != nil {
+		return nil, err
+	}
+	if err := trace.Start(f); err != nil {
+		f.Close()
+		return nil, err
+	}
+	return func() {
+		trace.Stop()
+		f.Close()
+	}, nil
+}
+
+// callgrindControl runs callgrind_control with flag for this process, when
+// GRACEFUL_BENCH_CALLGRIND is set: -z zeroes the counts before the window, -d
+// dumps them after it.
+func callgrindControl(flag string) {
+	if os.Getenv("GRACEFUL_BENCH_CALLGRIND") == "" {
+		return
+	}
+	// Callgrind 3.19 aborts on a signal it does not expect, SIGCHLD too:
+	// the child is reaped by the kernel, and its end read from its output.
+	signal.Ignore(syscall.SIGCHLD)
+	cmd := exec.Command("callgrind_control", flag, strconv.Itoa(os.Getpid()))
+	out, err := cmd.StdoutPipe()
+	if err == nil {
+		err = cmd.Start()
+	}
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "callgrind_control %s: %v\n", flag, err)
+		return
+	}
+	io.Copy(io.Discard, out)
+	cmd.Wait()
 }
 
 // raiseNofile raises the soft RLIMIT_NOFILE to the hard one (Go's runtime
@@ -321,6 +398,8 @@ func init() {
 		p := make([]byte, 1)
 		oob := make([]byte, oobSpace)
 		fds := make([]int32, 0, maxBatch)
+		callgrindControl("-z")
+		fmt.Println("ready")
 		meter := startConnMeter()
 		for len(conns) < n {
 			m, oobn, flags, _, err := unix.Recvmsg(fd, p, oob, unix.MSG_CMSG_CLOEXEC)
@@ -343,7 +422,9 @@ func init() {
 				conns = append(conns, c)
 			}
 		}
-		meter.report(monoNow())
+		end := monoNow()
+		callgrindControl("-d")
+		meter.report(end)
 		if _, err := unix.Write(fd, p); err != nil {
 			return err
 		}
@@ -382,6 +463,14 @@ func init() {
 		}
 		conns := make([]net.Conn, 0, n)
 		metas := make([]Meta, 0, n)
+		callgrindControl("-z")
+		if dir := os.Getenv(benchTraceEnv); dir != "" {
+			stop, err := startTrace(dir, "recv-succ")
+			if err != nil {
+				return err
+			}
+			defer stop()
+		}
 		meter := startConnMeter()
 		fmt.Println("ready")
 		for len(conns) < n {
@@ -392,7 +481,9 @@ func init() {
 			conns = append(conns, c)
 			metas = append(metas, m)
 		}
-		meter.report(monoNow())
+		end := monoNow()
+		callgrindControl("-d")
+		meter.report(end)
 		for i, m := range metas {
 			if _, ok := conns[i].(*net.TCPConn); !ok || len(m) != 1 || m["lines"] != "41" {
 				return fmt.Errorf("connection %d: %T with meta %v", i, conns[i], m)
