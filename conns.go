@@ -165,31 +165,130 @@ func (m *machine) passEnded(err error, died bool) bool {
 // predecessor passes no more (at once for a first instance), and
 // net.ErrClosed after Stop, which closes those not taken.
 func (in *Instance) AcceptConn() (net.Conn, Meta, error) {
-	select {
-	case p := <-in.incoming.ch:
-		return p.Conn, p.Meta, nil
-	case <-in.incoming.done:
-		if in.ctx.Err() != nil {
-			return nil, nil, net.ErrClosed
+	for {
+		p, err := in.incoming.next(in.ctx)
+		if err != nil {
+			return nil, nil, err
 		}
-		return nil, nil, io.EOF
+		// The descriptor becomes a net.Conn here, on the caller's
+		// goroutine: no switch to another for each connection.
+		c, err := in.incoming.maker.conn(p.fd)
+		if err != nil {
+			in.logf("a passed connection: %v", err)
+			continue
+		}
+		return c, p.meta, nil
 	}
 }
 
-// incoming hands the connections passed to this instance to AcceptConn.
+// incoming hands the connections passed to this instance to AcceptConn. A
+// complete transfer's descriptors wait in the queue, which the receiving
+// goroutine fills once it is empty and AcceptConn's callers empty.
 type incoming struct {
-	ch   chan PassedConn
-	done chan struct{} // closed when no more connections come
-	once sync.Once
+	mu    sync.Mutex
+	queue []passedFd    // delivered, not taken yet, in order
+	avail chan struct{} // a token while the queue may hold some
+	taken chan struct{} // a token once the queue has emptied
+	maker connMaker
+	done  chan struct{} // closed when no more connections come
+	once  sync.Once
 }
 
 func (p *incoming) init() {
-	p.ch = make(chan PassedConn)
+	p.avail = make(chan struct{}, 1)
+	p.taken = make(chan struct{}, 1)
 	p.done = make(chan struct{})
 }
 
 func (p *incoming) finish() {
 	p.once.Do(func() { close(p.done) })
+}
+
+// token puts a token in ch unless it holds one.
+func token(ch chan struct{}) {
+	select {
+	case ch <- struct{}{}:
+	default:
+	}
+}
+
+// next takes the first descriptor of the queue, waiting for one: io.EOF
+// once none will come, net.ErrClosed after Stop (ctx).
+func (p *incoming) next(ctx context.Context) (passedFd, error) {
+	for {
+		if fd, ok := p.pop(); ok {
+			return fd, nil
+		}
+		select {
+		case <-p.avail:
+		case <-p.done:
+			// What was delivered before is in the queue.
+			if fd, ok := p.pop(); ok {
+				return fd, nil
+			}
+			p.maker.close()
+			if ctx.Err() != nil {
+				return passedFd{}, net.ErrClosed
+			}
+			return passedFd{}, io.EOF
+		}
+	}
+}
+
+// pop takes the first descriptor of the queue, if any.
+func (p *incoming) pop() (passedFd, bool) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if len(p.queue) == 0 {
+		return passedFd{}, false
+	}
+	fd := p.queue[0]
+	p.queue[0] = passedFd{}
+	p.queue = p.queue[1:]
+	if len(p.queue) > 0 {
+		token(p.avail) // for another caller
+	} else {
+		p.queue = nil
+		token(p.taken)
+	}
+	return fd, true
+}
+
+// deliver queues a transfer's descriptors for AcceptConn, and waits until
+// they are all taken: the next transfer is received only then. After Stop
+// (ctx) it fails with net.ErrClosed.
+func (p *incoming) deliver(ctx context.Context, batch []passedFd) error {
+	if len(batch) == 0 {
+		return nil
+	}
+	p.mu.Lock()
+	p.queue = append(p.queue, batch...)
+	p.mu.Unlock()
+	token(p.avail)
+	for {
+		select {
+		case <-p.taken:
+		case <-ctx.Done():
+			return net.ErrClosed
+		}
+		p.mu.Lock()
+		empty := len(p.queue) == 0
+		p.mu.Unlock()
+		if empty {
+			return nil
+		}
+	}
+}
+
+// drop closes what was delivered and not taken, once no more come.
+func (p *incoming) drop() {
+	p.mu.Lock()
+	for _, fd := range p.queue {
+		closeFd(fd.fd)
+	}
+	p.queue = nil
+	p.mu.Unlock()
+	p.maker.close()
 }
 
 // receivePassed receives, once the predecessor has committed, the
@@ -200,7 +299,7 @@ func (in *Instance) receivePassed(p *predecessor) {
 	for {
 		batch, err := in.receiveConns(client, p)
 		if err == nil {
-			err = in.deliver(batch)
+			err = in.incoming.deliver(in.ctx, batch)
 		}
 		if err != nil {
 			if !errors.Is(err, io.EOF) && in.ctx.Err() == nil {
@@ -258,24 +357,3 @@ type passedFd struct {
 	meta Meta
 }
 
-// deliver gives the connections to AcceptConn, in order, closing those it
-// cannot give.
-func (in *Instance) deliver(batch []passedFd) error {
-	for i, p := range batch {
-		c, err := FdConn(p.fd)
-		if err != nil {
-			in.logf("a passed connection: %v", err)
-			continue
-		}
-		select {
-		case in.incoming.ch <- PassedConn{c, p.meta}:
-		case <-in.ctx.Done():
-			c.Close()
-			for _, p := range batch[i+1:] {
-				closeFd(p.fd)
-			}
-			return net.ErrClosed
-		}
-	}
-	return nil
-}

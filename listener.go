@@ -29,18 +29,22 @@ func FdListener(fd int) (net.Listener, error) {
 
 // FdConn returns a net.Conn for fd, a connected stream (or seqpacket)
 // socket, not a listening one. It takes ownership of fd as [FdListener]
-// does.
+// does. (Given a TCP listener, it refuses it only once net.FileConn has set
+// the options it sets on every TCP connection it makes, keep-alive and no
+// delay, which connections the listener accepts then inherit.)
 func FdConn(fd int) (net.Conn, error) {
-	f, err := fdSocket(fd, "a connected stream socket", func(typ int, listening bool) bool {
-		return (typ == syscall.SOCK_STREAM || typ == syscall.SOCK_SEQPACKET) && !listening
-	})
+	f, err := fdFile(fd)
 	if err != nil {
 		return nil, err
 	}
 	defer f.Close()
 	c, err := net.FileConn(f)
 	if err != nil {
-		return nil, fmt.Errorf("graceful: %w", err)
+		return nil, fmt.Errorf("graceful: descriptor %d: %w", fd, err)
+	}
+	if err := checkConn(fd, fd, c); err != nil {
+		c.Close()
+		return nil, err
 	}
 	return c, nil
 }

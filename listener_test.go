@@ -4,12 +4,15 @@ package graceful
 
 import (
 	"errors"
+	"fmt"
 	"io"
 	"math"
 	"net"
 	"strconv"
+	"strings"
 	"syscall"
 	"testing"
+	"time"
 
 	"golang.org/x/sys/unix"
 )
@@ -151,4 +154,88 @@ func socketFd(t *testing.T, obj io.Closer) int {
 		t.Fatal(err)
 	}
 	return fd
+}
+
+// TestConnMaker gives a connMaker every kind of descriptor TestFdWrongKind
+// gives the wrappers: it must take what FdConn takes and refuse the rest,
+// closing each descriptor; a connection it made must end, for its peer, when
+// the application closes it (the carrier holds no copy), and work before.
+func TestConnMaker(t *testing.T) {
+	checkFds(t)
+	var m connMaker
+	defer m.close()
+	ln := mustListen(t)
+	defer ln.Close()
+	for i := range 3 {
+		client, err := net.Dial("tcp", ln.Addr().String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer client.Close()
+		server, err := ln.Accept()
+		if err != nil {
+			t.Fatal(err)
+		}
+		c, err := m.conn(socketFd(t, server))
+		if err != nil {
+			t.Fatalf("connection %d: %v", i, err)
+		}
+		if _, ok := c.(*net.TCPConn); !ok || c.RemoteAddr().String() != client.LocalAddr().String() {
+			t.Errorf("connection %d: %T from %v", i, c, c.RemoteAddr())
+		}
+		if _, err := c.Write([]byte("x")); err != nil {
+			t.Fatal(err)
+		}
+		c.Close()
+		b := make([]byte, 2)
+		client.SetReadDeadline(time.Now().Add(5 * time.Second))
+		if n, err := io.ReadFull(client, b); n != 1 || err != io.ErrUnexpectedEOF {
+			t.Errorf("connection %d, closed: the peer read %q, %v; want x and its end", i, b[:n], err)
+		}
+	}
+	a, b := socketPair(t)
+	defer b.Close()
+	c, err := m.conn(socketFd(t, a))
+	if err != nil {
+		t.Fatalf("a Unix stream connection: %v", err)
+	}
+	c.Close()
+	refuse := map[string]func() int{
+		"a TCP listener": func() int { return socketFd(t, mustListen(t)) },
+		"a UDP socket": func() int {
+			pc, err := net.ListenPacket("udp", "127.0.0.1:0")
+			if err != nil {
+				t.Fatal(err)
+			}
+			return socketFd(t, pc)
+		},
+		"a file": func() int {
+			fd, err := unix.Open("/dev/null", unix.O_RDONLY|unix.O_CLOEXEC, 0)
+			if err != nil {
+				t.Fatal(err)
+			}
+			return fd
+		},
+	}
+	for name, open := range refuse {
+		fd := open()
+		if c, err := m.conn(fd); err == nil {
+			c.Close()
+			t.Errorf("took %s", name)
+		} else if !strings.Contains(err.Error(), fmt.Sprintf("descriptor %d", fd)) {
+			t.Errorf("%s: the error names another descriptor: %v", name, err)
+		}
+	}
+	if _, err := m.conn(1 << 31); !errors.Is(err, syscall.EBADF) {
+		t.Errorf("a number out of range: %v, want EBADF", err)
+	}
+	// Once closed, it makes connections as FdConn does.
+	m.close()
+	a, b = socketPair(t)
+	defer b.Close()
+	if c, err := m.conn(socketFd(t, a)); err != nil {
+		t.Errorf("after close: %v", err)
+	} else {
+		c.Close()
+	}
 }

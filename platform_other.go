@@ -59,6 +59,14 @@ func fdSocket(int, string, func(int, bool) bool) (*os.File, error) {
 	return nil, errUnsupported
 }
 
+func fdFile(int) (*os.File, error)       { return nil, errUnsupported }
+func checkConn(int, int, net.Conn) error { return errUnsupported }
+
+type connMaker struct{}
+
+func (*connMaker) conn(fd int) (net.Conn, error) { return FdConn(fd) }
+func (*connMaker) close()                        {}
+
 func peerCred(int) (Peer, error) { return Peer{}, errUnsupported }
 func processGone(int) bool       { return false }
 

@@ -286,6 +286,9 @@ func (in *Instance) watchPredecessor(p *predecessor) {
 	}
 	p.conn.Close()
 	in.incoming.finish()
+	if in.ctx.Err() != nil {
+		in.incoming.drop() // stopped: those not taken are closed
+	}
 	in.post(func(m *machine) { m.linkEnded() })
 }
 

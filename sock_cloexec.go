@@ -24,3 +24,9 @@ func streamPair() ([2]int, error) {
 func acceptConn(fd, _ int) (int, error) {
 	return unix.GetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_ACCEPTCONN)
 }
+
+// dupTo makes newfd a close-on-exec duplicate of oldfd, closing what newfd
+// was first, in one call.
+func dupTo(oldfd, newfd int) error {
+	return unix.Dup3(oldfd, newfd, unix.O_CLOEXEC)
+}

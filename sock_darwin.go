@@ -60,3 +60,16 @@ func acceptConn(fd, typ int) (int, error) {
 		return 0, err
 	}
 }
+
+// dupTo makes newfd a close-on-exec duplicate of oldfd, closing what newfd
+// was first; macOS has no dup3, so it is marked close-on-exec after, under
+// syscall.ForkLock as streamSocket does.
+func dupTo(oldfd, newfd int) error {
+	syscall.ForkLock.RLock()
+	defer syscall.ForkLock.RUnlock()
+	if err := unix.Dup2(oldfd, newfd); err != nil {
+		return err
+	}
+	unix.CloseOnExec(newfd)
+	return nil
+}
