@@ -410,7 +410,7 @@ func init() {
 				return io.ErrUnexpectedEOF
 			}
 			if flags&unix.MSG_CTRUNC != 0 {
-				return ErrTruncated
+				return ErrLimit
 			}
 			for _, fd := range appendRights(fds[:0], oob[:oobn]) {
 				f := os.NewFile(uintptr(fd), "")
