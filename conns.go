@@ -165,31 +165,22 @@ func (m *machine) passEnded(err error, died bool) bool {
 // predecessor passes no more (at once for a first instance), and
 // net.ErrClosed after Stop, which closes those not taken.
 func (in *Instance) AcceptConn() (net.Conn, Meta, error) {
-	for {
-		p, err := in.incoming.next(in.ctx)
-		if err != nil {
-			return nil, nil, err
-		}
-		// The descriptor becomes a net.Conn here, on the caller's
-		// goroutine: no switch to another for each connection.
-		c, err := in.incoming.maker.conn(p.fd)
-		if err != nil {
-			in.logf("a passed connection: %v", err)
-			continue
-		}
-		return c, p.meta, nil
+	p, err := in.incoming.next(in.ctx)
+	if err != nil {
+		return nil, nil, err
 	}
+	return p.Conn, p.Meta, nil
 }
 
 // incoming hands the connections passed to this instance to AcceptConn. A
-// complete transfer's descriptors wait in the queue, which the receiving
+// committed transfer's connections wait in the queue, which the receiving
 // goroutine fills once it is empty and AcceptConn's callers empty.
 type incoming struct {
 	mu    sync.Mutex
-	queue []passedFd    // delivered, not taken yet, in order
+	queue []PassedConn  // delivered, not taken yet, in order
 	avail chan struct{} // a token while the queue may hold some
 	taken chan struct{} // a token once the queue has emptied
-	maker connMaker
+	maker connMaker     // the converter's
 	done  chan struct{} // closed when no more connections come
 	once  sync.Once
 }
@@ -212,38 +203,37 @@ func token(ch chan struct{}) {
 	}
 }
 
-// next takes the first descriptor of the queue, waiting for one: io.EOF
+// next takes the first connection of the queue, waiting for one: io.EOF
 // once none will come, net.ErrClosed after Stop (ctx).
-func (p *incoming) next(ctx context.Context) (passedFd, error) {
+func (p *incoming) next(ctx context.Context) (PassedConn, error) {
 	for {
-		if fd, ok := p.pop(); ok {
-			return fd, nil
+		if c, ok := p.pop(); ok {
+			return c, nil
 		}
 		select {
 		case <-p.avail:
 		case <-p.done:
 			// What was delivered before is in the queue.
-			if fd, ok := p.pop(); ok {
-				return fd, nil
+			if c, ok := p.pop(); ok {
+				return c, nil
 			}
-			p.maker.close()
 			if ctx.Err() != nil {
-				return passedFd{}, net.ErrClosed
+				return PassedConn{}, net.ErrClosed
 			}
-			return passedFd{}, io.EOF
+			return PassedConn{}, io.EOF
 		}
 	}
 }
 
-// pop takes the first descriptor of the queue, if any.
-func (p *incoming) pop() (passedFd, bool) {
+// pop takes the first connection of the queue, if any.
+func (p *incoming) pop() (PassedConn, bool) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if len(p.queue) == 0 {
-		return passedFd{}, false
+		return PassedConn{}, false
 	}
 	fd := p.queue[0]
-	p.queue[0] = passedFd{}
+	p.queue[0] = PassedConn{}
 	p.queue = p.queue[1:]
 	if len(p.queue) > 0 {
 		token(p.avail) // for another caller
@@ -254,10 +244,10 @@ func (p *incoming) pop() (passedFd, bool) {
 	return fd, true
 }
 
-// deliver queues a transfer's descriptors for AcceptConn, and waits until
+// deliver queues a transfer's connections for AcceptConn, and waits until
 // they are all taken: the next transfer is received only then. After Stop
 // (ctx) it fails with net.ErrClosed.
-func (p *incoming) deliver(ctx context.Context, batch []passedFd) error {
+func (p *incoming) deliver(ctx context.Context, batch []PassedConn) error {
 	if len(batch) == 0 {
 		return nil
 	}
@@ -283,12 +273,11 @@ func (p *incoming) deliver(ctx context.Context, batch []passedFd) error {
 // drop closes what was delivered and not taken, once no more come.
 func (p *incoming) drop() {
 	p.mu.Lock()
-	for _, fd := range p.queue {
-		closeFd(fd.fd)
+	for _, c := range p.queue {
+		c.Conn.Close()
 	}
 	p.queue = nil
 	p.mu.Unlock()
-	p.maker.close()
 }
 
 // receivePassed receives, once the predecessor has committed, the
@@ -310,50 +299,96 @@ func (in *Instance) receivePassed(p *predecessor) {
 	}
 }
 
-// receiveConns receives one transfer of passed connections. Its descriptors
-// are delivered only once the transfer is complete: before that, the
-// predecessor keeps serving them if the transfer fails.
-func (in *Instance) receiveConns(client *Client, p *predecessor) (batch []passedFd, err error) {
+// receiveConns receives one transfer of passed connections. They are
+// delivered only once the transfer is complete and committed: before
+// that, the predecessor keeps serving them if the transfer fails.
+func (in *Instance) receiveConns(client *Client, p *predecessor) (batch []PassedConn, err error) {
+	conv := in.convert()
+	var metas []Meta
+	_, err = client.receive(in.ctx, p.conn, func(fd int, meta io.Reader) error {
+		conv.fds <- fd
+		m, err := MetaFrom(meta)
+		metas = append(metas, m)
+		return err
+	}, false)
+	conns := conv.wait()
 	defer func() {
 		if err != nil {
-			for _, p := range batch {
-				closeFd(p.fd)
+			for _, c := range conns {
+				if c != nil {
+					c.Close()
+				}
 			}
 		}
 	}()
-	_, err = client.receive(in.ctx, p.conn, func(fd int, meta io.Reader) error {
-		m, err := MetaFrom(meta)
-		batch = append(batch, passedFd{fd, m})
-		return err
-	}, false)
 	if errors.Is(err, errSenderRefused) {
-		return batch, errPassKept
+		return nil, errPassKept
+	}
+	if err == nil {
+		err = in.awaitPassCommit(p)
 	}
 	if err != nil {
-		return batch, err
+		return nil, err
 	}
-	// The predecessor commits the batch, or keeps it: a predecessor that
-	// went away without a word has died, and its copies with it.
+	for i, c := range conns {
+		if c != nil {
+			batch = append(batch, PassedConn{c, metas[i]})
+		}
+	}
+	return batch, nil
+}
+
+// awaitPassCommit reads the predecessor's commit of the transfer just
+// received: a predecessor that went away without a word has died, and its
+// copies with it.
+func (in *Instance) awaitPassCommit(p *predecessor) error {
 	stop := context.AfterFunc(in.ctx, func() { p.conn.SetReadDeadline(time.Unix(1, 0)) })
 	defer stop()
 	status, _, err := in.readAnswer(p, "waiting for the commit of passed connections")
 	switch {
 	case errors.Is(err, errPredDied):
-		err = nil
+		return nil
 	case err == nil && status == statusRefused:
-		err = errPassKept
+		return errPassKept
 	case err == nil && status != statusOK:
-		err = fmt.Errorf("%w: status %d for passed connections", ErrProtocol, status)
+		return fmt.Errorf("%w: status %d for passed connections", ErrProtocol, status)
 	}
-	return batch, err
+	return err
+}
+
+// converter makes net.Conns of a transfer's descriptors as they arrive,
+// on a goroutine of its own: the work overlaps with receiving the rest,
+// and AcceptConn hands out connections ready made.
+type converter struct {
+	fds   chan int
+	conns []net.Conn // in order; nil for a descriptor that is none
+	done  chan struct{}
+}
+
+func (in *Instance) convert() *converter {
+	c := &converter{fds: make(chan int, maxBatch), done: make(chan struct{})}
+	go func() {
+		defer close(c.done)
+		for fd := range c.fds {
+			conn, err := in.incoming.maker.conn(fd)
+			if err != nil {
+				in.logf("a passed connection: %v", err)
+			}
+			c.conns = append(c.conns, conn)
+		}
+	}()
+	return c
+}
+
+// wait ends the conversion and returns the connections.
+func (c *converter) wait() []net.Conn {
+	close(c.fds)
+	<-c.done
+	return c.conns
 }
 
 // errPassKept is a PassConns that failed: the predecessor keeps the
 // connections.
 var errPassKept = errors.New("graceful: the predecessor failed to pass connections, and keeps them")
 
-type passedFd struct {
-	fd   int
-	meta Meta
-}
 
