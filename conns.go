@@ -180,6 +180,7 @@ type incoming struct {
 	queue []PassedConn  // delivered, not taken yet, in order
 	avail chan struct{} // a token while the queue may hold some
 	taken chan struct{} // a token once the queue has emptied
+	maker connMaker     // the converter's
 	done  chan struct{} // closed when no more connections come
 	once  sync.Once
 }
@@ -368,10 +369,8 @@ func (in *Instance) convert() *converter {
 	c := &converter{fds: make(chan int, maxBatch), done: make(chan struct{})}
 	go func() {
 		defer close(c.done)
-		var maker connMaker
-		defer maker.close()
 		for fd := range c.fds {
-			conn, err := maker.conn(fd)
+			conn, err := in.incoming.maker.conn(fd)
 			if err != nil {
 				in.logf("a passed connection: %v", err)
 			}
