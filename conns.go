@@ -165,22 +165,31 @@ func (m *machine) passEnded(err error, died bool) bool {
 // predecessor passes no more (at once for a first instance), and
 // net.ErrClosed after Stop, which closes those not taken.
 func (in *Instance) AcceptConn() (net.Conn, Meta, error) {
-	p, err := in.incoming.next(in.ctx)
-	if err != nil {
-		return nil, nil, err
+	for {
+		p, err := in.incoming.next(in.ctx)
+		if err != nil {
+			return nil, nil, err
+		}
+		// The descriptor becomes a net.Conn here, on the caller's
+		// goroutine: no switch to another for each connection.
+		c, err := in.incoming.maker.conn(p.fd)
+		if err != nil {
+			in.logf("a passed connection: %v", err)
+			continue
+		}
+		return c, p.meta, nil
 	}
-	return p.Conn, p.Meta, nil
 }
 
 // incoming hands the connections passed to this instance to AcceptConn. A
-// committed transfer's connections wait in the queue, which the receiving
+// complete transfer's descriptors wait in the queue, which the receiving
 // goroutine fills once it is empty and AcceptConn's callers empty.
 type incoming struct {
 	mu    sync.Mutex
-	queue []PassedConn  // delivered, not taken yet, in order
+	queue []passedFd    // delivered, not taken yet, in order
 	avail chan struct{} // a token while the queue may hold some
 	taken chan struct{} // a token once the queue has emptied
-	maker connMaker     // the converter's
+	maker connMaker
 	done  chan struct{} // closed when no more connections come
 	once  sync.Once
 }
@@ -203,37 +212,38 @@ func token(ch chan struct{}) {
 	}
 }
 
-// next takes the first connection of the queue, waiting for one: io.EOF
+// next takes the first descriptor of the queue, waiting for one: io.EOF
 // once none will come, net.ErrClosed after Stop (ctx).
-func (p *incoming) next(ctx context.Context) (PassedConn, error) {
+func (p *incoming) next(ctx context.Context) (passedFd, error) {
 	for {
-		if c, ok := p.pop(); ok {
-			return c, nil
+		if fd, ok := p.pop(); ok {
+			return fd, nil
 		}
 		select {
 		case <-p.avail:
 		case <-p.done:
 			// What was delivered before is in the queue.
-			if c, ok := p.pop(); ok {
-				return c, nil
+			if fd, ok := p.pop(); ok {
+				return fd, nil
 			}
+			p.maker.close()
 			if ctx.Err() != nil {
-				return PassedConn{}, net.ErrClosed
+				return passedFd{}, net.ErrClosed
 			}
-			return PassedConn{}, io.EOF
+			return passedFd{}, io.EOF
 		}
 	}
 }
 
-// pop takes the first connection of the queue, if any.
-func (p *incoming) pop() (PassedConn, bool) {
+// pop takes the first descriptor of the queue, if any.
+func (p *incoming) pop() (passedFd, bool) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if len(p.queue) == 0 {
-		return PassedConn{}, false
+		return passedFd{}, false
 	}
 	fd := p.queue[0]
-	p.queue[0] = PassedConn{}
+	p.queue[0] = passedFd{}
 	p.queue = p.queue[1:]
 	if len(p.queue) > 0 {
 		token(p.avail) // for another caller
@@ -244,10 +254,10 @@ func (p *incoming) pop() (PassedConn, bool) {
 	return fd, true
 }
 
-// deliver queues a transfer's connections for AcceptConn, and waits until
+// deliver queues a transfer's descriptors for AcceptConn, and waits until
 // they are all taken: the next transfer is received only then. After Stop
 // (ctx) it fails with net.ErrClosed.
-func (p *incoming) deliver(ctx context.Context, batch []PassedConn) error {
+func (p *incoming) deliver(ctx context.Context, batch []passedFd) error {
 	if len(batch) == 0 {
 		return nil
 	}
@@ -273,11 +283,12 @@ func (p *incoming) deliver(ctx context.Context, batch []PassedConn) error {
 // drop closes what was delivered and not taken, once no more come.
 func (p *incoming) drop() {
 	p.mu.Lock()
-	for _, c := range p.queue {
-		c.Conn.Close()
+	for _, fd := range p.queue {
+		closeFd(fd.fd)
 	}
 	p.queue = nil
 	p.mu.Unlock()
+	p.maker.close()
 }
 
 // receivePassed receives, once the predecessor has committed, the
@@ -299,96 +310,50 @@ func (in *Instance) receivePassed(p *predecessor) {
 	}
 }
 
-// receiveConns receives one transfer of passed connections. They are
-// delivered only once the transfer is complete and committed: before
-// that, the predecessor keeps serving them if the transfer fails.
-func (in *Instance) receiveConns(client *Client, p *predecessor) (batch []PassedConn, err error) {
-	conv := in.convert()
-	var metas []Meta
-	_, err = client.receive(in.ctx, p.conn, func(fd int, meta io.Reader) error {
-		conv.fds <- fd
-		m, err := MetaFrom(meta)
-		metas = append(metas, m)
-		return err
-	}, false)
-	conns := conv.wait()
+// receiveConns receives one transfer of passed connections. Its descriptors
+// are delivered only once the transfer is complete: before that, the
+// predecessor keeps serving them if the transfer fails.
+func (in *Instance) receiveConns(client *Client, p *predecessor) (batch []passedFd, err error) {
 	defer func() {
 		if err != nil {
-			for _, c := range conns {
-				if c != nil {
-					c.Close()
-				}
+			for _, p := range batch {
+				closeFd(p.fd)
 			}
 		}
 	}()
+	_, err = client.receive(in.ctx, p.conn, func(fd int, meta io.Reader) error {
+		m, err := MetaFrom(meta)
+		batch = append(batch, passedFd{fd, m})
+		return err
+	}, false)
 	if errors.Is(err, errSenderRefused) {
-		return nil, errPassKept
-	}
-	if err == nil {
-		err = in.awaitPassCommit(p)
+		return batch, errPassKept
 	}
 	if err != nil {
-		return nil, err
+		return batch, err
 	}
-	for i, c := range conns {
-		if c != nil {
-			batch = append(batch, PassedConn{c, metas[i]})
-		}
-	}
-	return batch, nil
-}
-
-// awaitPassCommit reads the predecessor's commit of the transfer just
-// received: a predecessor that went away without a word has died, and its
-// copies with it.
-func (in *Instance) awaitPassCommit(p *predecessor) error {
+	// The predecessor commits the batch, or keeps it: a predecessor that
+	// went away without a word has died, and its copies with it.
 	stop := context.AfterFunc(in.ctx, func() { p.conn.SetReadDeadline(time.Unix(1, 0)) })
 	defer stop()
 	status, _, err := in.readAnswer(p, "waiting for the commit of passed connections")
 	switch {
 	case errors.Is(err, errPredDied):
-		return nil
+		err = nil
 	case err == nil && status == statusRefused:
-		return errPassKept
+		err = errPassKept
 	case err == nil && status != statusOK:
-		return fmt.Errorf("%w: status %d for passed connections", ErrProtocol, status)
+		err = fmt.Errorf("%w: status %d for passed connections", ErrProtocol, status)
 	}
-	return err
-}
-
-// converter makes net.Conns of a transfer's descriptors as they arrive,
-// on a goroutine of its own: the work overlaps with receiving the rest,
-// and AcceptConn hands out connections ready made.
-type converter struct {
-	fds   chan int
-	conns []net.Conn // in order; nil for a descriptor that is none
-	done  chan struct{}
-}
-
-func (in *Instance) convert() *converter {
-	c := &converter{fds: make(chan int, maxBatch), done: make(chan struct{})}
-	go func() {
-		defer close(c.done)
-		for fd := range c.fds {
-			conn, err := in.incoming.maker.conn(fd)
-			if err != nil {
-				in.logf("a passed connection: %v", err)
-			}
-			c.conns = append(c.conns, conn)
-		}
-	}()
-	return c
-}
-
-// wait ends the conversion and returns the connections.
-func (c *converter) wait() []net.Conn {
-	close(c.fds)
-	<-c.done
-	return c.conns
+	return batch, err
 }
 
 // errPassKept is a PassConns that failed: the predecessor keeps the
 // connections.
 var errPassKept = errors.New("graceful: the predecessor failed to pass connections, and keeps them")
 
+type passedFd struct {
+	fd   int
+	meta Meta
+}
 

@@ -286,7 +286,6 @@ func (in *Instance) watchPredecessor(p *predecessor) {
 	}
 	p.conn.Close()
 	in.incoming.finish()
-	in.incoming.maker.close()
 	if in.ctx.Err() != nil {
 		in.incoming.drop() // stopped: those not taken are closed
 	}
