@@ -1020,11 +1020,11 @@ func childRestarter(args []string) error {
 	select {}
 }
 
-// childLate takes over at args[0] with a Config.Timeout of 500 ms, says
+// childLate takes over at args[0] with a Config.Timeout of 250 ms, says
 // "started", and on a line on stdin gets ready and says how it went. Run
 // by TestReadyWaitsForSlowCommit, which stops it meanwhile.
 func childLate(args []string) error {
-	inst, err := Start(Config{Socket: args[0], Timeout: 500 * time.Millisecond})
+	inst, err := Start(Config{Socket: args[0], Timeout: 250 * time.Millisecond})
 	if err != nil {
 		return err
 	}

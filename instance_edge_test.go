@@ -13,6 +13,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"sort"
 	"strconv"
 	"strings"
@@ -283,11 +284,16 @@ func TestReadyWaitsForSlowCommit(t *testing.T) {
 	inst := readyFirst(t, Config{Socket: sock})
 	c := startChild(t, "late", sock)
 	c.expect("started")
-	release := inst.blockLoop() // the predecessor is slow to commit
+	waitHanded(t, inst)
+	release := inst.blockLoop(t) // the predecessor is slow to commit
 	fmt.Fprintln(c.in, "go")
-	time.Sleep(200 * time.Millisecond)
-	stopProcess(t, c.cmd.Process.Pid) // ... and the successor slow to read
-	time.Sleep(time.Second)
+	// The predecessor has read the ready message once the goroutine that
+	// waited for it posts it to the loop.
+	waitGoroutine(t, "graceful.(*Instance).serveSuccessor(", "graceful.(*Instance).post(")
+	// The scenario: the commit comes after the successor's Timeout of
+	// 250 ms, which waits for it all the same...
+	time.Sleep(300 * time.Millisecond)
+	stopProcess(t, c.cmd.Process.Pid) // ... and reads it late
 	release()
 	select {
 	case <-inst.Done():
@@ -1031,14 +1037,58 @@ func (in *Instance) predPID() (pid int) {
 	return pid
 }
 
-// blockLoop holds the instance's loop until release is called: the
-// instance is slow to decide.
-func (in *Instance) blockLoop() (release func()) {
+// waitHanded waits until the loop of inst knows that each pending
+// successor holds its sockets.
+func waitHanded(t *testing.T, inst *Instance) {
+	t.Helper()
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(time.Millisecond) {
+		handed := true
+		inst.call(func(m *machine) {
+			for s := range m.pending {
+				handed = handed && s.handed
+			}
+		})
+		if handed {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("a successor was never handed the sockets")
+		}
+	}
+}
+
+// waitGoroutine waits until a goroutine of this process runs in each of
+// the functions named (its stack names each).
+func waitGoroutine(t *testing.T, funcs ...string) {
+	t.Helper()
+	buf := make([]byte, 1<<20)
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(time.Millisecond) {
+		stacks := string(buf[:runtime.Stack(buf, true)])
+		for _, g := range strings.Split(stacks, "\n\n") {
+			all := true
+			for _, f := range funcs {
+				all = all && strings.Contains(g, f)
+			}
+			if all {
+				return
+			}
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no goroutine in %q:\n%s", funcs, stacks)
+		}
+	}
+}
+
+// blockLoop holds the instance's loop until release is called, or the
+// test ends: the instance is slow to decide.
+func (in *Instance) blockLoop(t *testing.T) (release func()) {
 	held, free := make(chan struct{}), make(chan struct{})
 	go in.call(func(*machine) {
 		close(held)
 		<-free
 	})
 	<-held
-	return func() { close(free) }
+	release = sync.OnceFunc(func() { close(free) })
+	t.Cleanup(release) // before the cleanups that need the loop
+	return release
 }
