@@ -790,14 +790,11 @@ func instanceMain(args []string) error {
 }
 
 // childSuccessor takes over at args[0], says "started" and the state it
-// got, then does as args[1] says. "check" claims the predecessor's TCP
-// listener by the address in args[2], its Unix listener at args[3] and its
-// file "log", gets ready, checks that it holds no descriptor it did not
-// claim ("ready" and how many more it holds), answers one connection on
-// each listener with its pid, stops, and says how many descriptors it
-// leaked: run by TestInstanceInProcess. "wait" waits for a line on stdin
-// before Ready, says how Ready went, stops, and says how many descriptors
-// it leaked: run by TestInstanceGivesUp and TestInstanceBusy.
+// got, claims the predecessor's TCP listener by the address in args[1],
+// its Unix listener at args[2] and its file "log", gets ready, checks that
+// it holds no descriptor it did not claim ("ready" and how many more it
+// holds), answers one connection on each listener with its pid, stops,
+// and says how many descriptors it leaked. Run by TestInstanceInProcess.
 func childSuccessor(args []string) error {
 	before, err := ownFdsInUse()
 	if err != nil {
@@ -808,18 +805,11 @@ func childSuccessor(args []string) error {
 		return err
 	}
 	fmt.Println("started", string(inst.State()))
-	if args[1] == "wait" {
-		bufio.NewReader(os.Stdin).ReadString('\n')
-		fmt.Println("ready", errKind(inst.Ready()))
-		inst.Stop()
-		fmt.Println("leaked", countOwnFds()-before)
-		return nil
-	}
-	ln, err := inst.Listen("tcp", args[2])
+	ln, err := inst.Listen("tcp", args[1])
 	if err != nil {
 		return err
 	}
-	uln, err := inst.Listen("unix", args[3])
+	uln, err := inst.Listen("unix", args[2])
 	if err != nil {
 		return err
 	}

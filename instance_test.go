@@ -535,7 +535,7 @@ func TestInstanceInProcess(t *testing.T) {
 		t.Errorf("second Ready: %v, want ErrInstanceState", err)
 	}
 
-	c := startChild(t, "successor", sock, "check", ln.Addr().String(), unixPath)
+	c := startChild(t, "successor", sock, ln.Addr().String(), unixPath)
 	c.expect("started counter=42")
 	c.expect("ready 5")
 	<-inst.Done()
@@ -572,7 +572,8 @@ func TestInstanceInProcess(t *testing.T) {
 // predecessor that waited ReadyTimeout in vain, or that stopped meanwhile,
 // makes the successor's Ready fail with ErrAborted, and serves on (the
 // first case) or ends (the second). The abandoned successor stops at once,
-// before its Ready: the next one starts while it still lives.
+// before its Ready: the next one starts while it still lives. The
+// instances are in this process.
 func TestInstanceGivesUp(t *testing.T) {
 	for _, stop := range []bool{false, true} {
 		t.Run(fmt.Sprintf("stop=%v", stop), func(t *testing.T) {
@@ -586,32 +587,47 @@ func TestInstanceGivesUp(t *testing.T) {
 			if err := inst.Ready(); err != nil {
 				t.Fatal(err)
 			}
-			c := startChild(t, "successor", sock, "wait")
-			c.expect("started ")
+			succ, err := Start(Config{Socket: sock})
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer succ.Stop()
+			if !succ.Inherited() {
+				t.Fatal("the successor did not take over")
+			}
 			if stop {
+				// Once the predecessor's loop knows that the successor
+				// holds the sockets, its Stop refuses it. (Before, it
+				// closes the connection without a word, and the
+				// successor waits Config.Timeout to see whether its
+				// predecessor died.)
+				waitHanded(t, inst)
 				inst.Stop()
 			} else {
 				// The next successor takes over while the abandoned one
-				// has still not called its Ready.
-				next := startChild(t, "successor", sock, "wait")
-				next.expect("started ")
-				fmt.Fprintln(next.in, "go")
-				next.expect("ready nil")
-				next.expect("leaked 0")
-				next.wait()
+				// has still not called its Ready: it waits for the start
+				// lock, which the abandoned one lets go once it learns
+				// that it was given up on.
+				next, err := Start(Config{Socket: sock})
+				if err != nil {
+					t.Fatal(err)
+				}
+				if err := next.Ready(); err != nil {
+					t.Errorf("the next successor's Ready: %v", err)
+				}
+				next.Stop()
 				<-inst.Done()
 			}
-			fmt.Fprintln(c.in, "go")
-			c.expect("ready " + ErrAborted.Error())
-			c.expect("leaked 0")
-			c.wait()
+			if err := succ.Ready(); !errors.Is(err, ErrAborted) {
+				t.Errorf("the abandoned successor's Ready: %v, want ErrAborted", err)
+			}
 		})
 	}
 }
 
 // TestInstanceBusy starts an instance while another one holds the start
 // lock between its Start and Ready: after ReadyTimeout it fails with
-// ErrAborted, naming the holder.
+// ErrAborted, naming the holder. The instances are in this process.
 func TestInstanceBusy(t *testing.T) {
 	noLeaks(t)
 	sock := sockPath(t)
@@ -623,16 +639,18 @@ func TestInstanceBusy(t *testing.T) {
 	if err := first.Ready(); err != nil {
 		t.Fatal(err)
 	}
-	c := startChild(t, "successor", sock, "wait")
-	c.expect("started ")
-	_, err = Start(Config{Socket: sock, ReadyTimeout: 200 * time.Millisecond})
-	if !errors.Is(err, ErrAborted) || !strings.Contains(err.Error(), fmt.Sprintf("pid %d ", c.cmd.Process.Pid)) {
-		t.Errorf("Start: %v, want ErrAborted naming pid %d", err, c.cmd.Process.Pid)
+	succ, err := Start(Config{Socket: sock})
+	if err != nil {
+		t.Fatal(err)
 	}
-	fmt.Fprintln(c.in, "go")
-	c.expect("ready nil")
-	c.expect("leaked 0")
-	c.wait()
+	defer succ.Stop()
+	_, err = Start(Config{Socket: sock, ReadyTimeout: 200 * time.Millisecond})
+	if !errors.Is(err, ErrAborted) || !strings.Contains(err.Error(), fmt.Sprintf("pid %d ", os.Getpid())) {
+		t.Errorf("Start: %v, want ErrAborted naming pid %d", err, os.Getpid())
+	}
+	if err := succ.Ready(); err != nil {
+		t.Errorf("the holder's Ready: %v", err)
+	}
 }
 
 // activatedInodes returns the inodes of the sockets that systemd passes.
