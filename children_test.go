@@ -205,13 +205,11 @@ var children = map[string]func(args []string) error{
 	"late":          childLate,
 	"passee":        childPassee,
 	"sdsucc":        childActivatedSuccessor,
-	"negtimeout":    childNegTimeout,
 	"wrapstop":      childWrapStop,
 	"lockwaiter":    childLockWaiter,
 	"negpred":       childNegPred,
 	"negsucc":       childNegSucc,
 	"argv0":         childArgv0,
-	"noaccept":      childNoAccept,
 	"slowready":     childSlowReady,
 	// The benchmarks' receivers.
 	"bench-recv":     childBenchRecv,
@@ -876,8 +874,8 @@ func childTakeConnsEnv([]string) error {
 // the bytes its meta says were pending: "pid=<pid> id=<id> line=<line>".
 // It says "accepted" and how many once no more come, and how many
 // descriptors it leaked once stdin has a line. With args[2] "die", it
-// exits instead once stdin has a line after Ready. Run by TestPassConns
-// and TestPassConnsToReplacement.
+// exits instead once stdin has a line after Ready. Run by
+// TestPassConnsToReplacement.
 func childTakeConns(args []string) error {
 	before, err := ownFdsInUse()
 	if err != nil {
@@ -1071,19 +1069,6 @@ func childActivatedSuccessor(args []string) error {
 	return nil
 }
 
-// childNegTimeout takes over at args[0] with Config.Timeout -1 and says
-// how Ready went. Run by TestNegativeTimeout.
-func childNegTimeout(args []string) error {
-	inst, err := Start(Config{Socket: args[0], Timeout: -1})
-	if err != nil {
-		fmt.Println("start", err)
-		return nil
-	}
-	fmt.Println("ready", inst.Ready())
-	inst.Stop()
-	return nil
-}
-
 // childWrapStop is an application modelled on example/main.go: a first
 // instance at args[0] that, while its Restart starts a successor, is told
 // to stop (SIGTERM): it calls Stop after GRACEFUL_TEST_DELAY_US, waits for
@@ -1206,22 +1191,6 @@ func childArgv0(args []string) error {
 		return nil
 	}
 	fmt.Println("restart", inst.Restart())
-	return nil
-}
-
-// childNoAccept takes over at args[0] with Config.Timeout -1, gets ready,
-// says "ready", and takes no passed connection. Run by
-// TestStopCallsOffPassConns.
-func childNoAccept(args []string) error {
-	inst, err := Start(Config{Socket: args[0], Timeout: -1})
-	if err != nil {
-		return err
-	}
-	if err := inst.Ready(); err != nil {
-		return err
-	}
-	fmt.Println("ready")
-	time.Sleep(time.Hour) // takes no passed connection (yet)
 	return nil
 }
 

@@ -11,6 +11,7 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
+	"sync"
 	"syscall"
 	"testing"
 )
@@ -82,30 +83,67 @@ func (f *passFixture) passed() []PassedConn {
 }
 
 // TestPassConns passes 300 live connections, more than a system call
-// carries, to a successor: each goes on where it stopped, with its pending
-// bytes, and is answered by the successor; no descriptor is left over.
+// carries, to a successor (in this process): each goes on where it
+// stopped, with its pending bytes, and is answered by the successor; no
+// descriptor is left over.
 func TestPassConns(t *testing.T) {
 	noLeaks(t)
 	f := newPassFixture(t, 300)
-	c := startChild(t, "takeconns", f.sock, f.addr, "serve")
-	c.expect("ready")
+	succ, err := Start(Config{Socket: f.sock})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer succ.Stop()
+	ln, err := succ.Listen("tcp", f.addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	if err := succ.Ready(); err != nil {
+		t.Fatal(err)
+	}
 	<-f.inst.Done()
+	// The successor answers each passed connection's next line, prefixed
+	// with the bytes its meta says were pending.
+	accepted := make(chan error, 1)
+	n := 0
+	var replies sync.WaitGroup
+	defer replies.Wait()
+	go func() {
+		for {
+			c, m, err := succ.AcceptConn()
+			if err != nil {
+				accepted <- err
+				return
+			}
+			n++
+			replies.Add(1)
+			go func() {
+				defer replies.Done()
+				defer c.Close()
+				line, err := bufio.NewReader(c).ReadString('\n')
+				if err != nil {
+					return
+				}
+				fmt.Fprintf(c, "successor id=%s line=%s", m["id"], m["pending"]+line)
+			}()
+		}
+	}()
 	if err := f.inst.PassConns(f.passed()); err != nil {
 		t.Fatal(err)
 	}
-	f.inst.Stop()
-	c.expect("accepted 300")
+	f.inst.Stop() // no more come
+	if err := <-accepted; err != io.EOF || n != 300 {
+		t.Fatalf("the successor accepted %d connections, then %v; want 300, then io.EOF", n, err)
+	}
 	for i, cl := range f.clients {
 		io.WriteString(cl, "-rest\n")
 		line, err := bufio.NewReader(cl).ReadString('\n')
-		want := fmt.Sprintf("pid=%d id=%d line=part-rest\n", c.cmd.Process.Pid, i)
+		want := fmt.Sprintf("successor id=%d line=part-rest\n", i)
 		if line != want || err != nil {
 			t.Fatalf("connection %d: %q, %v; want %q", i, line, err, want)
 		}
 	}
-	fmt.Fprintln(c.in)
-	c.expect("leaked 0")
-	c.wait()
 }
 
 // TestPassConnsToReplacement passes connections to a successor that died

@@ -542,16 +542,20 @@ func TestStartRefusesAbstractSocket(t *testing.T) {
 }
 
 // A negative Config.Timeout means no bound, as for Client and Server: the
-// take-over succeeds.
+// take-over succeeds (in this process).
 func TestNegativeTimeout(t *testing.T) {
 	sock := sockPath(t)
 	readyFirst(t, Config{Socket: sock})
-	c := startChild(t, "negtimeout", sock)
-	l := c.line()
-	t.Log(l)
-	c.wait()
-	if l != "ready <nil>" {
-		t.Errorf("Timeout -1: %s", l)
+	succ, err := Start(Config{Socket: sock, Timeout: -1})
+	if err != nil {
+		t.Fatalf("Start with Timeout -1: %v", err)
+	}
+	defer succ.Stop()
+	if !succ.Inherited() {
+		t.Error("the successor with Timeout -1 did not take over")
+	}
+	if err := succ.Ready(); err != nil {
+		t.Errorf("Ready with Timeout -1: %v", err)
 	}
 }
 
@@ -944,6 +948,7 @@ func TestRestartArgv0NamesAnother(t *testing.T) {
 
 // Stop calls off a PassConns that waits on its successor, even with no
 // bound (Timeout -1): PassConns fails, and the connection is the caller's.
+// The successor, in this process, takes no passed connection.
 func TestStopCallsOffPassConns(t *testing.T) {
 	sock := sockPath(t)
 	inst, err := Start(Config{Socket: sock, Timeout: -1})
@@ -958,8 +963,14 @@ func TestStopCallsOffPassConns(t *testing.T) {
 	if err := inst.Ready(); err != nil {
 		t.Fatal(err)
 	}
-	c := startChild(t, "noaccept", sock)
-	c.expect("ready")
+	succ, err := Start(Config{Socket: sock, Timeout: -1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer succ.Stop()
+	if err := succ.Ready(); err != nil {
+		t.Fatal(err)
+	}
 	<-inst.Done()
 	// The successor takes the first transfer and blocks delivering it; the
 	// second waits for its hello for good.
@@ -970,7 +981,7 @@ func TestStopCallsOffPassConns(t *testing.T) {
 	_, kept := connectTo(t, ln)
 	passed := make(chan error, 1)
 	go func() { passed <- inst.PassConns([]PassedConn{{Conn: kept}}) }()
-	time.Sleep(200 * time.Millisecond)
+	waitGoroutine(t, "[IO wait", "graceful.(*Instance).passConns(")
 	stopped := make(chan struct{})
 	go func() { inst.Stop(); close(stopped) }()
 	select {
