@@ -312,7 +312,7 @@ func TestReadyWaitsForSlowCommit(t *testing.T) {
 // connections are still the caller's, and the successor serves none.
 func TestPassConnsFailureKeepsConns(t *testing.T) {
 	sock := sockPath(t)
-	inst, err := Start(Config{Socket: sock, Timeout: 500 * time.Millisecond})
+	inst, err := Start(Config{Socket: sock, Timeout: 250 * time.Millisecond})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -329,7 +329,6 @@ func TestPassConnsFailureKeepsConns(t *testing.T) {
 	c.expect("ready")
 	<-inst.Done()
 	client, server := connectTo(t, ln)
-	time.Sleep(100 * time.Millisecond)
 	stopProcess(t, c.cmd.Process.Pid)
 	err = inst.PassConns([]PassedConn{{Conn: server, Meta: Meta{"k": "v"}}})
 	c.cmd.Process.Signal(syscall.SIGCONT)
@@ -843,7 +842,7 @@ func TestNegativeTimeoutPredecessorDies(t *testing.T) {
 		s := startChild(t, "negsucc", sock)
 		s.expect("started")
 		p.cmd.Process.Kill() // the predecessor crashes; not reaped yet
-		time.Sleep(20 * time.Millisecond)
+		waitExited(t, p.cmd.Process.Pid)
 		fmt.Fprintln(s.in, "go")
 		l := s.line()
 		p.cmd.Wait()
@@ -894,6 +893,17 @@ func TestPassedConnsKeptByPredecessor(t *testing.T) {
 	}
 	if !errors.Is(err, errPassKept) {
 		t.Errorf("receiveConns: %v with %d descriptors, want errPassKept", err, len(batch))
+	}
+}
+
+// waitExited waits until the process pid has exited (it is a zombie until
+// its parent reaps it).
+func waitExited(t *testing.T, pid int) {
+	t.Helper()
+	for deadline := time.Now().Add(10 * time.Second); alive(pid); time.Sleep(time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("pid %d still runs", pid)
+		}
 	}
 }
 
