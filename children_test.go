@@ -709,8 +709,9 @@ func childOpenLock(args []string) error {
 
 // faultFile, in the directory of the test, tells the next instance to fail
 // while it takes over: "crash" exits after Start, "hang" sleeps, "refuse"
-// stops, each before Ready; "slow" serves a second before its Ready. The
-// instance empties it, so only one fails.
+// stops, each before Ready; "gated" serves, and waits before its Ready
+// until the test opens the FIFO "gate" in the directory. The instance
+// empties it, so only one fails.
 const faultFile = "fault"
 
 // instanceMain serves HTTP at args[1] through an Instance at the socket
@@ -757,8 +758,13 @@ func instanceMain(args []string) error {
 	})}
 	var d Drainer
 	go d.Serve(srv, ln)
-	if string(fault) == "slow" {
-		time.Sleep(time.Second)
+	if string(fault) == "gated" {
+		// Until the test opens the gate (openFIFO).
+		f, err := os.Open(filepath.Join(filepath.Dir(sock), "gate"))
+		if err != nil {
+			return err
+		}
+		f.Close()
 	}
 	if err := inst.Ready(); err != nil {
 		say("ready failed: %v", err)

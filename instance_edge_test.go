@@ -177,9 +177,16 @@ func TestRestartSuccessorExitsZero(t *testing.T) {
 // openGate lets the restarter pid, a successor, go on to its Ready.
 func openGate(t *testing.T, dir string, pid int) {
 	t.Helper()
+	openFIFO(t, filepath.Join(dir, "gate."+strconv.Itoa(pid)))
+}
+
+// openFIFO opens the FIFO path for writing, and closes it: a process that
+// waits to open it for reading goes on.
+func openFIFO(t *testing.T, path string) {
+	t.Helper()
 	opened := make(chan error, 1)
 	go func() {
-		f, err := os.OpenFile(filepath.Join(dir, "gate."+strconv.Itoa(pid)), os.O_WRONLY, 0)
+		f, err := os.OpenFile(path, os.O_WRONLY, 0)
 		if err == nil {
 			f.Close()
 		}
@@ -191,7 +198,7 @@ func openGate(t *testing.T, dir string, pid int) {
 			t.Fatal(err)
 		}
 	case <-time.After(30 * time.Second):
-		t.Fatalf("pid %d never opened its gate", pid)
+		t.Fatalf("nobody opened %s for reading", path)
 	}
 }
 
@@ -363,11 +370,21 @@ func TestRestartPredecessorDiesEarly(t *testing.T) {
 	c := newChain(t)
 	c.installCopy()
 	pid := c.startFirst()
-	c.deploy(func(old string) string { return "echo \"$$ wrapper\"\nsleep 1\nexec " + old + " \"$@\"\n" })
+	// The new binary waits, before it runs the program, until the test
+	// opens the FIFO gate.
+	gate := filepath.Join(c.dir, "gate")
+	if err := unix.Mkfifo(gate, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	c.deploy(func(old string) string {
+		return "echo \"$$ wrapper\"\n: <" + gate + "\nexec " + old + " \"$@\"\n"
+	})
 	n := c.mark()
 	syscall.Kill(pid, syscall.SIGHUP)
 	next := c.waitSuffix(n, " wrapper")
 	syscall.Kill(pid, syscall.SIGKILL)
+	waitExited(t, pid)
+	openFIFO(t, gate)
 	start := time.Now()
 	ready, failed := strconv.Itoa(next)+" ready ", strconv.Itoa(next)+" start failed"
 	l := c.waitLine(n, ready, func(l string) bool {

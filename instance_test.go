@@ -19,6 +19,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // A chain is the instances of one test, their common output and a load.
@@ -687,15 +689,20 @@ func countOpen(inodes []uint64) int {
 func TestInstancePredecessorDies(t *testing.T) {
 	c := newChain(t)
 	pid := c.startFirst()
-	c.fault("slow")
+	c.fault("gated")
+	gate := filepath.Join(c.dir, "gate")
+	if err := unix.Mkfifo(gate, 0o600); err != nil {
+		t.Fatal(err)
+	}
 	n := c.mark()
 	next := c.start().Process.Pid
-	c.waitFrom(n, next, "fault slow")
+	c.waitFrom(n, next, "fault gated")
 	c.mu.Lock()
 	first := c.cmds[0]
 	c.mu.Unlock()
 	first.Process.Kill()
 	first.Wait()
+	openFIFO(t, gate) // the successor goes on to its Ready
 	c.waitFrom(n, next, "log the predecessor, pid "+strconv.Itoa(pid)+", died during the hand-over: serving")
 	c.waitFrom(n, next, "ready ")
 	l := startLoad(t, c.addr)
