@@ -385,8 +385,12 @@ func (m *machine) ownHandover() error {
 // anew) or replaced by a stale file is bound again, so that an instance
 // started beside finds this one.
 func (m *machine) watchSocketFile() {
-	time.AfterFunc(time.Second, func() { m.in.post(func(m *machine) { m.checkSocketFile() }) })
+	time.AfterFunc(socketFileCheck, func() { m.in.post(func(m *machine) { m.checkSocketFile() }) })
 }
+
+// socketFileCheck is how often watchSocketFile checks: a variable for a
+// test to shorten.
+var socketFileCheck = time.Second
 
 func (m *machine) checkSocketFile() {
 	if m.phase != serving {
