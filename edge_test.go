@@ -22,10 +22,16 @@ import (
 
 // A hand-over socket file removed while an instance serves (rm, or the
 // directory made anew) is bound again, so that an instance started beside
-// takes over.
+// takes over. The instance checks its file every 20 ms here, not every
+// second.
 func TestSocketFileRebound(t *testing.T) {
 	for _, how := range []string{"rm", "rm -rf dir; mkdir dir"} {
 		t.Run(how, func(t *testing.T) {
+			// Set before the instance starts, and restored once it
+			// has stopped (cleanups run last first).
+			old := socketFileCheck
+			socketFileCheck = 20 * time.Millisecond
+			t.Cleanup(func() { socketFileCheck = old })
 			sock := filepath.Join(sockPath(t), "s")
 			var plog logBuf
 			pred := readyFirst(t, Config{Socket: sock, ErrorLog: log.New(&plog, "", 0)})
