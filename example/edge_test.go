@@ -13,17 +13,17 @@ import (
 // failed request.
 func TestSocketRemoved(t *testing.T) {
 	c := newCluster(t)
-	c.startFirst()
-	pid := c.servingPid(0)
-	l := startLoad(t, c.addr, testLoad)
+	c.StartFirst()
+	pid := c.ServingPid(0)
+	l := startLoad(t, c.Addr, testLoad)
 	l.waitPid(t, pid, answersPerInstance)
-	if err := os.Remove(c.sock); err != nil {
+	if err := os.Remove(c.Sock); err != nil {
 		t.Fatal(err)
 	}
-	c.waitLog(pid, "bound it again")
-	c.start()
-	next := c.servingPid(pid)
+	c.WaitContains(0, pid, "bound it again")
+	c.Start()
+	next := c.ServingPid(pid)
 	l.waitPid(t, next, answersPerInstance)
 	l.check(t)
-	c.stop(next)
+	c.Stop(next)
 }

@@ -16,20 +16,14 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/graceful-go/graceful/example/internal/exampletest"
 )
 
 // The keeper: the example as a container's init (pid 1), in a PID
 // namespace and in a real OCI container (runc), and with -keep-pid under a
 // manager that tracks one pid (the test). The long sweeps run with
-// GRACEFUL_LONG=1, which CI sets.
-
-// sweep is n, or long with GRACEFUL_LONG set.
-func sweep(n, long int) int {
-	if os.Getenv("GRACEFUL_LONG") != "" {
-		return long
-	}
-	return n
-}
+// GRACEFUL_LONG=1, which CI sets (exampletest.Long lists them).
 
 // kept is a service run by a keeper, and what the test learns of it.
 type kept struct {
@@ -43,10 +37,9 @@ type kept struct {
 // start waits for the first instance, which the keeper started.
 func (k *kept) start(t *testing.T) *load {
 	t.Helper()
-	l := k.c.waitLog(0, " listening on http://")
-	k.c.addr = strings.Fields(l[strings.Index(l, "http://")+len("http://"):])[0]
-	k.pid = k.c.servingPid(0)
-	ld := startLoad(t, k.c.addr, testLoad)
+	k.c.WaitListening(0)
+	k.pid = k.c.ServingPid(0)
+	ld := startLoad(t, k.c.Addr, testLoad)
 	ld.waitPid(t, k.pid, answersPerInstance)
 	return ld
 }
@@ -57,7 +50,7 @@ func (k *kept) restarts(t *testing.T, ld *load, n int) {
 	t.Helper()
 	for i := 0; i < n; i++ {
 		k.signal(syscall.SIGHUP)
-		next := k.c.servingPid(k.pid)
+		next := k.c.ServingPid(k.pid)
 		ld.waitPid(t, next, answersPerInstance)
 		k.pid = next
 	}
@@ -85,7 +78,7 @@ func (k *kept) noZombies(t *testing.T) {
 // queue at that moment, as without a keeper: a few at most.
 func (k *kept) stop(t *testing.T) {
 	t.Helper()
-	ld := startLoad(t, k.c.addr, testLoad)
+	ld := startLoad(t, k.c.Addr, testLoad)
 	ld.waitPid(t, k.pid, 2*answersPerInstance)
 	k.signal(syscall.SIGTERM)
 	if err := k.wait(); err != nil {
@@ -98,14 +91,9 @@ func (k *kept) stop(t *testing.T) {
 		t.Errorf("%d requests reset while the service stopped, one per client: %v", ld.reset, ld.errs)
 	}
 	ld.mu.Unlock()
-	k.c.logW.Close()
-	select {
-	case <-k.c.logDone:
-	case <-time.After(30 * time.Second):
-		t.Fatal("instances still running 30s after the keeper")
-	}
-	if _, err := os.Lstat(k.c.pidFile); err == nil {
-		t.Errorf("%s left behind", k.c.pidFile)
+	k.c.EndLog() // every instance has ended
+	if _, err := os.Lstat(k.c.PIDFile); err == nil {
+		t.Errorf("%s left behind", k.c.PIDFile)
 	}
 }
 
@@ -115,18 +103,18 @@ func (k *kept) stop(t *testing.T) {
 // and SIGTERM ends it with status 0, leaving no process behind.
 func TestKeepPID(t *testing.T) {
 	c := newCluster(t, "-keep-pid")
-	cmd := c.start()
+	cmd := c.Start()
 	kp := cmd.Process.Pid
 	k := &kept{c: c, signal: func(s syscall.Signal) { syscall.Kill(kp, s) }, wait: cmd.Wait,
 		zombie: func() int { return zombies(kp) }}
 	ld := k.start(t)
-	k.restarts(t, ld, sweep(3, 20))
-	k.crashes(t, sweep(3, 20))
+	k.restarts(t, ld, exampletest.Sweep(3, 20))
+	k.crashes(t, exampletest.Sweep(3, 20))
 	// RSS counts the binary's pages, which the keeper shares with the
 	// instances; its own memory is what is private to it.
 	t.Logf("keeper RSS %d KiB, %d KiB its own; serving instance's %d KiB, %d KiB its own; keeper CPU while idle: %v",
 		rss(kp, "Rss"), rss(kp, "Private_Clean")+rss(kp, "Private_Dirty"),
-		rss(k.pid, "Rss"), rss(k.pid, "Private_Clean")+rss(k.pid, "Private_Dirty"), idleCPU(kp, 2*time.Second))
+		rss(k.pid, "Rss"), rss(k.pid, "Private_Clean")+rss(k.pid, "Private_Dirty"), idleCPU(kp, time.Duration(exampletest.Sweep(250, 2000))*time.Millisecond))
 	k.stop(t)
 }
 
@@ -135,7 +123,7 @@ func TestKeepPID(t *testing.T) {
 // the requests in flight on the killed instance fail.
 func (k *kept) crashes(t *testing.T, n int) {
 	t.Helper()
-	ld := startLoad(t, k.c.addr, testLoad)
+	ld := startLoad(t, k.c.Addr, testLoad)
 	var gaps []time.Duration
 	for i := 0; i < n; i++ {
 		// A crash of an instance that has served a while: the keeper
@@ -146,7 +134,7 @@ func (k *kept) crashes(t *testing.T, n int) {
 		time.Sleep(time.Until(served.Add(600 * time.Millisecond)))
 		killed := time.Now()
 		syscall.Kill(k.pid, syscall.SIGKILL)
-		next := k.c.servingPid(k.pid)
+		next := k.c.ServingPid(k.pid)
 		ld.waitPid(t, next, answersPerInstance)
 		ld.mu.Lock()
 		gaps = append(gaps, ld.first[next].Sub(killed))
@@ -225,19 +213,15 @@ func TestPID1(t *testing.T) {
 		t.Skipf("skipped: no PID namespace here: unshare %v: %v %s", args, err, out)
 	}
 	c := newCluster(t)
-	cmd := exec.Command("unshare", append(append(args, c.bin), c.args...)...)
+	cmd := exec.Command("unshare", append(append(args, c.Bin), c.Args...)...)
 	cmd.Env = append(os.Environ(), "GORACE=atexit_sleep_ms=0")
-	cmd.Stdout, cmd.Stderr = c.logW, c.logW
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	c.cmds = append(c.cmds, cmd)
+	c.StartCmd(cmd)
 	init := childOf(t, cmd.Process.Pid)
 	t.Cleanup(func() { syscall.Kill(init, syscall.SIGKILL) }) // its namespace with it
 	k := &kept{c: c, signal: func(s syscall.Signal) { syscall.Kill(init, s) }, wait: cmd.Wait,
 		zombie: func() int { return zombies(init) }}
 	ld := k.start(t)
-	k.restarts(t, ld, sweep(3, 30))
+	k.restarts(t, ld, exampletest.Sweep(3, 30))
 	k.stop(t)
 }
 
@@ -276,13 +260,10 @@ func TestContainer(t *testing.T) {
 	}
 	bundle := containerBundle(t)
 	c := newCluster(t)
-	c.pidFile = filepath.Join(bundle, "rootfs", "example.pid")
+	c.PIDFile = filepath.Join(bundle, "rootfs", "example.pid")
 	id := fmt.Sprintf("graceful-test-%d", os.Getpid())
 	cmd := exec.Command(runc, "run", "--bundle", bundle, id)
-	cmd.Stdout, cmd.Stderr = c.logW, c.logW
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
+	c.StartCmd(cmd)
 	t.Cleanup(func() { exec.Command(runc, "delete", "--force", id).Run() })
 	k := &kept{c: c, wait: cmd.Wait,
 		signal: func(s syscall.Signal) {
@@ -295,7 +276,7 @@ func TestContainer(t *testing.T) {
 			return strings.Count(string(out), "Z")
 		}}
 	ld := k.start(t)
-	k.restarts(t, ld, sweep(5, 30))
+	k.restarts(t, ld, exampletest.Sweep(5, 30))
 	k.stop(t)
 }
 

@@ -137,18 +137,18 @@ func BenchmarkRestartLatency(b *testing.B) {
 	for _, s := range servers {
 		s.c = newCluster(b)
 		// Neither writes a pid file: what is compared is the hand-over.
-		s.c.args = []string{"-listen", "127.0.0.1:0", "-socket", s.c.sock}
+		s.c.Args = []string{"-listen", "127.0.0.1:0", "-socket", s.c.Sock}
 		if s.name == "forkexec" {
-			s.c.bin, s.c.args = os.Args[0], []string{"-listen", "127.0.0.1:0"}
-			s.c.env = []string{baselineEnv + "=first"}
+			s.c.Bin, s.c.Args = os.Args[0], []string{"-listen", "127.0.0.1:0"}
+			s.c.Env = []string{baselineEnv + "=first"}
 		}
-		s.pid = s.c.startFirst().Process.Pid
+		s.pid = s.c.StartFirst()
 	}
 	requests, failed := 0, 0
 	for i := 0; i < b.N; i++ {
 		for j := range servers {
 			s := servers[(i+j)%2]
-			l := startLoad(b, s.c.addr, latencyLoad)
+			l := startLoad(b, s.c.Addr, latencyLoad)
 			l.waitPid(b, s.pid, answersPerInstance)
 			sent := time.Now()
 			if err := syscall.Kill(s.pid, syscall.SIGHUP); err != nil {
@@ -157,7 +157,7 @@ func BenchmarkRestartLatency(b *testing.B) {
 			next, first := l.newPid(b, sent)
 			s.lat = append(s.lat, first.Sub(sent))
 			// The old instance is gone before the next restart.
-			s.c.waitLog(s.pid, "exited")
+			s.c.WaitContains(0, s.pid, "exited")
 			l.waitPid(b, next, answersPerInstance)
 			s.pid = next
 			l.finish()
@@ -177,7 +177,7 @@ func BenchmarkRestartLatency(b *testing.B) {
 	}
 	ms := func(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }
 	for _, s := range servers {
-		s.c.stop(s.pid)
+		s.c.Stop(s.pid)
 		slices.Sort(s.lat)
 		b.ReportMetric(ms(s.lat[len(s.lat)/2]), s.name+"-median-ms")
 		b.ReportMetric(ms(s.lat[0]), s.name+"-min-ms")
