@@ -5,6 +5,7 @@ package graceful
 import (
 	"bufio"
 	"bytes"
+	"context"
 	"errors"
 	"fmt"
 	"io"
@@ -439,40 +440,113 @@ func TestInstanceRollback(t *testing.T) {
 	c.stop(next)
 }
 
+// An httpInstance is an instance in this process that serves HTTP as
+// instanceMain does, through a Drainer, answering each request with its id
+// where instanceMain writes its pid. Its state is its id.
+type httpInstance struct {
+	id, from int // its id, and that of the instance it took over from
+	inst     *Instance
+	addr     string
+	d        Drainer
+}
+
+// startHTTPInstance starts an instance with the id at sock, serving HTTP at
+// addr, and gets it ready.
+func startHTTPInstance(sock, addr string, id int) (*httpInstance, error) {
+	inst, err := Start(Config{Socket: sock})
+	if err != nil {
+		return nil, err
+	}
+	h := &httpInstance{id: id, inst: inst}
+	h.from, _ = strconv.Atoi(string(inst.State()))
+	ln, err := inst.Listen("tcp", addr)
+	if err != nil {
+		inst.Stop()
+		return nil, err
+	}
+	h.addr = ln.Addr().String()
+	inst.SetState([]byte(strconv.Itoa(id)))
+	go h.d.Serve(&http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		io.Copy(io.Discard, r.Body)
+		fmt.Fprintf(w, "pid=%d\n", id)
+	})}, ln)
+	if err := inst.Ready(); err != nil {
+		h.d.Drain(context.Background())
+		inst.Stop()
+		return nil, err
+	}
+	return h, nil
+}
+
 // TestInstanceConcurrentStarts starts three instances at the same moment
-// beside a running one: they take over one after the other, each from the
-// last, never two at a time, and the last one serves.
+// beside a running one, all in this process: they take over one after the
+// other, each from the last (by the state each hands on, its id), never two
+// at a time, and the last one serves; no request fails.
 func TestInstanceConcurrentStarts(t *testing.T) {
-	c := newChain(t)
-	pid := c.startFirst()
-	l := startLoad(t, c.addr)
-	l.answered(t, pid, 20)
-	cmds := []*exec.Cmd{c.start(), c.start(), c.start()}
-	chain := []int{pid}
-	seen := map[int]bool{pid: true}
-	for range cmds {
-		next := c.readyAfter(seen)
-		seen[next] = true
-		// Each took over from the one that served before it, which then
-		// exited for it.
-		c.wait(chain[len(chain)-1], "exit successor="+strconv.Itoa(next)+" <nil>")
-		chain = append(chain, next)
+	noLeaks(t)
+	sock := sockPath(t)
+	first, err := startHTTPInstance(sock, "127.0.0.1:0", 1)
+	if err != nil {
+		t.Fatal(err)
 	}
-	last := chain[len(chain)-1]
+	all := map[int]*httpInstance{1: first}
+	defer func() {
+		for _, h := range all {
+			h.inst.Stop()
+			h.d.Drain(context.Background())
+		}
+	}()
+	l := startLoad(t, first.addr)
+	l.answered(t, 1, 20)
+	type result struct {
+		h   *httpInstance
+		err error
+	}
+	results := make(chan result, 3)
+	for id := 2; id <= 4; id++ {
+		go func() {
+			h, err := startHTTPInstance(sock, first.addr, id)
+			results <- result{h, err}
+		}()
+	}
+	for range 3 {
+		r := <-results
+		if r.err != nil {
+			t.Errorf("an instance started beside: %v", r.err)
+			continue
+		}
+		all[r.h.id] = r.h
+	}
+	// Each took over from the one that served before it, which handed
+	// over to it: a chain from the first.
+	next := map[int]int{}
+	for id, h := range all {
+		if id == 1 {
+			continue
+		}
+		if other, dup := next[h.from]; dup {
+			t.Errorf("instances %d and %d both took over from %d", other, id, h.from)
+		}
+		next[h.from] = id
+	}
+	chain := []int{1}
+	for n, ok := next[1]; ok && len(chain) < 5; n, ok = next[n] {
+		chain = append(chain, n)
+	}
+	if len(chain) != 4 {
+		t.Fatalf("the instances took over in the chain %v (each from: %v)", chain, next)
+	}
+	for _, id := range chain[:3] {
+		select {
+		case <-all[id].inst.Done():
+		default:
+			t.Errorf("instance %d is not done, though %d took over from it", id, next[id])
+		}
+		all[id].d.Drain(context.Background())
+	}
+	last := chain[3]
 	l.answered(t, last, 20)
-	if got := c.pidFile(); got != last {
-		t.Errorf("pid file names %d, want %d", got, last)
-	}
-	for _, p := range chain[:len(chain)-1] {
-		for i := 0; alive(p) && i < 1000; i++ {
-			time.Sleep(10 * time.Millisecond)
-		}
-		if alive(p) {
-			t.Errorf("pid %d still runs after handing over", p)
-		}
-	}
 	l.check(t)
-	c.stop(last)
 }
 
 // TestInstanceInProcess runs the first instance in the test process and
