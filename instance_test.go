@@ -267,10 +267,11 @@ type load struct {
 	byPid  map[int]int
 	failed []string
 	ok     int
+	news   chan struct{} // closed and replaced at each answer
 }
 
 func startLoad(t *testing.T, addr string) *load {
-	l := &load{stop: make(chan struct{}), byPid: map[int]int{}}
+	l := &load{stop: make(chan struct{}), byPid: map[int]int{}, news: make(chan struct{})}
 	for _, keepAlive := range []bool{false, false, true, true} {
 		l.wg.Add(1)
 		go l.worker(addr, keepAlive)
@@ -306,6 +307,8 @@ func (l *load) worker(addr string, keepAlive bool) {
 		} else {
 			l.ok++
 			l.byPid[pid]++
+			close(l.news)
+			l.news = make(chan struct{})
 		}
 		l.mu.Unlock()
 	}
@@ -314,18 +317,19 @@ func (l *load) worker(addr string, keepAlive bool) {
 // answered waits until pid has answered n requests.
 func (l *load) answered(t *testing.T, pid, n int) {
 	t.Helper()
-	deadline := time.Now().Add(60 * time.Second)
+	timeout := time.After(60 * time.Second)
 	for {
 		l.mu.Lock()
-		got := l.byPid[pid]
+		got, news := l.byPid[pid], l.news
 		l.mu.Unlock()
 		if got >= n {
 			return
 		}
-		if time.Now().After(deadline) {
+		select {
+		case <-news:
+		case <-timeout:
 			t.Fatalf("pid %d answered %d requests, want %d", pid, got, n)
 		}
-		time.Sleep(5 * time.Millisecond)
 	}
 }
 

@@ -199,8 +199,8 @@ type latencyServer struct {
 // since, and returns that pid and when its first answer arrived.
 func (l *load) newPid(t testing.TB, since time.Time) (int, time.Time) {
 	t.Helper()
-	deadline := time.Now().Add(30 * time.Second)
-	for time.Now().Before(deadline) {
+	timeout := time.After(30 * time.Second)
+	for {
 		l.mu.Lock()
 		for pid, first := range l.first {
 			if first.After(since) {
@@ -208,9 +208,12 @@ func (l *load) newPid(t testing.TB, since time.Time) (int, time.Time) {
 				return pid, first
 			}
 		}
+		news := l.news
 		l.mu.Unlock()
-		time.Sleep(time.Millisecond)
+		select {
+		case <-news:
+		case <-timeout:
+			t.Fatal("no new pid answered")
+		}
 	}
-	t.Fatal("no new pid answered")
-	return 0, time.Time{}
 }

@@ -73,6 +73,7 @@ type load struct {
 	errs    []string
 	pids    map[int]int
 	first   map[int]time.Time // when each pid's first answer arrived
+	news    chan struct{}     // closed and replaced at each answer
 }
 
 const maxRequestsPerWorker = 50000
@@ -93,6 +94,7 @@ func startLoad(t testing.TB, addr string, kinds []string) *load {
 		failed: map[string]int{},
 		pids:   map[int]int{},
 		first:  map[int]time.Time{},
+		news:   make(chan struct{}),
 	}
 	for _, kind := range kinds {
 		l.wg.Add(1)
@@ -169,6 +171,8 @@ func checkResponse(resp *http.Response, kind string, l *load) error {
 	if t, ok := l.first[pid]; !ok || now.Before(t) {
 		l.first[pid] = now
 	}
+	close(l.news)
+	l.news = make(chan struct{})
 	l.mu.Unlock()
 	return nil
 }
@@ -180,18 +184,19 @@ const answersPerInstance = 50
 // waitPid waits until pid has answered n requests.
 func (l *load) waitPid(t testing.TB, pid, n int) {
 	t.Helper()
-	deadline := time.Now().Add(30 * time.Second)
+	timeout := time.After(30 * time.Second)
 	for {
 		l.mu.Lock()
-		got := l.pids[pid]
+		got, news := l.pids[pid], l.news
 		l.mu.Unlock()
 		if got >= n {
 			return
 		}
-		if time.Now().After(deadline) {
+		select {
+		case <-news:
+		case <-timeout:
 			t.Fatalf("pid %d answered %d requests, want %d", pid, got, n)
 		}
-		time.Sleep(5 * time.Millisecond)
 	}
 }
 

@@ -4,6 +4,7 @@ package main
 
 import (
 	"bufio"
+	"context"
 	"fmt"
 	"math/rand/v2"
 	"net"
@@ -37,6 +38,27 @@ type load struct {
 	// those that are.
 	hold    atomic.Pointer[chan struct{}]
 	holding atomic.Int64
+
+	// news is closed and replaced at each answer, failure and line
+	// held, for the waits.
+	newsMu sync.Mutex
+	news   chan struct{}
+}
+
+// notify wakes the waits up: something changed.
+func (l *load) notify() {
+	l.newsMu.Lock()
+	defer l.newsMu.Unlock()
+	close(l.news)
+	l.news = make(chan struct{})
+}
+
+// next returns what the next change closes; a wait takes it before it
+// looks.
+func (l *load) next() <-chan struct{} {
+	l.newsMu.Lock()
+	defer l.newsMu.Unlock()
+	return l.news
 }
 
 type client struct {
@@ -68,7 +90,7 @@ type lineTimes struct {
 // measured from epoch.
 func startLoad(t testing.TB, epoch time.Time, addr string, n int, min, max time.Duration) *load {
 	t.Helper()
-	l := &load{t: t, min: min, max: max, epoch: epoch, stop: make(chan struct{})}
+	l := &load{t: t, min: min, max: max, epoch: epoch, stop: make(chan struct{}), news: make(chan struct{})}
 	l.clients = make([]*client, n)
 	var dials sync.WaitGroup
 	errs := make(chan error, n)
@@ -112,6 +134,7 @@ func (l *load) since() time.Duration { return time.Since(l.epoch) }
 
 func (c *client) fail(l *load, format string, a ...any) {
 	l.failures.Add(1)
+	defer l.notify()
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if c.err == nil {
@@ -142,6 +165,7 @@ func (c *client) write(l *load) {
 		if h := l.hold.Load(); c.holder && h != nil {
 			held = true
 			l.holding.Add(1)
+			l.notify()
 			select {
 			case <-*h:
 			case <-l.stop:
@@ -177,6 +201,7 @@ func (c *client) read(l *load) {
 			c.fail(l, "%v", err)
 			return
 		}
+		l.notify()
 	}
 }
 
@@ -219,12 +244,20 @@ func (l *load) holdLines() (release func()) {
 			holders++
 		}
 	}
-	deadline := time.Now().Add(30 * time.Second)
-	for l.holding.Load() < holders {
-		if time.Now().After(deadline) || l.failures.Load() > 0 {
+	timeout := time.After(30 * time.Second)
+	for {
+		news := l.next()
+		if l.holding.Load() >= holders {
+			break
+		}
+		if l.failures.Load() > 0 {
+			l.t.Fatalf("%d of %d clients hold a line: %v", l.holding.Load(), holders, l.firstErrors())
+		}
+		select {
+		case <-news:
+		case <-timeout:
 			l.t.Fatalf("%d of %d clients hold a line", l.holding.Load(), holders)
 		}
-		time.Sleep(time.Millisecond)
 	}
 	return func() {
 		l.hold.Store(nil)
@@ -236,9 +269,10 @@ func (l *load) holdLines() (release func()) {
 // from its last after the counts in since, if not nil.
 func (l *load) waitAnswered(pid int, since []int) {
 	l.t.Helper()
-	deadline := time.Now().Add(60 * time.Second)
+	timeout := time.After(60 * time.Second)
 	for _, c := range l.clients {
 		for {
+			news := l.next()
 			c.mu.Lock()
 			ok := len(c.pids) > 0 && c.pids[len(c.pids)-1] == pid && (since == nil || c.answered > since[c.id])
 			c.mu.Unlock()
@@ -248,10 +282,11 @@ func (l *load) waitAnswered(pid int, since []int) {
 			if l.failures.Load() > 0 {
 				l.t.Fatalf("waiting for answers from pid %d: %v", pid, l.firstErrors())
 			}
-			if time.Now().After(deadline) {
+			select {
+			case <-news:
+			case <-timeout:
 				l.t.Fatalf("client %d has no answer from pid %d", c.id, pid)
 			}
-			time.Sleep(2 * time.Millisecond)
 		}
 	}
 }
@@ -284,20 +319,25 @@ func (l *load) firstErrors() []error {
 func (l *load) drain() {
 	l.t.Helper()
 	l.stopWriting()
-	deadline := time.Now().Add(60 * time.Second)
+	// Once over, the time is over for every client after.
+	timeout, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
 	for _, c := range l.clients {
+	wait:
 		for {
+			news := l.next()
 			c.mu.Lock()
-			left := len(c.pending)
+			left, err := len(c.pending), c.err
 			c.mu.Unlock()
-			if left == 0 || c.err != nil {
+			if left == 0 || err != nil {
 				break
 			}
-			if time.Now().After(deadline) {
+			select {
+			case <-news:
+			case <-timeout.Done():
 				c.fail(l, "%d lines never answered", left)
-				break
+				break wait
 			}
-			time.Sleep(time.Millisecond)
 		}
 	}
 	l.finish()
