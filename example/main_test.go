@@ -298,7 +298,7 @@ func TestRestartUnderLoad(t *testing.T) {
 // instance says why and serves on, the pid file keeps naming it, no request
 // fails, and good restarts by both paths work after them.
 func TestFailedSuccessor(t *testing.T) {
-	const readyTimeout = 2 * time.Second
+	const readyTimeout = time.Second
 	c := newCluster(t, "-ready-timeout", readyTimeout.String())
 	pid := c.StartFirst()
 	l := startLoad(t, c.Addr, testLoad)
