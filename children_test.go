@@ -173,6 +173,9 @@ func instanceEnv() []string {
 	return []string{childEnv + "=instance", "GORACE=" + os.Getenv("GORACE") + " atexit_sleep_ms=0"}
 }
 
+// children are the programs a child runs, by the name childEnv gives:
+// each runs with the child's arguments, and its error fails the child.
+// They are defined below, in this order.
 var children = map[string]func(args []string) error{
 	// The mechanism: transfers between two processes.
 	"kinds":          childKinds,
@@ -716,7 +719,14 @@ const faultFile = "fault"
 
 // instanceMain serves HTTP at args[1] through an Instance at the socket
 // args[0], with the pid file args[2]; SIGHUP restarts it, SIGTERM stops it.
-// It answers each request with its pid, and prints its events.
+// It answers each request with its pid, and prints its events, each line
+// starting with its pid. It is each instance of a chain (newChain), run by
+// TestInstanceRestarts, TestInstanceRollback, TestInstancePredecessorDies,
+// TestRestartRunsInstalledBinary, TestRestartInherits,
+// TestRestartPredecessorDiesEarly, TestRestartThroughWrapper,
+// TestRestartThroughDaemonizingWrapper, TestRestartFollowsSymlink,
+// TestSuccessorsOfDeadPredecessor, TestPredecessorKilledWhileConnecting,
+// TestNotify and TestSocketActivation.
 func instanceMain(args []string) error {
 	sock, addr, pidFile := args[0], args[1], args[2]
 	rt, _ := time.ParseDuration(os.Getenv("GRACEFUL_TEST_READY_TIMEOUT"))
