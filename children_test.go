@@ -670,7 +670,7 @@ func childStuckReceiver(args []string) error {
 	return Receive(args[0], func(fd int, meta io.Reader) error {
 		if n++; n == 2000 {
 			fmt.Println("got", n)
-			time.Sleep(time.Hour)
+			time.Sleep(time.Hour) // the scenario: stuck until killed
 		}
 		return unix.Close(fd)
 	})
@@ -751,7 +751,7 @@ func instanceMain(args []string) error {
 		case "crash":
 			os.Exit(3)
 		case "hang":
-			time.Sleep(time.Hour)
+			time.Sleep(time.Hour) // the scenario: hung until killed
 		case "refuse":
 			inst.Stop()
 			return errors.New("refused")
@@ -1119,7 +1119,7 @@ func childWrapStop(args []string) error {
 	var wg sync.WaitGroup
 	wg.Add(1)
 	go func() { defer wg.Done(); say("restart %v", inst.Restart()) }()
-	time.Sleep(time.Duration(d) * time.Microsecond)
+	time.Sleep(time.Duration(d) * time.Microsecond) // the scenario: Stop d µs into Restart
 	inst.Stop()
 	say("stopped")
 	wg.Wait()
@@ -1169,7 +1169,7 @@ func childNegPred(args []string) error {
 		return err
 	}
 	fmt.Println("ready", inst.Ready())
-	time.Sleep(time.Hour)
+	time.Sleep(time.Hour) // serving until killed
 	return nil
 }
 
@@ -1235,7 +1235,7 @@ func childSlowReady(args []string) error {
 		return err
 	}
 	fmt.Printf("%d ready %s\n", pid, ln.Addr())
-	time.Sleep(time.Hour)
+	time.Sleep(time.Hour) // serving until killed
 	return nil
 }
 

@@ -177,7 +177,7 @@ func TestPredecessorKilledWhileConnecting(t *testing.T) {
 		c := newChain(t)
 		old := c.startFirst()
 		next := c.start()
-		time.Sleep(time.Duration(i%16) * time.Millisecond)
+		time.Sleep(time.Duration(i%16) * time.Millisecond) // the scenario: the kill 0 to 15 ms later
 		syscall.Kill(old, syscall.SIGKILL)
 		pid := c.readyAfter(map[int]bool{old: true})
 		if pid != next.Process.Pid {

@@ -131,7 +131,7 @@ func (k *kept) crashes(t *testing.T, n int) {
 		ld.mu.Lock()
 		served := ld.first[k.pid]
 		ld.mu.Unlock()
-		time.Sleep(time.Until(served.Add(600 * time.Millisecond)))
+		time.Sleep(time.Until(served.Add(600 * time.Millisecond))) // the scenario
 		killed := time.Now()
 		syscall.Kill(k.pid, syscall.SIGKILL)
 		next := k.c.ServingPid(k.pid)
@@ -198,6 +198,7 @@ func idleCPU(pid int, d time.Duration) time.Duration {
 		return u + s
 	}
 	before := ticks()
+	// The span of the measure.
 	time.Sleep(d)
 	return time.Duration(ticks()-before) * 10 * time.Millisecond // USER_HZ is 100
 }

@@ -171,7 +171,7 @@ func (c *client) write(l *load) {
 			case <-l.stop:
 			}
 		} else {
-			time.Sleep(time.Duration(rng.IntN(3000)) * time.Microsecond)
+			time.Sleep(time.Duration(rng.IntN(3000)) * time.Microsecond) // a line in two parts
 		}
 		c.mu.Lock()
 		c.pending = append(c.pending, sentLine{text: text, at: l.since(), held: held})

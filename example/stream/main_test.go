@@ -151,7 +151,7 @@ func (s scenario) run(t testing.TB) outcome {
 		o.hands = append(o.hands, h)
 		chain = append(chain, next)
 		pid = next
-		time.Sleep(time.Until(began.Add(s.apart)))
+		time.Sleep(time.Until(began.Add(s.apart))) // the scenario: restarts that far apart
 	}
 	l.drain()
 	o.loadResult = l.check(chain)
