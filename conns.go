@@ -356,4 +356,3 @@ type passedFd struct {
 	fd   int
 	meta Meta
 }
-

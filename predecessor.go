@@ -12,6 +12,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"syscall"
 	"time"
 )
 
@@ -69,8 +70,14 @@ func (m *machine) takeOver() error {
 		}
 	}
 	if !inherited {
-		if err := m.dialPredecessor(); !errors.Is(err, ErrNoServer) {
+		err := m.dialPredecessor()
+		if !errors.Is(err, ErrNoServer) {
 			return err // nil: taken over
+		}
+		if errors.Is(err, syscall.ECONNREFUSED) {
+			// A socket file nobody listens on: its instance may have
+			// died a moment ago, and still hold its addresses.
+			m.vanished = time.Now()
 		}
 	}
 	return nil // the first instance

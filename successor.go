@@ -1,6 +1,7 @@
 package graceful
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -26,6 +27,8 @@ type successor struct {
 	// handed is set once the successor holds the sockets: from then on a
 	// refusal is what it reads next, not garbage inside a transfer.
 	handed bool
+	// calledOff says why its hand-over was called off before then.
+	calledOff string
 }
 
 // snapshot is what a successor is handed: the hand-over socket, the state
@@ -112,7 +115,14 @@ func (in *Instance) serveSuccessor(s *successor) {
 		}
 		tr.close()
 		if err == nil {
-			in.post(func(m *machine) { s.handed = true })
+			// Called off meanwhile, it is told so now that its transfer
+			// is complete: a refusal inside one would read as garbage.
+			called := make(chan string, 1)
+			in.post(func(m *machine) { m.handed(s, called) })
+			if reason := <-called; reason != "" {
+				refuse(s.conn, reason)
+				err = errFinished
+			}
 		}
 	}
 	var pid int
@@ -236,7 +246,19 @@ func (m *machine) refuse(s *successor, reason string) {
 func (m *machine) callOff(s *successor, reason string) {
 	delete(m.pending, s)
 	m.refuse(s, reason)
+	s.calledOff = reason
 	s.conn.SetDeadline(time.Unix(1, 0))
+}
+
+// handed takes the end of a successor's transfer: it holds the sockets
+// now. called receives why it was called off meanwhile, if it was.
+func (m *machine) handed(s *successor, called chan<- string) {
+	if m.pending[s] {
+		s.handed = true
+		called <- ""
+		return
+	}
+	called <- cmp.Or(s.calledOff, "the predecessor stopped")
 }
 
 // nextTurn gives the turn to the next successor waiting for it.
