@@ -108,21 +108,15 @@ func (in *Instance) serveSuccessor(s *successor) {
 		// A client earns its turn with its hello.
 		t := turnRequest{s: s, grant: make(chan *snapshot, 1)}
 		in.post(func(m *machine) { m.wantTurn(t) })
-		if snap := <-t.grant; snap == nil {
+		snap := <-t.grant
+		if snap == nil {
 			err = errFinished
 		} else {
 			err = tr.run(func(tr *ResponseWriter) error { return writeHandover(tr, snap) })
 		}
 		tr.close()
-		if err == nil {
-			// Called off meanwhile, it is told so now that its transfer
-			// is complete: a refusal inside one would read as garbage.
-			called := make(chan string, 1)
-			in.post(func(m *machine) { m.handed(s, called) })
-			if reason := <-called; reason != "" {
-				refuse(s.conn, reason)
-				err = errFinished
-			}
+		if snap != nil && in.calledOff(s, err == nil) {
+			err = errFinished
 		}
 	}
 	var pid int
@@ -130,6 +124,21 @@ func (in *Instance) serveSuccessor(s *successor) {
 		pid, err = in.awaitReady(s.conn)
 	}
 	in.post(func(m *machine) { m.successorDone(s, pid, err) })
+}
+
+// calledOff tells the loop that the transfer to s ended, done or not, and
+// reports whether its hand-over was called off meanwhile. Then s is told
+// so, now that no frame is being written: having taken the transfer, it
+// reads the refusal as the answer to its Ready; in the middle of it, as a
+// frame it cannot parse, which it fails on too.
+func (in *Instance) calledOff(s *successor, done bool) bool {
+	called := make(chan string, 1)
+	in.post(func(m *machine) { m.handed(s, done, called) })
+	reason := <-called
+	if reason != "" {
+		refuse(s.conn, reason)
+	}
+	return reason != ""
 }
 
 // errFinished is a successor served after this instance stopped or
@@ -250,11 +259,11 @@ func (m *machine) callOff(s *successor, reason string) {
 	s.conn.SetDeadline(time.Unix(1, 0))
 }
 
-// handed takes the end of a successor's transfer: it holds the sockets
-// now. called receives why it was called off meanwhile, if it was.
-func (m *machine) handed(s *successor, called chan<- string) {
+// handed takes the end of a successor's transfer: done, it holds the
+// sockets now. called receives why it was called off meanwhile, if it was.
+func (m *machine) handed(s *successor, done bool, called chan<- string) {
 	if m.pending[s] {
-		s.handed = true
+		s.handed = done
 		called <- ""
 		return
 	}
