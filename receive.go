@@ -343,8 +343,8 @@ func (r *receiver) greet() error {
 
 // errSenderRefused is a sender that answered a hello with a refusal in a
 // version both speak: the restart layer's predecessor that keeps the
-// connections it failed to pass.
-var errSenderRefused = errors.New("the sender refused the transfer")
+// connections it failed to pass. No other sender does so.
+var errSenderRefused = fmt.Errorf("%w: the sender refused the transfer", ErrProtocol)
 
 // readFull reads len(p) bytes, which must come without descriptors. The
 // count is of bytes read before an error.
