@@ -2,6 +2,7 @@ package graceful
 
 import (
 	"bytes"
+	"cmp"
 	"errors"
 	"fmt"
 	"net"
@@ -138,7 +139,7 @@ func (k *keeper) listen() error {
 	if err == nil {
 		var serr error
 		err = rc.Control(func(fd uintptr) { serr = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_PASSCRED, 1) })
-		err = cmpErr(err, serr)
+		err = cmp.Or(err, serr)
 	}
 	if err == nil {
 		k.self, err = net.DialUnix("unixgram", nil, &net.UnixAddr{Name: k.addr, Net: "unixgram"})
@@ -149,13 +150,6 @@ func (k *keeper) listen() error {
 	}
 	k.sock = sock
 	return nil
-}
-
-func cmpErr(a, b error) error {
-	if a != nil {
-		return a
-	}
-	return b
 }
 
 // run is the keeper's loop; it returns the status to exit with.
@@ -231,7 +225,7 @@ func (k *keeper) message(msg keeperMsg) {
 		k.settleExits()
 		return
 	}
-	if v, ok := msg.vars[keeperSockets]; ok {
+	if v, ok := msg.vars[keeperSockets]; ok && !k.stopping {
 		closeAll(k.stored)
 		k.stored, k.metas, k.storedBy = msg.fds, strings.Split(v, ","), msg.pid
 		msg.fds = nil
