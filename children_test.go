@@ -737,7 +737,8 @@ func instanceMain(args []string) error {
 		fmt.Printf("%d "+format+"\n", append([]any{pid}, a...)...)
 	}
 	activated := activatedInodes()
-	inst, err := Start(Config{Socket: sock, PIDFile: pidFile, ReadyTimeout: rt, ErrorLog: log.New(os.Stdout, strconv.Itoa(pid)+" log ", 0)})
+	inst, err := Start(Config{Socket: sock, PIDFile: pidFile, ReadyTimeout: rt, ErrorLog: log.New(os.Stdout, strconv.Itoa(pid)+" log ", 0),
+		KeepPID: os.Getenv("GRACEFUL_TEST_KEEP") != ""})
 	if err != nil {
 		say("start failed: %v", err)
 		return err

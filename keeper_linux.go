@@ -30,10 +30,6 @@ import (
 // which instance serves, STOPPING=1 that the service stops, and
 // X_GRACEFUL_SOCKETS= (with the descriptors) what to keep.
 
-// keeperEnv holds the keeper's socket address in the environment of the
-// instances it keeps: an instance that has it is kept, and keeps nothing.
-const keeperEnv = "GRACEFUL_KEEPER"
-
 // keeperSockets names the copies of the sockets an instance sends.
 const keeperSockets = "X_GRACEFUL_SOCKETS"
 
@@ -82,6 +78,8 @@ type keeper struct {
 	storedBy  int        // the instance that sent them
 	delay     time.Duration
 	respawn   <-chan time.Time
+	activated []string // systemd's variables for the first instance
+	nActive   int      // and the number of its sockets, from 3 on
 }
 
 // exited is a child process that ended, with its wait status.
@@ -119,12 +117,34 @@ func newKeeper(cfg Config) (*keeper, error) {
 		return nil, err
 	}
 	k.env = slices.DeleteFunc(os.Environ(), func(e string) bool {
-		return strings.HasPrefix(e, "NOTIFY_SOCKET=") || strings.HasPrefix(e, keeperEnv+"=")
+		for _, v := range []string{"NOTIFY_SOCKET=", keeperEnv + "=", "LISTEN_PID=", "LISTEN_FDS=", "LISTEN_FDNAMES="} {
+			if strings.HasPrefix(e, v) {
+				return true
+			}
+		}
+		return false
 	})
+	k.activate()
 	k.env = append(k.env, "NOTIFY_SOCKET="+k.addr, keeperEnv+"="+k.addr)
 	signal.Notify(k.sigs, append(forwarded, syscall.SIGCHLD)...)
 	go k.read()
 	return k, nil
+}
+
+// activate takes the sockets systemd passed this process (socket
+// activation), to pass them on to the first instance at the same numbers:
+// with LISTEN_PID naming the keeper, which the instance takes for its
+// parent's.
+func (k *keeper) activate() {
+	n, err := strconv.Atoi(os.Getenv("LISTEN_FDS"))
+	if os.Getenv("LISTEN_PID") != strconv.Itoa(os.Getpid()) || err != nil || n <= 0 || n > 1<<16 {
+		return
+	}
+	for fd := 3; fd < 3+n; fd++ {
+		unix.CloseOnExec(fd) // for the first instance only
+	}
+	k.activated = []string{"LISTEN_PID=" + os.Getenv("LISTEN_PID"), "LISTEN_FDS=" + os.Getenv("LISTEN_FDS"), "LISTEN_FDNAMES=" + os.Getenv("LISTEN_FDNAMES")}
+	k.nActive = n
 }
 
 // listen opens the socket the instances notify, in the abstract namespace
@@ -453,12 +473,7 @@ func (k *keeper) start(metas []string, fds []int) error {
 	// keeper, not twice.
 	sys := &syscall.SysProcAttr{Setpgid: true}
 	if metas == nil {
-		pid, err := syscall.ForkExec(k.exe, os.Args, &syscall.ProcAttr{Env: k.env, Files: []uintptr{0, 1, 2}, Sys: sys})
-		if err != nil {
-			return &os.PathError{Op: "fork/exec", Path: k.exe, Err: err}
-		}
-		k.started = pid
-		return nil
+		return k.startFirst(sys)
 	}
 	// Its predecessor is the instance that died: the start lock names it
 	// as the last that got ready.
@@ -468,6 +483,26 @@ func (k *keeper) start(metas []string, fds []int) error {
 	}
 	k.started = pid
 	go k.commit(conn, pid)
+	return nil
+}
+
+// startFirst starts the first instance, with nothing but the sockets
+// systemd passed, if it did.
+func (k *keeper) startFirst(sys *syscall.SysProcAttr) error {
+	files := []uintptr{0, 1, 2}
+	for fd := 3; fd < 3+k.nActive; fd++ {
+		files = append(files, uintptr(fd))
+	}
+	pid, err := syscall.ForkExec(k.exe, os.Args, &syscall.ProcAttr{Env: slices.Concat(k.env, k.activated), Files: files, Sys: sys})
+	if err != nil {
+		return &os.PathError{Op: "fork/exec", Path: k.exe, Err: err}
+	}
+	// The instance has them now, and sends its copies at Ready.
+	for fd := 3; fd < 3+k.nActive; fd++ {
+		unix.Close(fd)
+	}
+	k.activated, k.nActive = nil, 0
+	k.started = pid
 	return nil
 }
 

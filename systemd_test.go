@@ -145,6 +145,47 @@ func TestSocketActivation(t *testing.T) {
 		l.check(t)
 		c.stop(next)
 	})
+	t.Run("systemd-socket-activate with a keeper", func(t *testing.T) {
+		bin, err := exec.LookPath("systemd-socket-activate")
+		if err != nil {
+			t.Skip("systemd-socket-activate is not installed (Debian's systemd package has it)")
+		}
+		addr := freeAddr(t)
+		c := newChain(t)
+		c.addr = addr
+		args := []string{"-l", addr, "-E", "GRACEFUL_TEST_KEEP=1"}
+		for _, e := range instanceEnv() {
+			args = append(args, "-E", e)
+		}
+		cmd := exec.Command(bin, append(args, os.Args[0], c.sock, addr, c.pid)...)
+		c.startCmd(cmd)
+		for i := 0; ; i++ {
+			conn, err := net.Dial("tcp", addr)
+			if err == nil {
+				conn.Close()
+				break
+			}
+			if i == 1000 {
+				t.Fatal(err)
+			}
+			time.Sleep(5 * time.Millisecond)
+		}
+		// The keeper passes systemd's socket to its first instance.
+		keeper := cmd.Process.Pid
+		pid := c.readyAfter(map[int]bool{keeper: true})
+		c.wait(pid, "ready "+addr+" inherited=false")
+		c.wait(pid, "activated kept 1 of 1")
+		l := startLoad(t, addr)
+		l.answered(t, pid, 20)
+		syscall.Kill(keeper, syscall.SIGHUP)
+		next := c.readyAfter(map[int]bool{keeper: true, pid: true})
+		l.answered(t, next, 20)
+		l.check(t)
+		syscall.Kill(keeper, syscall.SIGTERM)
+		if err := cmd.Wait(); err != nil {
+			t.Errorf("the keeper ended with %v, want status 0", err)
+		}
+	})
 	t.Run("environment", func(t *testing.T) {
 		tcp, err := net.Listen("tcp", "127.0.0.1:0")
 		if err != nil {

@@ -52,7 +52,9 @@ func activated() (*activation, error) {
 	os.Unsetenv("LISTEN_PID")
 	os.Unsetenv("LISTEN_FDS")
 	os.Unsetenv("LISTEN_FDNAMES")
-	if pid != strconv.Itoa(os.Getpid()) {
+	// The keeper passes its own on to its first instance, its child.
+	kept := os.Getenv(keeperEnv) != "" && pid == strconv.Itoa(os.Getppid())
+	if pid != strconv.Itoa(os.Getpid()) && !kept {
 		return nil, nil
 	}
 	count, err := strconv.Atoi(n)
