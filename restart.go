@@ -49,10 +49,6 @@ func (in *Instance) Restart() error {
 // one, never sets it.
 const statePIDEnv = "GRACEFUL_STATE_PID"
 
-// keeperEnv holds the keeper's socket address in the environment of the
-// instances it keeps: an instance that has it is kept, and keeps nothing.
-const keeperEnv = "GRACEFUL_KEEPER"
-
 // restartOp is a Restart under way: the successor it started, known by
 // the connection of its hand-over (its pid may be a wrapper's, and reused
 // once it is gone), and the process started.

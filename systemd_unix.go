@@ -16,6 +16,10 @@ import (
 // readiness notification (sd_notify(3)) and socket activation
 // (sd_listen_fds(3)).
 
+// keeperEnv holds the keeper's socket address in the environment of the
+// instances it keeps: an instance that has it is kept, and keeps nothing.
+const keeperEnv = "GRACEFUL_KEEPER"
+
 // notify sends state to the service manager's socket in NOTIFY_SOCKET, if
 // any: a path, or @name in the abstract namespace. The variable stays set,
 // for successors.
