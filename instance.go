@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"log"
 	"net"
 	"os"
@@ -222,48 +223,33 @@ func (in *Instance) ListenPacket(network, address string) (net.PacketConn, error
 }
 
 func (in *Instance) listen(kind, network, address string) (obj any, err error) {
-	in.call(func(m *machine) { obj, err = m.listen(kind, network, address) })
-	return obj, err
-}
-
-func (m *machine) listen(kind, network, address string) (any, error) {
-	if m.phase != starting && m.phase != serving {
-		return nil, fmt.Errorf("graceful: listen %s %s: %w", network, address, ErrInstanceState)
-	}
-	key := objectKey(kind, network, address)
-	for i, h := range m.out {
-		if h.key == key {
-			if !objectClosed(h.obj) {
-				return nil, fmt.Errorf("graceful: listen %s %s: already listening: %w", network, address, syscall.EADDRINUSE)
-			}
-			// Closed by the application, which listens anew.
-			m.out = slices.Delete(m.out, i, i+1)
-			break
+	var vanished time.Time
+	in.call(func(m *machine) { obj, vanished, err = m.claim(kind, network, address) })
+	if obj == nil && err == nil {
+		// A new socket is made on the caller's goroutine: a Control that
+		// panics or blocks does so there, and the loop does not wait.
+		obj, err = in.listenAnew(kind, network, address, vanished)
+		if err == nil {
+			in.call(func(m *machine) { err = m.keep(kind, network, address, obj) })
 		}
 	}
-	obj, err := m.claim(kind, key, network, address)
 	var oe *net.OpError
 	if errors.As(err, &oe) {
 		return nil, fmt.Errorf("graceful: %w", err) // it names the address
 	} else if err != nil {
 		return nil, fmt.Errorf("graceful: listen %s %s: %w", network, address, err)
 	}
-	if ul, ok := obj.(*net.UnixListener); ok {
-		// The successor shares the socket: its file must outlive this
-		// instance's listener.
-		ul.SetUnlinkOnClose(false)
-	}
-	m.out = append(m.out, handedOn{key: key, meta: Meta{"kind": kind, "network": network, "address": address}, obj: obj})
-	if m.phase == serving {
-		if err := tellKeeper(m.snapshot()); err != nil {
-			m.in.logf("telling the keeper: %v", err)
-		}
-	}
 	return obj, nil
 }
 
-// claim returns the inherited, activated or new socket for key.
-func (m *machine) claim(kind, key, network, address string) (any, error) {
+// claim returns the inherited or activated socket for the address, kept
+// for the successor. Else it returns none, and when a predecessor
+// vanished.
+func (m *machine) claim(kind, network, address string) (any, time.Time, error) {
+	key := objectKey(kind, network, address)
+	if err := m.free(key); err != nil {
+		return nil, time.Time{}, err
+	}
 	fd, ok := m.inherit[key]
 	if !ok {
 		// The same address spelled otherwise: the predecessor's
@@ -281,21 +267,75 @@ func (m *machine) claim(kind, key, network, address string) (any, error) {
 	} else {
 		fd = m.active.take(kind, network, address)
 	}
-	if fd >= 0 {
-		if kind == kindListener {
-			return FdListener(fd)
-		}
-		return FdPacketConn(fd)
+	if fd < 0 {
+		return nil, m.vanished, nil
 	}
-	return m.listenAnew(kind, network, address)
+	var obj any
+	var err error
+	if kind == kindListener {
+		obj, err = FdListener(fd)
+	} else {
+		obj, err = FdPacketConn(fd)
+	}
+	if err == nil {
+		m.add(key, kind, network, address, obj)
+	}
+	return obj, time.Time{}, err
 }
 
-// listenAnew creates the socket for network and address.
-func (m *machine) listenAnew(kind, network, address string) (any, error) {
+// free checks that the application listens on key no more: it may have
+// closed the listener, and listen anew.
+func (m *machine) free(key string) error {
+	if m.phase != starting && m.phase != serving {
+		return ErrInstanceState
+	}
+	for i, h := range m.out {
+		if h.key == key {
+			if !objectClosed(h.obj) {
+				return fmt.Errorf("already listening: %w", syscall.EADDRINUSE)
+			}
+			m.out = slices.Delete(m.out, i, i+1)
+			break
+		}
+	}
+	return nil
+}
+
+// keep keeps a new socket for the successor, or closes it if the
+// instance stopped, or another Listen of the address won, meanwhile.
+func (m *machine) keep(kind, network, address string, obj any) error {
+	key := objectKey(kind, network, address)
+	if err := m.free(key); err != nil {
+		obj.(io.Closer).Close()
+		return err
+	}
+	m.add(key, kind, network, address, obj)
+	return nil
+}
+
+// add keeps obj, the application's socket for key, to hand on.
+func (m *machine) add(key, kind, network, address string, obj any) {
+	if ul, ok := obj.(*net.UnixListener); ok {
+		// The successor shares the socket: its file must outlive this
+		// instance's listener.
+		ul.SetUnlinkOnClose(false)
+	}
+	m.out = append(m.out, handedOn{key: key, meta: Meta{"kind": kind, "network": network, "address": address}, obj: obj})
+	if m.phase == serving {
+		if err := tellKeeper(m.snapshot()); err != nil {
+			m.in.logf("telling the keeper: %v", err)
+		}
+	}
+}
+
+// listenAnew creates the socket for network and address. A predecessor
+// that vanished moments ago may hold the address until the kernel has
+// closed all its descriptors: it retries meanwhile.
+func (in *Instance) listenAnew(kind, network, address string, vanished time.Time) (any, error) {
 	if isUnixNetwork(network) {
 		removeStaleSocket(address)
 	}
-	lc := m.in.cfg.ListenConfig
+	lc := in.cfg.ListenConfig
 	if lc == nil {
 		lc = &net.ListenConfig{}
 	}
@@ -306,14 +346,12 @@ func (m *machine) listenAnew(kind, network, address string) (any, error) {
 		return lc.ListenPacket(context.Background(), network, address)
 	}
 	obj, err := listen()
-	// A predecessor that vanished moments ago may hold the address until
-	// the kernel has closed all its descriptors.
-	for deadline := m.vanished.Add(max(m.in.timeout, time.Second)); errors.Is(err, syscall.EADDRINUSE) && time.Now().Before(deadline); {
+	for deadline := vanished.Add(max(in.timeout, time.Second)); errors.Is(err, syscall.EADDRINUSE) && time.Now().Before(deadline); {
 		time.Sleep(5 * time.Millisecond)
 		obj, err = listen()
 	}
-	if errors.Is(err, syscall.EADDRINUSE) && !m.in.took {
-		err = fmt.Errorf("%w (an instance with another Config.Socket than %s?)", err, m.in.cfg.Socket)
+	if errors.Is(err, syscall.EADDRINUSE) && !in.took {
+		err = fmt.Errorf("%w (an instance with another Config.Socket than %s?)", err, in.cfg.Socket)
 	}
 	return obj, err
 }

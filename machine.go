@@ -163,14 +163,12 @@ func (m *machine) readyRequest(reply chan error) {
 	// write it does not take over.
 	if err := m.preparePIDFile(); err != nil {
 		m.refusal = "it cannot write its pid file: " + err.Error()
-		reply <- err
-		m.beginStop()
+		m.readyFailed(reply, err)
 		return
 	}
 	if m.pred == nil {
 		if err := m.ownHandover(); err != nil {
-			reply <- err
-			m.beginStop()
+			m.readyFailed(reply, err)
 			return
 		}
 		m.start()
@@ -232,6 +230,14 @@ func (m *machine) stopRequest(done chan struct{}) {
 		// there is to stop, and settleStop begins it then.
 		m.beginStop()
 	}
+}
+
+// readyFailed answers a Ready that failed here and stops. As when the
+// predecessor refuses, the listeners Listen returned accept no more.
+func (m *machine) readyFailed(reply chan error, err error) {
+	m.closeHandedOn()
+	reply <- err
+	m.beginStop()
 }
 
 // beginStop ends what this instance does: it calls off the hand-overs

@@ -8,6 +8,8 @@ import (
 	"log"
 	"net"
 	"os"
+	"path/filepath"
+	"runtime"
 	"slices"
 	"strings"
 	"syscall"
@@ -185,5 +187,138 @@ func TestListenConfig(t *testing.T) {
 	}
 	if err := succ.Ready(); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// A Restart through a wrapper that starts the program in the background
+// and exits: the wrapper's exit ends the link the loop counts, and the
+// program's commit does not end it again (the count went to -1, so a Stop
+// could finish with links still running, their last events lost).
+func TestRestartWrapperExitsFirst(t *testing.T) {
+	sock := sockPath(t)
+	wrapper := filepath.Join(t.TempDir(), "wrapper")
+	if err := os.WriteFile(wrapper, []byte("#!/bin/sh\n"+os.Args[0]+" \"$@\" &\nexit 0\n"), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	old := startedAs
+	startedAs = wrapper
+	defer func() { startedAs = old }()
+	for _, kv := range childEnvFor("app") {
+		k, v, _ := strings.Cut(kv, "=")
+		t.Setenv(k, v)
+	}
+	t.Setenv("GRACEFUL_TEST_APP", "ready")
+	t.Setenv("GRACEFUL_TEST_SOCK", sock)
+	in := readyFirst(t, Config{Socket: sock})
+	if err := in.Restart(); err != nil {
+		t.Fatal(err)
+	}
+	if pid := in.SuccessorPID(); pid > 0 {
+		t.Cleanup(func() { syscall.Kill(pid, syscall.SIGKILL) })
+	}
+	// The loop's links end as the hand-over socket closes: poll, as
+	// nothing tells.
+	var links int
+	for deadline := time.Now().Add(5 * time.Second); time.Now().Before(deadline); time.Sleep(10 * time.Millisecond) {
+		in.call(func(m *machine) { links = m.links })
+		if links <= 0 {
+			break
+		}
+	}
+	if links != 0 {
+		t.Errorf("%d links once every link ended, want 0", links)
+	}
+}
+
+// A Ready that fails here (the pid file cannot be written) closes the
+// listeners Listen returned, as a refusal does: the predecessor serves on,
+// and this instance keeps no share of the traffic.
+func TestReadyFailureClosesListeners(t *testing.T) {
+	sock := sockPath(t)
+	pred := readyFirst(t, Config{Socket: sock})
+	pln, err := pred.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pln.Close()
+	pidPath := filepath.Join(t.TempDir(), "pid")
+	succ, err := Start(Config{Socket: sock, PIDFile: pidPath})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer succ.Stop()
+	ln, err := succ.Listen("tcp", pln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	// A directory where the pid file is first written fails it, as root too.
+	if err := os.MkdirAll(filepath.Join(tempPIDFile(pidPath, os.Getpid()), "x"), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if err := succ.Ready(); err == nil {
+		t.Fatal("Ready succeeded")
+	}
+	select {
+	case <-pred.Done():
+		t.Fatal("the predecessor handed over")
+	default:
+	}
+	ln.(*net.TCPListener).SetDeadline(time.Now().Add(100 * time.Millisecond))
+	if _, err := ln.Accept(); !errors.Is(err, net.ErrClosed) {
+		t.Errorf("Accept after a failed Ready: %v, want net.ErrClosed", err)
+	}
+}
+
+// A ListenConfig.Control that panics does so in the caller of Listen, who
+// may recover it; the instance works on (it panicked on the loop, which
+// ended the process).
+func TestListenControlPanics(t *testing.T) {
+	boom := true
+	lc := &net.ListenConfig{Control: func(string, string, syscall.RawConn) error {
+		if boom {
+			panic("user bug")
+		}
+		return nil
+	}}
+	in := readyFirst(t, Config{Socket: sockPath(t), ListenConfig: lc})
+	func() {
+		defer func() {
+			if r := recover(); r != "user bug" {
+				t.Errorf("recovered %v, want the Control's panic", r)
+			}
+		}()
+		in.Listen("tcp", "127.0.0.1:0")
+	}()
+	boom = false
+	ln, err := in.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln.Close()
+}
+
+// No goroutine of either instance outlives their Stops after a hand-over.
+func TestNoGoroutineOutlivesStop(t *testing.T) {
+	before := runtime.NumGoroutine()
+	sock := sockPath(t)
+	pred := readyFirst(t, Config{Socket: sock})
+	succ, err := Start(Config{Socket: sock})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := succ.Ready(); err != nil {
+		t.Fatal(err)
+	}
+	<-pred.Done()
+	pred.Stop()
+	succ.Stop()
+	// Goroutines end soon after the Stops return: poll.
+	n := runtime.NumGoroutine()
+	for deadline := time.Now().Add(3 * time.Second); n > before && time.Now().Before(deadline); n = runtime.NumGoroutine() {
+		time.Sleep(20 * time.Millisecond)
+	}
+	if n > before {
+		buf := make([]byte, 1<<16)
+		t.Errorf("%d goroutines after Stop, %d before:\n%s", n, before, buf[:runtime.Stack(buf, true)])
 	}
 }

@@ -154,7 +154,9 @@ func (op *restartOp) committed(s *successor) {
 	op.decide(nil, false, "")
 	// It serves now: its end is not this instance's to wait for.
 	op.detached = true
-	op.m.links--
+	if !op.exited { // else childExited counted its end (a wrapper's)
+		op.m.links--
+	}
 }
 
 // linkFailed is the failure of the hand-over of the successor started.
