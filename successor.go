@@ -264,6 +264,12 @@ func (m *machine) callOff(s *successor, reason string) {
 func (m *machine) handed(s *successor, done bool, called chan<- string) {
 	if m.pending[s] {
 		s.handed = done
+		if done {
+			// ReadyTimeout counts from here. The transfer's watchdog may
+			// have cleared the deadline set at the turn, firing as its
+			// last call succeeded.
+			s.conn.SetReadDeadline(time.Now().Add(m.in.readyTimeout))
+		}
 		called <- ""
 		return
 	}
