@@ -22,6 +22,7 @@ import (
 	"os/signal"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -214,6 +215,10 @@ var children = map[string]func(args []string) error{
 	"negsucc":       childNegSucc,
 	"argv0":         childArgv0,
 	"slowready":     childSlowReady,
+	// The keeper.
+	"keptenv":    childKeptEnv,
+	"keeperreap": childKeeperReap,
+	"notifier":   childNotifier,
 	// The benchmarks' receivers.
 	"bench-recv":     childBenchRecv,
 	"bench-maps":     childBenchMaps,
@@ -1408,4 +1413,67 @@ func childBenchRecvAll(args []string) error {
 	}
 	fmt.Println(got)
 	return nil
+}
+
+// The keeper.
+
+// childKeptEnv is a kept instance's start: the keeper's variables leave
+// its environment, for the application's children, and come back in its
+// successors'. Run by TestKeptEnvironment.
+func childKeptEnv([]string) error {
+	addr := os.Getenv(keeperEnv)
+	if got := keeperAddr(); got != addr {
+		return fmt.Errorf("keeperAddr() = %q, want %q", got, addr)
+	}
+	for _, v := range []string{keeperEnv, "NOTIFY_SOCKET"} {
+		if _, ok := os.LookupEnv(v); ok {
+			return fmt.Errorf("%s is still in the environment", v)
+		}
+	}
+	env := successorEnv()
+	for _, want := range []string{keeperEnv + "=" + addr, "NOTIFY_SOCKET=" + addr} {
+		if !slices.Contains(env, want) {
+			return fmt.Errorf("%s is not in a successor's environment", want)
+		}
+	}
+	return nil
+}
+
+// childKeeperReap is a keeper whose serving instance, a notifier, names
+// its successor and exits: reaping it, the keeper reads the queue first,
+// so the successor serves and the service goes on. Run by
+// TestKeeperReadsBeforeSettling.
+func childKeeperReap([]string) error {
+	k := &keeper{instances: make(map[int]bool), buf: make([]byte, 64<<10), oob: make([]byte, 1024)}
+	if err := k.listen(); err != nil {
+		return err
+	}
+	succ := exec.Command("sleep", "60")
+	if err := succ.Start(); err != nil {
+		return err
+	}
+	defer succ.Process.Kill()
+	// Neither is waited for: the keeper reaps.
+	pred := exec.Command(os.Args[0], "MAINPID="+strconv.Itoa(succ.Process.Pid))
+	pred.Env = append(childEnvFor("notifier"), "NOTIFY_SOCKET="+k.addr) // the last of a name counts
+	pred.Stderr = os.Stderr
+	if err := pred.Start(); err != nil {
+		return err
+	}
+	k.instances[pred.Process.Pid], k.serving = true, pred.Process.Pid
+	// Until it can be reaped, reaping nothing.
+	var info unix.Siginfo
+	if err := unix.Waitid(unix.P_PID, pred.Process.Pid, &info, unix.WEXITED|unix.WNOWAIT, nil); err != nil {
+		return os.NewSyscallError("waitid", err)
+	}
+	k.reap()
+	if k.serving != succ.Process.Pid || k.over {
+		return fmt.Errorf("after the reap: serving %d, over %v; want %d serving", k.serving, k.over, succ.Process.Pid)
+	}
+	return nil
+}
+
+// childNotifier sends args[0] to NOTIFY_SOCKET and exits.
+func childNotifier(args []string) error {
+	return notify(args[0])
 }

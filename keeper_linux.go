@@ -35,7 +35,7 @@ const keeperSockets = "X_GRACEFUL_SOCKETS"
 
 // keeping reports whether Start runs the keeper in this process.
 func keeping(cfg Config) bool {
-	return os.Getenv(keeperEnv) == "" && (cfg.KeepPID || os.Getpid() == 1)
+	return keeperAddr() == "" && (cfg.KeepPID || os.Getpid() == 1)
 }
 
 // keep runs this process as the keeper of the service, and exits with the
@@ -59,23 +59,31 @@ type keeper struct {
 	env      []string // the instances' environment
 	addr     string   // the socket's address, abstract
 	sock     *net.UnixConn
-	self     *net.UnixConn // to the socket: barriers
-	msgs     chan keeperMsg
+	raw      syscall.RawConn
+	buf, oob []byte
+	readable chan struct{} // the socket has datagrams to read
+	drained  chan struct{} // the loop read them all: watch again
 	sigs     chan os.Signal
 	timedOut chan int // instances not ready in time
+
+	// instances are the pids that may speak for the service: those the
+	// keeper started, and those an instance named. reaped are the
+	// children reaped and not yet settled: what they sent still counts.
+	instances map[int]bool
+	reaped    map[int]bool
+	ignored   int // notifications ignored since ignoredAt
+	ignoredAt time.Time
 
 	serving   int // the instance that serves, 0 if none
 	started   int // an instance started, not ready yet
 	readyAt   time.Time
 	served    bool // an instance has been ready
 	stopping  bool
-	over      bool // the service ended: exit once every child has
-	childless bool
+	over      bool // the service ended: exit once every instance has
 	status    int
-	batches   [][]exited // reaped, each waiting for its barrier
-	stored    []int      // copies of the serving instance's sockets
-	metas     []string   // their metas
-	storedBy  int        // the instance that sent them
+	stored    []int    // copies of the serving instance's sockets
+	metas     []string // their metas
+	storedBy  int      // the instance that sent them
 	delay     time.Duration
 	respawn   <-chan time.Time
 	activated []string // systemd's variables for the first instance
@@ -112,7 +120,9 @@ func newKeeper(cfg Config) (*keeper, error) {
 	if err != nil {
 		return nil, err
 	}
-	k := &keeper{cfg: cfg, exe: exe, msgs: make(chan keeperMsg), sigs: make(chan os.Signal, 16), timedOut: make(chan int, 1)}
+	k := &keeper{cfg: cfg, exe: exe, sigs: make(chan os.Signal, 16), timedOut: make(chan int, 1),
+		readable: make(chan struct{}, 1), drained: make(chan struct{}, 1), instances: make(map[int]bool),
+		buf: make([]byte, 64<<10), oob: make([]byte, unix.CmsgSpace(unix.SizeofUcred)+unix.CmsgSpace(4*maxBatch))}
 	if err := k.listen(); err != nil {
 		return nil, err
 	}
@@ -127,7 +137,7 @@ func newKeeper(cfg Config) (*keeper, error) {
 	k.activate()
 	k.env = append(k.env, "NOTIFY_SOCKET="+k.addr, keeperEnv+"="+k.addr)
 	signal.Notify(k.sigs, append(forwarded, syscall.SIGCHLD)...)
-	go k.read()
+	go k.watch()
 	return k, nil
 }
 
@@ -161,14 +171,11 @@ func (k *keeper) listen() error {
 		err = rc.Control(func(fd uintptr) { serr = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_PASSCRED, 1) })
 		err = cmp.Or(err, serr)
 	}
-	if err == nil {
-		k.self, err = net.DialUnix("unixgram", nil, &net.UnixAddr{Name: k.addr, Net: "unixgram"})
-	}
 	if err != nil {
 		sock.Close()
 		return err
 	}
-	k.sock = sock
+	k.sock, k.raw = sock, rc
 	return nil
 }
 
@@ -178,12 +185,16 @@ func (k *keeper) run() int {
 		k.logf("starting the service: %v", err)
 		return 1
 	}
-	for !k.over || !k.childless {
+	for !k.over || !k.instancesGone() {
 		select {
 		case sig := <-k.sigs:
 			k.signal(sig.(syscall.Signal))
-		case msg := <-k.msgs:
-			k.message(msg)
+		case <-k.readable:
+			if k.drain(64) {
+				k.drained <- struct{}{}
+			} else {
+				k.readable <- struct{}{} // more, after the other events
+			}
 		case pid := <-k.timedOut:
 			if pid == k.started {
 				unix.Kill(pid, unix.SIGKILL)
@@ -197,20 +208,52 @@ func (k *keeper) run() int {
 	return k.status
 }
 
-// read passes the notifications to the loop.
-func (k *keeper) read() {
-	buf := make([]byte, 64<<10)
-	oob := make([]byte, unix.CmsgSpace(unix.SizeofUcred)+unix.CmsgSpace(4*maxBatch))
+// watch tells the loop when the socket has datagrams, and waits until it
+// read them all. The loop reads them itself: what a child sent before it
+// ended is read before its end is settled, and a flood of datagrams never
+// blocks the loop.
+func (k *keeper) watch() {
+	probe := make([]byte, 1)
 	for {
-		n, oobn, _, _, err := k.sock.ReadMsgUnix(buf, oob)
+		err := k.raw.Read(func(fd uintptr) bool {
+			_, _, err := unix.Recvfrom(int(fd), probe, unix.MSG_PEEK|unix.MSG_DONTWAIT)
+			return err != unix.EAGAIN
+		})
 		if err != nil {
-			if errors.Is(err, net.ErrClosed) {
-				return
-			}
-			continue
+			return
 		}
-		k.msgs <- parseKeeperMsg(buf[:n], oob[:oobn])
+		k.readable <- struct{}{}
+		<-k.drained
 	}
+}
+
+// drain takes at most limit datagrams, and reports whether it took all.
+func (k *keeper) drain(limit int) bool {
+	for range limit {
+		var n, oobn int
+		var rerr error
+		err := k.raw.Control(func(fd uintptr) {
+			n, oobn, _, _, rerr = unix.Recvmsg(int(fd), k.buf, k.oob, unix.MSG_DONTWAIT|unix.MSG_CMSG_CLOEXEC)
+		})
+		switch {
+		case err != nil || rerr == unix.EAGAIN:
+			return true
+		case rerr == nil:
+			k.message(parseKeeperMsg(k.buf[:n], k.oob[:oobn]))
+		}
+	}
+	return false
+}
+
+// queueLimit is how many datagrams the socket holds at most: Linux queues
+// one more than net.unix.max_dgram_qlen.
+func queueLimit() int {
+	b, err := os.ReadFile("/proc/sys/net/unix/max_dgram_qlen")
+	n, perr := strconv.Atoi(strings.TrimSpace(string(b)))
+	if err != nil || perr != nil || n < 0 {
+		return 1 << 12
+	}
+	return min(n, 1<<20) + 1
 }
 
 // parseKeeperMsg reads a notification: "VAR=value" lines, the sender's
@@ -233,16 +276,10 @@ func parseKeeperMsg(b, oob []byte) keeperMsg {
 	return msg
 }
 
-// message takes a notification from an instance, or the keeper's own
-// barrier.
+// message takes a notification from an instance.
 func (k *keeper) message(msg keeperMsg) {
 	if !k.trusted(msg) {
-		closeAll(msg.fds)
-		k.logf("ignored a notification from pid %d, uid %d", msg.pid, msg.uid)
-		return
-	}
-	if _, ok := msg.vars["BARRIER"]; ok {
-		k.settleExits()
+		k.ignore(msg, "not an instance")
 		return
 	}
 	if v, ok := msg.vars[keeperSockets]; ok && !k.stopping {
@@ -251,9 +288,15 @@ func (k *keeper) message(msg keeperMsg) {
 		msg.fds = nil
 	}
 	closeAll(msg.fds)
-	pid, err := strconv.Atoi(msg.vars["MAINPID"])
-	if err != nil {
-		pid = msg.pid
+	pid := msg.pid
+	if v, ok := msg.vars["MAINPID"]; ok {
+		named, err := strconv.Atoi(v)
+		if err != nil || !k.alive(named) {
+			k.ignore(msg, "MAINPID="+v+" is no process")
+			return
+		}
+		pid = named
+		k.instances[pid] = true // a successor
 	}
 	switch {
 	case msg.vars["READY"] == "1":
@@ -266,22 +309,51 @@ func (k *keeper) message(msg keeperMsg) {
 	}
 }
 
-// trusted reports whether msg comes from this user (or root) and from this
-// process or one it started: the socket's name is not a secret.
+// ignore drops msg, and says so at most once a second: a flood of
+// datagrams must not flood the log.
+func (k *keeper) ignore(msg keeperMsg, why string) {
+	closeAll(msg.fds)
+	k.ignored++
+	if time.Since(k.ignoredAt) < time.Second {
+		return
+	}
+	k.logf("ignored %d notification(s), the last from pid %d, uid %d: %s", k.ignored, msg.pid, msg.uid, why)
+	k.ignored, k.ignoredAt = 0, time.Now()
+}
+
+// trusted reports whether msg comes from an instance: a pid the keeper
+// knows, of this user (or root), alive and its descendant, or just reaped.
+// The socket's name is not a secret, and a subprocess of the application
+// is no instance.
 func (k *keeper) trusted(msg keeperMsg) bool {
-	if msg.uid != os.Geteuid() && msg.uid != 0 {
+	if msg.uid != os.Geteuid() && msg.uid != 0 || !k.instances[msg.pid] {
 		return false
 	}
-	for pid, i := msg.pid, 0; pid > 0 && i < 1<<16; i++ {
+	if k.reaped[msg.pid] || k.descends(msg.pid) {
+		return true
+	}
+	delete(k.instances, msg.pid) // gone, and reaped by its parent
+	return false
+}
+
+// descends reports whether pid is a live descendant of the keeper.
+func (k *keeper) descends(pid int) bool {
+	for i := 0; pid > 1 && i < 1<<16; i++ {
+		pid = parentOf(pid)
 		if pid == os.Getpid() {
 			return true
 		}
-		if pid == 1 {
-			break
-		}
-		pid = parentOf(pid)
 	}
 	return false
+}
+
+// alive reports whether pid, which an instance named, can be one: a
+// process, other than the keeper, that exists or was just reaped.
+func (k *keeper) alive(pid int) bool {
+	if pid <= 0 || pid == os.Getpid() {
+		return false
+	}
+	return k.reaped[pid] || unix.Kill(pid, 0) != unix.ESRCH
 }
 
 // parentOf returns the parent of pid, 0 if unknown.
@@ -330,7 +402,7 @@ func (k *keeper) signal(sig syscall.Signal) {
 	if target != 0 {
 		unix.Kill(target, sig)
 	} else if k.stopping {
-		k.status, k.over = 0, true // nothing runs: nothing to stop
+		k.over = true // nothing runs (a crash's back-off): its status stands
 	}
 }
 
@@ -344,10 +416,11 @@ func (k *keeper) stop() {
 	k.stored, k.metas = nil, nil
 }
 
-// reap collects every child that ended, and asks the socket for a
-// barrier: the notifications an instance sent before it ended are taken
-// first.
+// reap collects every child that ended. What an instance sent before it
+// ended is in the socket's queue: the loop reads the queue first (a flood
+// cannot hold this up, the queue being bounded), then settles the ends.
 func (k *keeper) reap() {
+	k.reaped = make(map[int]bool)
 	var batch []exited
 	for {
 		var ws unix.WaitStatus
@@ -355,34 +428,38 @@ func (k *keeper) reap() {
 		if errors.Is(err, unix.EINTR) {
 			continue
 		}
-		k.childless = errors.Is(err, unix.ECHILD)
 		if err != nil || pid <= 0 {
 			break
 		}
 		batch = append(batch, exited{pid, ws})
+		k.reaped[pid] = true
 	}
 	if len(batch) > 0 {
-		k.batches = append(k.batches, batch)
-		k.self.Write([]byte("BARRIER=1"))
+		k.drain(queueLimit())
 	}
-}
-
-// settleExits takes the ends of the children reaped before the barrier.
-func (k *keeper) settleExits() {
-	if len(k.batches) == 0 {
-		return
-	}
-	batch := k.batches[0]
-	k.batches = k.batches[1:]
+	k.reaped = nil
 	for _, e := range batch {
+		delete(k.instances, e.pid)
 		k.exited(e.pid, exitStatus(e.ws))
 	}
-	if k.childless && k.serving != 0 && !k.over {
+	if len(batch) > 0 && k.serving != 0 && !k.over && k.instancesGone() {
 		// The instance that serves is none of this keeper's: one started
 		// beside took over, under a keeper of its own.
 		k.logf("pid %d, not started here, serves now: leaving the service to it", k.serving)
 		k.status, k.over = 0, true
 	}
+}
+
+// instancesGone reports whether no instance of the keeper's runs. The
+// application's own children that outlive them do not hold the keeper:
+// as pid 1 its exit ends them, else they are reparented as orphans are.
+func (k *keeper) instancesGone() bool {
+	for pid := range k.instances {
+		if !k.descends(pid) {
+			delete(k.instances, pid)
+		}
+	}
+	return len(k.instances) == 0
 }
 
 // exitStatus is a shell's: the exit status, or 128 and the signal.
@@ -482,6 +559,7 @@ func (k *keeper) start(metas []string, fds []int) error {
 		return err
 	}
 	k.started = pid
+	k.instances[pid] = true
 	go k.commit(conn, pid)
 	return nil
 }
@@ -503,6 +581,7 @@ func (k *keeper) startFirst(sys *syscall.SysProcAttr) error {
 	}
 	k.activated, k.nActive = nil, 0
 	k.started = pid
+	k.instances[pid] = true
 	return nil
 }
 
@@ -542,7 +621,7 @@ func (k *keeper) logf(format string, args ...any) {
 // tellKeeper sends the keeper, if this instance is kept, a copy of the
 // sockets it hands on, to start another instance with if this one dies.
 func tellKeeper(snap *snapshot) error {
-	addr := os.Getenv(keeperEnv)
+	addr := keeperAddr()
 	if addr == "" {
 		return nil
 	}

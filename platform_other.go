@@ -90,6 +90,7 @@ func (*activation) close()                           {}
 func (*activation) unclaimed() int                   { return 0 }
 func socketMatches(int, string, string, string) bool { return false }
 func notify(string) error                            { return nil }
+func successorEnv() []string                         { return os.Environ() }
 
 func dupHandedOn(*snapshot, *[]int) ([]string, error) { return nil, errUnsupported }
 

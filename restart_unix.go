@@ -35,7 +35,7 @@ func (m *machine) startChild(exe string) (*os.Process, *net.UnixConn, error) {
 	if err != nil {
 		return nil, nil, err
 	}
-	pid, conn, err := execSuccessor(exe, os.Environ(), os.Getpid(), metas, fds, nil)
+	pid, conn, err := execSuccessor(exe, successorEnv(), os.Getpid(), metas, fds, nil)
 	if err != nil {
 		return nil, nil, err
 	}

@@ -62,7 +62,7 @@ func (m *machine) revive() bool {
 	if err == nil {
 		// Its predecessor is the successor that died: the start lock
 		// names it as the last that got ready.
-		s.pid, s.conn, err = execSuccessor(exe, os.Environ(), dead, m.kept.metas, m.kept.fds, nil)
+		s.pid, s.conn, err = execSuccessor(exe, successorEnv(), dead, m.kept.metas, m.kept.fds, nil)
 	}
 	if err != nil {
 		m.passErr = fmt.Errorf("the successor, pid %d, died, and starting another failed: %w", dead, err)

@@ -3,11 +3,13 @@
 package graceful
 
 import (
+	"cmp"
 	"fmt"
 	"net"
 	"os"
 	"strconv"
 	"strings"
+	"sync"
 
 	"golang.org/x/sys/unix"
 )
@@ -20,11 +22,33 @@ import (
 // instances it keeps: an instance that has it is kept, and keeps nothing.
 const keeperEnv = "GRACEFUL_KEEPER"
 
+// keeperAddr is the keeper's socket when this process is a kept instance.
+// The first call takes it, and NOTIFY_SOCKET, out of the environment: the
+// application's own children must not speak for the service. Successors
+// get both back (successorEnv).
+var keeperAddr = sync.OnceValue(func() string {
+	addr := os.Getenv(keeperEnv)
+	if addr != "" {
+		os.Unsetenv(keeperEnv)
+		os.Unsetenv("NOTIFY_SOCKET")
+	}
+	return addr
+})
+
+// successorEnv is the environment a successor starts with.
+func successorEnv() []string {
+	env := os.Environ()
+	if addr := keeperAddr(); addr != "" {
+		env = append(env, "NOTIFY_SOCKET="+addr, keeperEnv+"="+addr)
+	}
+	return env
+}
+
 // notify sends state to the service manager's socket in NOTIFY_SOCKET, if
 // any: a path, or @name in the abstract namespace. The variable stays set,
-// for successors.
+// for successors, unless a keeper set it.
 func notify(state string) error {
-	addr := os.Getenv("NOTIFY_SOCKET")
+	addr := cmp.Or(keeperAddr(), os.Getenv("NOTIFY_SOCKET"))
 	if addr == "" {
 		return nil
 	}
@@ -57,7 +81,7 @@ func activated() (*activation, error) {
 	os.Unsetenv("LISTEN_FDS")
 	os.Unsetenv("LISTEN_FDNAMES")
 	// The keeper passes its own on to its first instance, its child.
-	kept := os.Getenv(keeperEnv) != "" && pid == strconv.Itoa(os.Getppid())
+	kept := keeperAddr() != "" && pid == strconv.Itoa(os.Getppid())
 	if pid != strconv.Itoa(os.Getpid()) && !kept {
 		return nil, nil
 	}

@@ -118,6 +118,70 @@ func TestKeepPID(t *testing.T) {
 	k.stop(t)
 }
 
+// TestKeeperFlood floods the keeper's socket, as any local process may
+// (its name is no secret), while the service restarts and crashes: the
+// keeper reads on, ignores what is forged, and starts instances as ever.
+// Its loop blocked for good at the first reap before: a full socket queue
+// held the barrier it wrote itself.
+func TestKeeperFlood(t *testing.T) {
+	c := newCluster(t, "-keep-pid")
+	cmd := c.Start()
+	kp := cmd.Process.Pid
+	k := &kept{c: c, signal: func(s syscall.Signal) { syscall.Kill(kp, s) }, wait: cmd.Wait,
+		zombie: func() int { return zombies(kp) }}
+	ld := k.start(t)
+	sent := flood(t, kp)
+	k.restarts(t, ld, 3)
+	k.crashes(t, 3)
+	t.Logf("%d forged notifications sent", sent())
+	k.stop(t)
+}
+
+// flood sends the keeper kp forged notifications as fast as it can, until
+// the returned function, which says how many it sent, is called.
+func flood(t *testing.T, kp int) func() int {
+	t.Helper()
+	name := fmt.Sprintf("@graceful-keeper-%d-", kp)
+	b, err := os.ReadFile("/proc/net/unix")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var addr string
+	for _, l := range strings.Split(string(b), "\n") {
+		if f := strings.Fields(l); len(f) > 7 && strings.HasPrefix(f[7], name) {
+			addr = f[7]
+		}
+	}
+	if addr == "" {
+		t.Fatalf("no socket %s* in /proc/net/unix", name)
+	}
+	conn, err := net.DialUnix("unixgram", nil, &net.UnixAddr{Name: addr, Net: "unixgram"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	done, ended := make(chan struct{}), make(chan int)
+	go func() {
+		n := 0
+		for {
+			select {
+			case <-done:
+				ended <- n
+				return
+			default:
+			}
+			conn.SetWriteDeadline(time.Now().Add(100 * time.Millisecond))
+			if _, err := conn.Write([]byte("READY=1\nMAINPID=1\nSTOPPING=1")); err == nil {
+				n++
+			}
+		}
+	}()
+	return func() int {
+		close(done)
+		defer conn.Close()
+		return <-ended
+	}
+}
+
 // crashes kills the serving instance n times under load: the keeper starts
 // another with its copy of the sockets, so no connection is refused; only
 // the requests in flight on the killed instance fail.
