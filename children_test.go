@@ -718,8 +718,8 @@ func childOpenLock(args []string) error {
 // faultFile, in the directory of the test, tells the next instance to fail
 // while it takes over: "crash" exits after Start, "hang" sleeps, "refuse"
 // stops, each before Ready; "gated" serves, and waits before its Ready
-// until the test opens the FIFO "gate" in the directory. The instance
-// empties it, so only one fails.
+// until the test opens the FIFO "gate" in the directory; "orphan" starts a
+// subprocess that outlives it. The instance empties it, so only one fails.
 const faultFile = "fault"
 
 // instanceMain serves HTTP at args[1] through an Instance at the socket
@@ -731,7 +731,7 @@ const faultFile = "fault"
 // TestRestartPredecessorDiesEarly, TestRestartThroughWrapper,
 // TestRestartThroughDaemonizingWrapper, TestRestartFollowsSymlink,
 // TestSuccessorsOfDeadPredecessor, TestPredecessorKilledWhileConnecting,
-// TestNotify and TestSocketActivation.
+// TestNotify, TestSocketActivation and TestKeeperLeavesOrphans.
 func instanceMain(args []string) error {
 	sock, addr, pidFile := args[0], args[1], args[2]
 	rt, _ := time.ParseDuration(os.Getenv("GRACEFUL_TEST_READY_TIMEOUT"))
@@ -761,6 +761,13 @@ func instanceMain(args []string) error {
 		case "refuse":
 			inst.Stop()
 			return errors.New("refused")
+		case "orphan":
+			// A subprocess of the application, which outlives it.
+			orphan := exec.Command("sleep", "60")
+			if err := orphan.Start(); err != nil {
+				return err
+			}
+			say("orphan %d", orphan.Process.Pid)
 		}
 	}
 	ln, err := inst.Listen("tcp", addr)

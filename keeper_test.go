@@ -7,6 +7,7 @@ import (
 	"os"
 	"os/exec"
 	"strconv"
+	"strings"
 	"syscall"
 	"testing"
 
@@ -89,5 +90,25 @@ func TestKeeperReadsBeforeSettling(t *testing.T) {
 	c.Env = childEnvFor("keeperreap")
 	if out, err := c.CombinedOutput(); err != nil {
 		t.Errorf("%v: %s", err, out)
+	}
+}
+
+// A keeper asked to stop exits once its instances have, though a
+// subprocess of the application lives on: it waited for every orphan
+// before, so a `sleep 300` held the service's pid after SIGTERM.
+func TestKeeperLeavesOrphans(t *testing.T) {
+	c := newChain(t, "GRACEFUL_TEST_KEEP=1")
+	c.fault("orphan")
+	cmd := c.start()
+	keeper := cmd.Process.Pid
+	pid := c.readyAfter(map[int]bool{keeper: true})
+	orphan, _ := strconv.Atoi(strings.Fields(c.wait(pid, "orphan "))[2])
+	defer syscall.Kill(orphan, syscall.SIGKILL)
+	syscall.Kill(keeper, syscall.SIGTERM)
+	if err := cmd.Wait(); err != nil {
+		t.Errorf("the keeper ended with %v, want status 0", err)
+	}
+	if err := syscall.Kill(orphan, 0); err != nil {
+		t.Errorf("the orphan ended before the keeper: %v", err)
 	}
 }
