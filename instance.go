@@ -53,7 +53,8 @@ type Config struct {
 	// in it: it starts the instances, forwards its signals to the one that
 	// serves, and reaps every child. If the serving instance dies, it
 	// starts another with its copy of the sockets. It exits with the last
-	// instance's status. Signal it: PIDFile names the serving instance. A
+	// instance's status, or 0 if stopped while none runs (between a crash
+	// and the next start). Signal it: PIDFile names the serving instance. A
 	// process of pid 1 (a container's init) keeps anyway. Linux only:
 	// elsewhere Start fails with an error matching errors.ErrUnsupported.
 	KeepPID bool
@@ -168,6 +169,7 @@ func Start(cfg Config) (*Instance, error) {
 	m.in = in
 	m.inherit = make(map[string]int)
 	m.pending = make(map[*successor]bool)
+	m.making = make(map[string]bool)
 	// The loop is not running yet: the machine is Start's.
 	if err := m.takeOver(); err != nil {
 		m.abandon()
@@ -227,7 +229,10 @@ func (in *Instance) listen(kind, network, address string) (obj any, err error) {
 	in.call(func(m *machine) { obj, vanished, err = m.claim(kind, network, address) })
 	if obj == nil && err == nil {
 		// A new socket is made on the caller's goroutine: a Control that
-		// panics or blocks does so there, and the loop does not wait.
+		// panics or blocks does so there, and the loop does not wait. The
+		// address stays reserved meanwhile (claim).
+		key := objectKey(kind, network, address)
+		defer in.call(func(m *machine) { delete(m.making, key) })
 		obj, err = in.listenAnew(kind, network, address, vanished)
 		if err == nil {
 			in.call(func(m *machine) { err = m.keep(kind, network, address, obj) })
@@ -244,11 +249,14 @@ func (in *Instance) listen(kind, network, address string) (obj any, err error) {
 
 // claim returns the inherited or activated socket for the address, kept
 // for the successor. Else it returns none, and when a predecessor
-// vanished.
+// vanished, and reserves the address for the caller to make the socket.
 func (m *machine) claim(kind, network, address string) (any, time.Time, error) {
 	key := objectKey(kind, network, address)
 	if err := m.free(key); err != nil {
 		return nil, time.Time{}, err
+	}
+	if m.making[key] {
+		return nil, time.Time{}, fmt.Errorf("already listening: %w", syscall.EADDRINUSE)
 	}
 	fd, ok := m.inherit[key]
 	if !ok {
@@ -268,6 +276,7 @@ func (m *machine) claim(kind, network, address string) (any, time.Time, error) {
 		fd = m.active.take(kind, network, address)
 	}
 	if fd < 0 {
+		m.making[objectKey(kind, network, address)] = true
 		return nil, m.vanished, nil
 	}
 	var obj any
@@ -335,15 +344,33 @@ func (in *Instance) listenAnew(kind, network, address string, vanished time.Time
 	if isUnixNetwork(network) {
 		removeStaleSocket(address)
 	}
-	lc := in.cfg.ListenConfig
-	if lc == nil {
-		lc = &net.ListenConfig{}
+	var lc net.ListenConfig
+	if in.cfg.ListenConfig != nil {
+		lc = *in.cfg.ListenConfig
 	}
-	listen := func() (any, error) {
-		if kind == kindListener {
-			return lc.Listen(context.Background(), network, address)
+	// A Control that panics fails the call, so that net closes the
+	// socket, then panics again here.
+	var panicked *any
+	if control := lc.Control; control != nil {
+		lc.Control = func(network, address string, c syscall.RawConn) (err error) {
+			defer func() {
+				if v := recover(); v != nil {
+					panicked, err = &v, errors.New("ListenConfig.Control panicked")
+				}
+			}()
+			return control(network, address, c)
 		}
-		return lc.ListenPacket(context.Background(), network, address)
+	}
+	listen := func() (obj any, err error) {
+		if kind == kindListener {
+			obj, err = lc.Listen(context.Background(), network, address)
+		} else {
+			obj, err = lc.ListenPacket(context.Background(), network, address)
+		}
+		if panicked != nil {
+			panic(*panicked)
+		}
+		return obj, err
 	}
 	obj, err := listen()
 	for deadline := vanished.Add(max(in.timeout, time.Second)); errors.Is(err, syscall.EADDRINUSE) && time.Now().Before(deadline); {

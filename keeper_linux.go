@@ -402,7 +402,8 @@ func (k *keeper) signal(sig syscall.Signal) {
 	if target != 0 {
 		unix.Kill(target, sig)
 	} else if k.stopping {
-		k.over = true // nothing runs (a crash's back-off): its status stands
+		// Nothing runs (a crash's back-off): a stop as asked, not a failure.
+		k.status, k.over = 0, true
 	}
 }
 

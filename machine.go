@@ -59,6 +59,7 @@ type machine struct {
 	turn     *successor
 	queue    []turnRequest
 	pending  map[*successor]bool // handed their sockets, not yet ready
+	making   map[string]bool     // addresses a Listen makes a socket for
 	succ     *successor          // the successor that committed
 	restart  *restartOp
 	passes   []chan passGrant // PassConns waiting their turn

@@ -12,6 +12,7 @@ import (
 	"runtime"
 	"slices"
 	"strings"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -281,6 +282,7 @@ func TestListenControlPanics(t *testing.T) {
 		return nil
 	}}
 	in := readyFirst(t, Config{Socket: sockPath(t), ListenConfig: lc})
+	before := countFds(t)
 	func() {
 		defer func() {
 			if r := recover(); r != "user bug" {
@@ -289,7 +291,10 @@ func TestListenControlPanics(t *testing.T) {
 		}()
 		in.Listen("tcp", "127.0.0.1:0")
 	}()
-	boom = false
+	if n := countFds(t); n != before {
+		t.Errorf("%d descriptors open after the panic, %d before: net does not close the socket of a Control that panics", n, before)
+	}
+	boom = false // the address is free again
 	ln, err := in.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -320,5 +325,43 @@ func TestNoGoroutineOutlivesStop(t *testing.T) {
 	if n > before {
 		buf := make([]byte, 1<<16)
 		t.Errorf("%d goroutines after Stop, %d before:\n%s", n, before, buf[:runtime.Stack(buf, true)])
+	}
+}
+
+// While a Listen makes the socket for an address, on its caller's
+// goroutine, another Listen of that address fails: it once unlinked the
+// first one's Unix socket file as stale, and the first's Listen returned a
+// listener no client could reach.
+func TestListenSameAddressAtOnce(t *testing.T) {
+	inControl, release := make(chan struct{}), make(chan struct{})
+	var calls atomic.Int32
+	lc := &net.ListenConfig{Control: func(string, string, syscall.RawConn) error {
+		if calls.Add(1) == 1 { // the first Listen's
+			inControl <- struct{}{}
+			<-release
+		}
+		return nil
+	}}
+	in := readyFirst(t, Config{Socket: sockPath(t), ListenConfig: lc})
+	path := filepath.Join(t.TempDir(), "app.sock")
+	first := make(chan error, 1)
+	go func() {
+		ln, err := in.Listen("unix", path)
+		if err == nil {
+			defer ln.Close()
+			var c net.Conn
+			if c, err = net.Dial("unix", path); err == nil {
+				c.Close()
+			}
+		}
+		first <- err
+	}()
+	<-inControl
+	if _, err := in.Listen("unix", path); !errors.Is(err, syscall.EADDRINUSE) {
+		t.Errorf("a second Listen while the first makes the socket: %v, want EADDRINUSE", err)
+	}
+	close(release)
+	if err := <-first; err != nil {
+		t.Errorf("the first Listen, then a dial: %v", err)
 	}
 }
