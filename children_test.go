@@ -1451,7 +1451,7 @@ func childKeptEnv([]string) error {
 // so the successor serves and the service goes on. Run by
 // TestKeeperReadsBeforeSettling.
 func childKeeperReap([]string) error {
-	k := &keeper{instances: make(map[int]bool), buf: make([]byte, 64<<10), oob: make([]byte, 1024)}
+	k := &keeper{instances: make(map[int]bool), handedBy: make(map[int]int), buf: make([]byte, 64<<10), oob: make([]byte, 1024)}
 	if err := k.listen(); err != nil {
 		return err
 	}

@@ -64,14 +64,16 @@ type keeper struct {
 	readable chan struct{} // the socket has datagrams to read
 	drained  chan struct{} // the loop read them all: watch again
 	sigs     chan os.Signal
-	timedOut chan int // instances not ready in time
+	sigchld  chan os.Signal // apart, so that no other signal crowds it out
+	timedOut chan int       // instances not ready in time
 
 	// instances are the pids that may speak for the service: those the
 	// keeper started, and those an instance named. reaped are the
 	// children reaped and not yet settled: what they sent still counts.
 	instances map[int]bool
 	reaped    map[int]bool
-	ignored   int // notifications ignored since ignoredAt
+	handedBy  map[int]int // an instance's predecessor, which named it
+	ignored   int         // notifications ignored since ignoredAt
 	ignoredAt time.Time
 
 	serving   int // the instance that serves, 0 if none
@@ -120,8 +122,8 @@ func newKeeper(cfg Config) (*keeper, error) {
 	if err != nil {
 		return nil, err
 	}
-	k := &keeper{cfg: cfg, exe: exe, sigs: make(chan os.Signal, 16), timedOut: make(chan int, 1),
-		readable: make(chan struct{}, 1), drained: make(chan struct{}, 1), instances: make(map[int]bool),
+	k := &keeper{cfg: cfg, exe: exe, sigs: make(chan os.Signal, 16), sigchld: make(chan os.Signal, 1), timedOut: make(chan int, 1),
+		readable: make(chan struct{}, 1), drained: make(chan struct{}, 1), instances: make(map[int]bool), handedBy: make(map[int]int),
 		buf: make([]byte, 64<<10), oob: make([]byte, unix.CmsgSpace(unix.SizeofUcred)+unix.CmsgSpace(4*maxBatch))}
 	if err := k.listen(); err != nil {
 		return nil, err
@@ -136,7 +138,8 @@ func newKeeper(cfg Config) (*keeper, error) {
 	})
 	k.activate()
 	k.env = append(k.env, "NOTIFY_SOCKET="+k.addr, keeperEnv+"="+k.addr)
-	signal.Notify(k.sigs, append(forwarded, syscall.SIGCHLD)...)
+	signal.Notify(k.sigs, forwarded...)
+	signal.Notify(k.sigchld, syscall.SIGCHLD)
 	go k.watch()
 	return k, nil
 }
@@ -187,6 +190,8 @@ func (k *keeper) run() int {
 	}
 	for !k.over || !k.instancesGone() {
 		select {
+		case <-k.sigchld:
+			k.reap() // every child that ended: one notice may stand for several
 		case sig := <-k.sigs:
 			k.signal(sig.(syscall.Signal))
 		case <-k.readable:
@@ -239,7 +244,7 @@ func (k *keeper) drain(limit int) bool {
 		case err != nil || rerr == unix.EAGAIN:
 			return true
 		case rerr == nil:
-			k.message(parseKeeperMsg(k.buf[:n], k.oob[:oobn]))
+			k.take(parseCredentials(k.oob[:oobn]), k.buf[:n])
 		}
 	}
 	return false
@@ -256,15 +261,10 @@ func queueLimit() int {
 	return min(n, 1<<20) + 1
 }
 
-// parseKeeperMsg reads a notification: "VAR=value" lines, the sender's
+// parseCredentials reads a datagram's control messages: its sender's
 // credentials and the descriptors attached.
-func parseKeeperMsg(b, oob []byte) keeperMsg {
-	msg := keeperMsg{pid: -1, vars: make(map[string]string)}
-	for _, line := range strings.Split(string(b), "\n") {
-		if name, value, ok := strings.Cut(line, "="); ok {
-			msg.vars[name] = value
-		}
-	}
+func parseCredentials(oob []byte) keeperMsg {
+	msg := keeperMsg{pid: -1, uid: -1}
 	cmsgs, _ := unix.ParseSocketControlMessage(oob)
 	for _, c := range cmsgs {
 		if cred, err := unix.ParseUnixCredentials(&c); err == nil {
@@ -276,12 +276,24 @@ func parseKeeperMsg(b, oob []byte) keeperMsg {
 	return msg
 }
 
-// message takes a notification from an instance.
-func (k *keeper) message(msg keeperMsg) {
+// take takes a datagram from the sender msg names, with body: the sender
+// is checked before the body is read, so a flood costs little.
+func (k *keeper) take(msg keeperMsg, body []byte) {
 	if !k.trusted(msg) {
 		k.ignore(msg, "not an instance")
 		return
 	}
+	msg.vars = make(map[string]string)
+	for _, line := range strings.Split(string(body), "\n") {
+		if name, value, ok := strings.Cut(line, "="); ok {
+			msg.vars[name] = value
+		}
+	}
+	k.message(msg)
+}
+
+// message takes a notification from an instance.
+func (k *keeper) message(msg keeperMsg) {
 	if v, ok := msg.vars[keeperSockets]; ok && !k.stopping {
 		closeAll(k.stored)
 		k.stored, k.metas, k.storedBy = msg.fds, strings.Split(v, ","), msg.pid
@@ -297,6 +309,9 @@ func (k *keeper) message(msg keeperMsg) {
 		}
 		pid = named
 		k.instances[pid] = true // a successor
+		if pid != msg.pid {
+			k.handedBy[pid] = msg.pid
+		}
 	}
 	switch {
 	case msg.vars["READY"] == "1":
@@ -388,19 +403,18 @@ func (k *keeper) ready(pid int) {
 // signal handles a signal: SIGCHLD reaps, the others go to the instance
 // that serves (or to the one starting).
 func (k *keeper) signal(sig syscall.Signal) {
-	if sig == syscall.SIGCHLD {
-		k.reap()
-		return
-	}
 	if sig == syscall.SIGTERM || sig == syscall.SIGINT {
 		k.stop()
 	}
+	k.checkServing() // a signal to a pid that ended could reach another process
 	target := k.serving
 	if target == 0 {
 		target = k.started
 	}
 	if target != 0 {
-		unix.Kill(target, sig)
+		if k.descends(target) { // else it ended, or serves under a keeper of its own
+			unix.Kill(target, sig)
+		}
 	} else if k.stopping {
 		// Nothing runs (a crash's back-off): a stop as asked, not a failure.
 		k.status, k.over = 0, true
@@ -441,7 +455,11 @@ func (k *keeper) reap() {
 	k.reaped = nil
 	for _, e := range batch {
 		delete(k.instances, e.pid)
+		delete(k.handedBy, e.pid)
 		k.exited(e.pid, exitStatus(e.ws))
+	}
+	if len(batch) > 0 {
+		k.checkServing()
 	}
 	if len(batch) > 0 && k.serving != 0 && !k.over && k.instancesGone() {
 		// The instance that serves is none of this keeper's: one started
@@ -451,6 +469,30 @@ func (k *keeper) reap() {
 	}
 }
 
+// checkServing takes the end of a serving instance that another process
+// reaped: its predecessor, which started it. While that one lives, it may
+// start a replacement (during PassConns), so the keeper waits for its end,
+// connections waiting in the backlog meanwhile. The status is unknown: it
+// counts as a crash, unless the service stops.
+func (k *keeper) checkServing() {
+	pid := k.serving
+	if pid == 0 || k.over || unix.Kill(pid, 0) != unix.ESRCH {
+		return
+	}
+	if pred := k.handedBy[pid]; pred != 0 && k.descends(pred) {
+		return
+	}
+	delete(k.instances, pid)
+	delete(k.handedBy, pid)
+	k.serving = 0
+	if k.stopping {
+		k.over = true
+		return
+	}
+	k.logf("instance pid %d ended, reaped by its predecessor", pid)
+	k.crashed(pid, 1, time.Since(k.readyAt) < quickCrash)
+}
+
 // instancesGone reports whether no instance of the keeper's runs. The
 // application's own children that outlive them do not hold the keeper:
 // as pid 1 its exit ends them, else they are reparented as orphans are.
@@ -458,6 +500,7 @@ func (k *keeper) instancesGone() bool {
 	for pid := range k.instances {
 		if !k.descends(pid) {
 			delete(k.instances, pid)
+			delete(k.handedBy, pid)
 		}
 	}
 	return len(k.instances) == 0

@@ -3,7 +3,10 @@
 package graceful
 
 import (
+	"bufio"
 	"errors"
+	"io"
+	"net"
 	"os"
 	"os/exec"
 	"strconv"
@@ -43,15 +46,15 @@ func TestKeeperTrust(t *testing.T) {
 		return c.Process.Pid
 	}
 	inst, other := sleeper(), sleeper()
-	k := &keeper{instances: map[int]bool{inst: true}}
+	k := &keeper{instances: map[int]bool{inst: true}, handedBy: map[int]int{}}
 	uid := os.Geteuid()
-	msg := func(pid, uid int, vars map[string]string) keeperMsg {
-		return keeperMsg{pid: pid, uid: uid, vars: vars}
+	send := func(pid, uid int, body string, fds ...int) {
+		k.take(keeperMsg{pid: pid, uid: uid, fds: fds}, []byte(body))
 	}
-	k.message(msg(other, uid, map[string]string{"READY": "1"}))
-	k.message(msg(inst, uid+1, map[string]string{"READY": "1"}))
+	send(other, uid, "READY=1")
+	send(inst, uid+1, "READY=1")
 	for _, v := range []string{"-1", "0", "x", strconv.Itoa(os.Getpid())} {
-		k.message(msg(inst, uid, map[string]string{"MAINPID": v}))
+		send(inst, uid, "MAINPID="+v)
 	}
 	if k.serving != 0 {
 		t.Fatalf("serving %d after notifications it should ignore", k.serving)
@@ -60,9 +63,7 @@ func TestKeeperTrust(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	forged := msg(other, uid, map[string]string{keeperSockets: "x"})
-	forged.fds = []int{fd}
-	k.message(forged)
+	send(other, uid, keeperSockets+"=x", fd)
 	if _, err := unix.FcntlInt(uintptr(fd), unix.F_GETFD, 0); !errors.Is(err, syscall.EBADF) {
 		t.Errorf("the descriptor of an ignored notification is open (%v)", err)
 		unix.Close(fd)
@@ -70,11 +71,11 @@ func TestKeeperTrust(t *testing.T) {
 	if k.stored != nil {
 		t.Errorf("kept the sockets of a process that is no instance")
 	}
-	k.message(msg(inst, uid, map[string]string{"READY": "1", "MAINPID": strconv.Itoa(inst)}))
+	send(inst, uid, "READY=1\nMAINPID="+strconv.Itoa(inst))
 	if k.serving != inst {
 		t.Fatalf("serving %d after its instance's READY=1, want %d", k.serving, inst)
 	}
-	k.message(msg(inst, uid, map[string]string{"MAINPID": strconv.Itoa(other)}))
+	send(inst, uid, "MAINPID="+strconv.Itoa(other))
 	if k.serving != other || !k.instances[other] {
 		t.Errorf("serving %d after MAINPID=%d from the instance", k.serving, other)
 	}
@@ -110,5 +111,40 @@ func TestKeeperLeavesOrphans(t *testing.T) {
 	}
 	if err := syscall.Kill(orphan, 0); err != nil {
 		t.Errorf("the orphan ended before the keeper: %v", err)
+	}
+}
+
+// A successor that dies while its predecessor drains is reaped by that
+// predecessor, which started it: the keeper learns of it when the
+// predecessor exits, and starts another instance. Connections wait in the
+// backlog meanwhile. It took the dead successor for one serving under a
+// keeper of its own before, and exited 0 with nothing serving.
+func TestKeeperSuccessorDiesWhilePredecessorDrains(t *testing.T) {
+	c := newChain(t, "GRACEFUL_TEST_KEEP=1")
+	cmd := c.start()
+	keeper := cmd.Process.Pid
+	first := c.readyAfter(map[int]bool{keeper: true})
+	// A request whose body has not all come: the first instance's drain
+	// waits for it.
+	slow, err := net.Dial("tcp", strings.Fields(c.wait(first, "ready "))[2])
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer slow.Close()
+	if _, err := io.WriteString(slow, "POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\nx"); err != nil {
+		t.Fatal(err)
+	}
+	syscall.Kill(keeper, syscall.SIGHUP)
+	second := c.readyAfter(map[int]bool{keeper: true, first: true})
+	syscall.Kill(second, syscall.SIGKILL)
+	// The request ends, and with it the first instance's drain.
+	io.WriteString(slow, "x")
+	bufio.NewReader(slow).ReadString('\n')
+	slow.Close()
+	third := c.readyAfter(map[int]bool{keeper: true, first: true, second: true})
+	t.Logf("pid %d, the keeper's, serves after %d died and %d drained", third, second, first)
+	syscall.Kill(keeper, syscall.SIGTERM)
+	if err := cmd.Wait(); err != nil {
+		t.Errorf("the keeper ended with %v, want status 0", err)
 	}
 }
