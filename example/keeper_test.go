@@ -97,16 +97,22 @@ func (k *kept) stop(t *testing.T) {
 	}
 }
 
+// keepPID starts the example with -keep-pid as the test's child, the
+// keeper of pid kp.
+func keepPID(t *testing.T) (k *kept, kp int) {
+	c := newCluster(t, "-keep-pid")
+	cmd := c.Start()
+	kp = cmd.Process.Pid
+	return &kept{c: c, signal: func(s syscall.Signal) { syscall.Kill(kp, s) }, wait: cmd.Wait,
+		zombie: func() int { return zombies(kp) }}, kp
+}
+
 // TestKeepPID runs the example with -keep-pid as the child of a manager
 // that tracks one pid: SIGHUPs to that pid restart the service without a
 // failed request, SIGKILLs of the serving instance refuse no connection,
 // and SIGTERM ends it with status 0, leaving no process behind.
 func TestKeepPID(t *testing.T) {
-	c := newCluster(t, "-keep-pid")
-	cmd := c.Start()
-	kp := cmd.Process.Pid
-	k := &kept{c: c, signal: func(s syscall.Signal) { syscall.Kill(kp, s) }, wait: cmd.Wait,
-		zombie: func() int { return zombies(kp) }}
+	k, kp := keepPID(t)
 	ld := k.start(t)
 	k.restarts(t, ld, exampletest.Sweep(3, 20))
 	k.crashes(t, exampletest.Sweep(3, 20))
@@ -124,11 +130,7 @@ func TestKeepPID(t *testing.T) {
 // Its loop blocked for good at the first reap before: a full socket queue
 // held the barrier it wrote itself.
 func TestKeeperFlood(t *testing.T) {
-	c := newCluster(t, "-keep-pid")
-	cmd := c.Start()
-	kp := cmd.Process.Pid
-	k := &kept{c: c, signal: func(s syscall.Signal) { syscall.Kill(kp, s) }, wait: cmd.Wait,
-		zombie: func() int { return zombies(kp) }}
+	k, kp := keepPID(t)
 	ld := k.start(t)
 	sent := flood(t, kp)
 	k.restarts(t, ld, 3)
