@@ -1133,3 +1133,35 @@ func (in *Instance) blockLoop(t *testing.T) (release func()) {
 	t.Cleanup(release) // before the cleanups that need the loop
 	return release
 }
+
+// A successor that crashes while its predecessor drains is replaced by
+// that predecessor, which keeps a copy of the sockets it handed: new
+// connections are answered again at once, not only once a keeper or a
+// manager notices. Nothing accepted before, until a restart by hand.
+func TestSuccessorCrashWhilePredecessorDrains(t *testing.T) {
+	c := newChain(t)
+	first := c.startFirst()
+	// A request whose body has not all come: the drain waits for it.
+	slow, err := net.Dial("tcp", c.addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer slow.Close()
+	if _, err := io.WriteString(slow, "POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\nx"); err != nil {
+		t.Fatal(err)
+	}
+	n := c.mark()
+	syscall.Kill(first, syscall.SIGHUP)
+	second := c.readyAfter(map[int]bool{first: true})
+	c.waitFrom(n, first, "restart ") // Restart has its answer: the commit
+	syscall.Kill(second, syscall.SIGKILL)
+	third := c.readyAfter(map[int]bool{first: true, second: true})
+	l := startLoad(t, c.addr)
+	l.answered(t, third, 20)
+	l.check(t)
+	io.WriteString(slow, "x")
+	bufio.NewReader(slow).ReadString('\n')
+	slow.Close()
+	c.waitFrom(n, first, "exit ")
+	c.stop(third)
+}

@@ -114,11 +114,12 @@ func TestKeeperLeavesOrphans(t *testing.T) {
 	}
 }
 
-// A successor that dies while its predecessor drains is reaped by that
-// predecessor, which started it: the keeper learns of it when the
-// predecessor exits, and starts another instance. Connections wait in the
-// backlog meanwhile. It took the dead successor for one serving under a
-// keeper of its own before, and exited 0 with nothing serving.
+// A successor that dies while its predecessor drains, under a keeper: the
+// predecessor, which started it and reaps it, starts a replacement, and
+// the keeper takes that one for the serving instance (were the replacement
+// to fail, the keeper would start one once the predecessor ended). The
+// keeper took the dead successor for one serving under a keeper of its
+// own before, and exited 0 with nothing serving.
 func TestKeeperSuccessorDiesWhilePredecessorDrains(t *testing.T) {
 	c := newChain(t, "GRACEFUL_TEST_KEEP=1")
 	cmd := c.start()
@@ -142,7 +143,7 @@ func TestKeeperSuccessorDiesWhilePredecessorDrains(t *testing.T) {
 	bufio.NewReader(slow).ReadString('\n')
 	slow.Close()
 	third := c.readyAfter(map[int]bool{keeper: true, first: true, second: true})
-	t.Logf("pid %d, the keeper's, serves after %d died and %d drained", third, second, first)
+	t.Logf("pid %d serves after %d died and %d drained", third, second, first)
 	syscall.Kill(keeper, syscall.SIGTERM)
 	if err := cmd.Wait(); err != nil {
 		t.Errorf("the keeper ended with %v, want status 0", err)

@@ -194,6 +194,12 @@ func (op *restartOp) childExited(err error) {
 	// Else its hand-over decides: a program started in the background
 	// (by a wrapper that exited) may live on.
 	op.answer()
+	m := op.m
+	if op.detached && err != nil && op.proc.Pid == op.s.pid && m.succ == op.s && m.phase == handedOver && !m.passing {
+		// The successor that serves crashed while this instance drains:
+		// nothing accepts. A PassConns under way revives it itself.
+		m.revive()
+	}
 }
 
 // exitedEarly is the error of a successor that exited before its Ready.

@@ -10,10 +10,11 @@ import (
 )
 
 // This file revives the service when the successor that committed dies
-// while this instance passes it connections: nothing accepts then, since
-// this instance handed its sockets over. It keeps a copy of what it handed
-// at the commit, and starts a replacement with it, as Restart would; the
-// connections not yet passed go to the replacement.
+// while this instance passes it connections, or crashes while this
+// instance drains: nothing accepts then, since this instance handed its
+// sockets over. It keeps a copy of what it handed at the commit, and
+// starts a replacement with it, as Restart would; the connections not yet
+// passed go to the replacement.
 
 // kept is the copy of what an instance handed to its successor.
 type kept struct {
@@ -68,7 +69,7 @@ func (m *machine) revive() bool {
 		m.passErr = fmt.Errorf("the successor, pid %d, died, and starting another failed: %w", dead, err)
 		return false
 	}
-	m.in.logf("the successor, pid %d, died while connections were passed: starting pid %d with the sockets", dead, s.pid)
+	m.in.logf("the successor, pid %d, died: starting pid %d with the sockets", dead, s.pid)
 	s.conn.SetReadDeadline(time.Now().Add(m.in.readyTimeout))
 	m.pending[s] = true
 	m.reviving = s
