@@ -146,6 +146,6 @@ func TestKeeperSuccessorDiesWhilePredecessorDrains(t *testing.T) {
 	t.Logf("pid %d serves after %d died and %d drained", third, second, first)
 	syscall.Kill(keeper, syscall.SIGTERM)
 	if err := cmd.Wait(); err != nil {
-		t.Errorf("the keeper ended with %v, want status 0", err)
+		t.Errorf("the keeper ended with %v, want status 0; output:\n%s", err, c.output())
 	}
 }

@@ -92,6 +92,9 @@ func reap(pid int) {
 // recommit makes the replacement the successor: it serves from now on.
 func (m *machine) recommit(s *successor) error {
 	m.reviving = nil
+	// Named before it learns that it serves, as at a commit: this
+	// instance may exit as soon as it has answered.
+	m.notify("MAINPID=" + strconv.Itoa(s.pid))
 	if err := writeReply(s.conn, m.in.deadline(), statusOK, ""); err != nil {
 		m.passErr = fmt.Errorf("the successor died, and its replacement went away: %w", ioError("committing", err))
 		m.grantPasses()
@@ -99,7 +102,6 @@ func (m *machine) recommit(s *successor) error {
 	}
 	s.conn.SetReadDeadline(time.Time{})
 	m.succ = s
-	m.notify("MAINPID=" + strconv.Itoa(s.pid))
 	m.grantPasses()
 	return nil
 }
