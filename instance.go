@@ -258,6 +258,7 @@ func (m *machine) claim(kind, network, address string) (any, time.Time, error) {
 	if m.making[key] {
 		return nil, time.Time{}, fmt.Errorf("already listening: %w", syscall.EADDRINUSE)
 	}
+	inherited := key
 	fd, ok := m.inherit[key]
 	if !ok {
 		// The same address spelled otherwise: the predecessor's
@@ -265,18 +266,18 @@ func (m *machine) claim(kind, network, address string) (any, time.Time, error) {
 		// instance got with ":0", that port.
 		for k, ifd := range m.inherit {
 			if strings.HasPrefix(k, kind+"\x00") && socketMatches(ifd, kind, network, address) {
-				key, fd, ok = k, ifd, true
+				inherited, fd, ok = k, ifd, true
 				break
 			}
 		}
 	}
 	if ok {
-		delete(m.inherit, key)
+		delete(m.inherit, inherited)
 	} else {
 		fd = m.active.take(kind, network, address)
 	}
 	if fd < 0 {
-		m.making[objectKey(kind, network, address)] = true
+		m.making[key] = true
 		return nil, m.vanished, nil
 	}
 	var obj any

@@ -11,6 +11,7 @@ import (
 	"path/filepath"
 	"runtime"
 	"slices"
+	"strconv"
 	"strings"
 	"sync/atomic"
 	"syscall"
@@ -364,4 +365,52 @@ func TestListenSameAddressAtOnce(t *testing.T) {
 	if err := <-first; err != nil {
 		t.Errorf("the first Listen, then a dial: %v", err)
 	}
+}
+
+// A successor that listens on the predecessor's address spelled otherwise
+// ("localhost:P" for "127.0.0.1:P") takes the predecessor's socket; a
+// second Listen of that spelling finds it taken.
+func TestListenSpelledOtherwise(t *testing.T) {
+	sock := sockPath(t)
+	pred := readyFirst(t, Config{Socket: sock})
+	pln, err := pred.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pln.Close()
+	succ, err := Start(Config{Socket: sock})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer succ.Stop()
+	addr := "localhost:" + strconv.Itoa(pln.Addr().(*net.TCPAddr).Port)
+	ln, err := succ.Listen("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	if !sameSocket(t, ln, pln) {
+		t.Errorf("Listen(%q) made a new socket, not the predecessor's", addr)
+	}
+	if _, err := succ.Listen("tcp", addr); err == nil || !strings.Contains(err.Error(), "already listening") {
+		t.Errorf("a second Listen(%q): %v, want already listening", addr, err)
+	}
+}
+
+// sameSocket reports whether two listeners are one socket (device and inode).
+func sameSocket(t *testing.T, a, b net.Listener) bool {
+	t.Helper()
+	ino := func(l net.Listener) uint64 {
+		f, err := l.(*net.TCPListener).File()
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer f.Close()
+		var st syscall.Stat_t
+		if err := syscall.Fstat(int(f.Fd()), &st); err != nil {
+			t.Fatal(err)
+		}
+		return st.Ino
+	}
+	return ino(a) == ino(b)
 }
