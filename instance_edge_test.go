@@ -1141,15 +1141,7 @@ func (in *Instance) blockLoop(t *testing.T) (release func()) {
 func TestSuccessorCrashWhilePredecessorDrains(t *testing.T) {
 	c := newChain(t)
 	first := c.startFirst()
-	// A request whose body has not all come: the drain waits for it.
-	slow, err := net.Dial("tcp", c.addr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer slow.Close()
-	if _, err := io.WriteString(slow, "POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\nx"); err != nil {
-		t.Fatal(err)
-	}
+	release := holdRequest(t, c.addr, first)
 	n := c.mark()
 	syscall.Kill(first, syscall.SIGHUP)
 	second := c.readyAfter(map[int]bool{first: true})
@@ -1159,9 +1151,10 @@ func TestSuccessorCrashWhilePredecessorDrains(t *testing.T) {
 	l := startLoad(t, c.addr)
 	l.answered(t, third, 20)
 	l.check(t)
-	io.WriteString(slow, "x")
-	bufio.NewReader(slow).ReadString('\n')
-	slow.Close()
+	if _, err := syscall.Getpgid(first); err != nil {
+		t.Errorf("pid %d ended before the replacement served: %v", first, err)
+	}
+	release()
 	c.waitFrom(n, first, "exit ")
 	c.stop(third)
 }

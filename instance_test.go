@@ -9,11 +9,13 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"net"
 	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -230,10 +232,10 @@ func (c *chain) stop(pid int) {
 // cleanup kills what a failed test left running: the instances it knows.
 func (c *chain) cleanup() {
 	c.mu.Lock()
-	pids := c.pids
+	pids := slices.Collect(maps.Keys(c.pids)) // read adds to it meanwhile
 	cmds := c.cmds
 	c.mu.Unlock()
-	for pid := range pids {
+	for _, pid := range pids {
 		if alive(pid) {
 			syscall.Kill(pid, syscall.SIGKILL)
 		}
@@ -256,6 +258,44 @@ func alive(pid int) bool {
 	}
 	i := bytes.LastIndexByte(b, ')')
 	return i < 0 || i+2 >= len(b) || b[i+2] != 'Z'
+}
+
+// holdRequest starts a request to the instance pid at addr whose body
+// does not come, on a connection that instance has accepted (it answers a
+// first request on it): its drain waits until release.
+func holdRequest(t *testing.T, addr string, pid int) (release func()) {
+	t.Helper()
+	conn, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	r := bufio.NewReader(conn)
+	io.WriteString(conn, "POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n")
+	resp, err := http.ReadResponse(r, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if string(b) != fmt.Sprintf("pid=%d\n", pid) {
+		t.Fatalf("answered %q, want pid %d", b, pid)
+	}
+	// The server says 100 Continue once the handler reads the body: then
+	// the request is in flight, no longer an idle connection to close.
+	io.WriteString(conn, "POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\nExpect: 100-continue\r\n\r\n")
+	if l, err := r.ReadString('\n'); err != nil || !strings.Contains(l, " 100 ") {
+		t.Fatalf("no 100 Continue: %q, %v", l, err)
+	}
+	r.ReadString('\n') // the empty line after it
+	return func() {
+		io.WriteString(conn, "xx")
+		if resp, err := http.ReadResponse(r, nil); err == nil {
+			io.Copy(io.Discard, resp.Body)
+			resp.Body.Close()
+		}
+		conn.Close()
+	}
 }
 
 // A load sends requests until stopped, on new and on keep-alive

@@ -33,6 +33,10 @@ import (
 // keeperSockets names the copies of the sockets an instance sends.
 const keeperSockets = "X_GRACEFUL_SOCKETS"
 
+// keeperExited names an instance's report that the serving instance, its
+// successor, which it started and reaped, ended: "pid:status".
+const keeperExited = "X_GRACEFUL_EXITED"
+
 // keeping reports whether Start runs the keeper in this process.
 func keeping(cfg Config) bool {
 	return keeperAddr() == "" && (cfg.KeepPID || os.Getpid() == 1)
@@ -300,6 +304,9 @@ func (k *keeper) message(msg keeperMsg) {
 		msg.fds = nil
 	}
 	closeAll(msg.fds)
+	if v, ok := msg.vars[keeperExited]; ok {
+		k.reportedExit(msg.pid, v)
+	}
 	pid := msg.pid
 	if v, ok := msg.vars["MAINPID"]; ok {
 		named, err := strconv.Atoi(v)
@@ -322,6 +329,20 @@ func (k *keeper) message(msg keeperMsg) {
 	if msg.vars["STOPPING"] == "1" && msg.pid == k.serving {
 		k.stop()
 	}
+}
+
+// reportedExit takes the report of an instance, from, that its successor,
+// the serving instance, ended: the keeper did not reap it.
+func (k *keeper) reportedExit(from int, v string) {
+	p, s, _ := strings.Cut(v, ":")
+	pid, perr := strconv.Atoi(p)
+	status, serr := strconv.Atoi(s)
+	if perr != nil || serr != nil || pid != k.serving || k.handedBy[pid] != from || unix.Kill(pid, 0) != unix.ESRCH {
+		return
+	}
+	delete(k.instances, pid)
+	delete(k.handedBy, pid)
+	k.exited(pid, status)
 }
 
 // ignore drops msg, and says so at most once a second: a flood of
@@ -660,6 +681,20 @@ func (k *keeper) logf(format string, args ...any) {
 	if k.cfg.ErrorLog != nil {
 		k.cfg.ErrorLog.Printf("keeper: "+format, args...)
 	}
+}
+
+// tellKeeperExit tells the keeper, if this instance is kept, that its
+// successor pid, the serving instance, which it reaped, ended. It reports
+// whether it told.
+func tellKeeperExit(pid int, st *os.ProcessState) bool {
+	if keeperAddr() == "" {
+		return false
+	}
+	status := 1
+	if ws, ok := st.Sys().(syscall.WaitStatus); ok {
+		status = exitStatus(unix.WaitStatus(ws))
+	}
+	return notify(keeperExited+"="+strconv.Itoa(pid)+":"+strconv.Itoa(status)) == nil
 }
 
 // tellKeeper sends the keeper, if this instance is kept, a copy of the

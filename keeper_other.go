@@ -5,6 +5,7 @@ package graceful
 import (
 	"errors"
 	"fmt"
+	"os"
 )
 
 // keeping reports whether Start runs the keeper in this process: only
@@ -16,3 +17,5 @@ func keep(Config) error {
 }
 
 func tellKeeper(*snapshot) error { return nil }
+
+func tellKeeperExit(int, *os.ProcessState) bool { return false }

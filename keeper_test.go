@@ -3,10 +3,7 @@
 package graceful
 
 import (
-	"bufio"
 	"errors"
-	"io"
-	"net"
 	"os"
 	"os/exec"
 	"strconv"
@@ -115,34 +112,27 @@ func TestKeeperLeavesOrphans(t *testing.T) {
 }
 
 // A successor that dies while its predecessor drains, under a keeper: the
-// predecessor, which started it and reaps it, starts a replacement, and
-// the keeper takes that one for the serving instance (were the replacement
-// to fail, the keeper would start one once the predecessor ended). The
-// keeper took the dead successor for one serving under a keeper of its
-// own before, and exited 0 with nothing serving.
+// predecessor, which started it and reaped it, tells the keeper, which
+// starts the next instance at once, as for any crash. The keeper took the
+// dead successor for one serving under a keeper of its own before, and
+// exited 0 with nothing serving once the predecessor ended.
 func TestKeeperSuccessorDiesWhilePredecessorDrains(t *testing.T) {
 	c := newChain(t, "GRACEFUL_TEST_KEEP=1")
 	cmd := c.start()
 	keeper := cmd.Process.Pid
 	first := c.readyAfter(map[int]bool{keeper: true})
-	// A request whose body has not all come: the first instance's drain
-	// waits for it.
-	slow, err := net.Dial("tcp", strings.Fields(c.wait(first, "ready "))[2])
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer slow.Close()
-	if _, err := io.WriteString(slow, "POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\nx"); err != nil {
-		t.Fatal(err)
-	}
+	release := holdRequest(t, strings.Fields(c.wait(first, "ready "))[2], first)
 	syscall.Kill(keeper, syscall.SIGHUP)
 	second := c.readyAfter(map[int]bool{keeper: true, first: true})
 	syscall.Kill(second, syscall.SIGKILL)
-	// The request ends, and with it the first instance's drain.
-	io.WriteString(slow, "x")
-	bufio.NewReader(slow).ReadString('\n')
-	slow.Close()
 	third := c.readyAfter(map[int]bool{keeper: true, first: true, second: true})
+	if p := parentOf(third); p != keeper {
+		t.Errorf("pid %d serves, started by %d, not by the keeper", third, p)
+	}
+	if _, err := syscall.Getpgid(first); err != nil {
+		t.Errorf("pid %d ended before the next instance served: %v\n%s", first, err, c.output())
+	}
+	release() // the first instance's drain ends
 	t.Logf("pid %d serves after %d died and %d drained", third, second, first)
 	syscall.Kill(keeper, syscall.SIGTERM)
 	if err := cmd.Wait(); err != nil {

@@ -90,7 +90,7 @@ func (m *machine) restartRequest(exe string, reply chan error) {
 		if err == nil && !st.Success() {
 			err = errors.New(st.String())
 		}
-		in.post(func(m *machine) { op.childExited(err) })
+		in.post(func(m *machine) { op.childExited(st, err) })
 	})
 }
 
@@ -181,7 +181,7 @@ func (op *restartOp) linkFailed(err error) {
 }
 
 // childExited is the end of the process started.
-func (op *restartOp) childExited(err error) {
+func (op *restartOp) childExited(st *os.ProcessState, err error) {
 	op.exited, op.exitErr = true, err
 	if !op.detached {
 		op.m.linkEnded()
@@ -198,7 +198,7 @@ func (op *restartOp) childExited(err error) {
 	if op.detached && err != nil && op.proc.Pid == op.s.pid && m.succ == op.s && m.phase == handedOver && !m.passing {
 		// The successor that serves crashed while this instance drains:
 		// nothing accepts. A PassConns under way revives it itself.
-		m.revive()
+		m.successorCrashed(st)
 	}
 }
 

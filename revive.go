@@ -82,6 +82,20 @@ func (m *machine) revive() bool {
 	return true
 }
 
+// successorCrashed takes the crash of the serving successor, which this
+// instance started and reaped, while it drains. A keeper, told so, starts
+// the next instance, as for any crash. Else this instance starts a
+// replacement with its copy of the sockets.
+func (m *machine) successorCrashed(st *os.ProcessState) {
+	if !tellKeeperExit(m.succ.pid, st) {
+		m.revive()
+		return
+	}
+	m.succ.conn.Close()
+	m.succ = nil
+	m.dropKept()
+}
+
 // reap waits for the end of the child pid, which lives on as the service.
 func reap(pid int) {
 	if p, err := os.FindProcess(pid); err == nil {
