@@ -690,9 +690,11 @@ func tellKeeperExit(pid int, st *os.ProcessState) bool {
 	if keeperAddr() == "" {
 		return false
 	}
-	status := 1
-	if ws, ok := st.Sys().(syscall.WaitStatus); ok {
-		status = exitStatus(unix.WaitStatus(ws))
+	status := 1 // unknown: Wait failed
+	if st != nil {
+		if ws, ok := st.Sys().(syscall.WaitStatus); ok {
+			status = exitStatus(unix.WaitStatus(ws))
+		}
 	}
 	return notify(keeperExited+"="+strconv.Itoa(pid)+":"+strconv.Itoa(status)) == nil
 }
