@@ -633,6 +633,19 @@ func readyFirst(t *testing.T, cfg Config) *Instance {
 	return inst
 }
 
+// servingFirst is readyFirst with a TCP listener on a port of its own:
+// what a successor takes over.
+func servingFirst(t *testing.T, cfg Config) (*Instance, net.Listener) {
+	t.Helper()
+	inst := readyFirst(t, cfg)
+	ln, err := inst.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	return inst, ln
+}
+
 // Stop while Restart starts its successor, which a wrapper runs without
 // exec (so Restart's kill misses it): the successor is refused, and never
 // serves after the instance that started it stopped.

@@ -30,12 +30,7 @@ import (
 func TestAbandonedSuccessorStopsAccepting(t *testing.T) {
 	sock := sockPath(t)
 	var plog logBuf
-	pred := readyFirst(t, Config{Socket: sock, ReadyTimeout: 200 * time.Millisecond, ErrorLog: log.New(&plog, "", 0)})
-	pln, err := pred.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer pln.Close()
+	pred, pln := servingFirst(t, Config{Socket: sock, ReadyTimeout: 200 * time.Millisecond, ErrorLog: log.New(&plog, "", 0)})
 	succ, err := Start(Config{Socket: sock})
 	if err != nil {
 		t.Fatal(err)
@@ -161,12 +156,7 @@ func TestListenConfig(t *testing.T) {
 		err := c.Control(func(fd uintptr) { serr = syscall.SetsockoptInt(int(fd), syscall.SOL_SOCKET, unix.SO_REUSEPORT, 1) })
 		return cmp.Or(err, serr)
 	}}
-	pred := readyFirst(t, Config{Socket: sock, ListenConfig: lc})
-	pln, err := pred.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer pln.Close()
+	servingFirst(t, Config{Socket: sock, ListenConfig: lc})
 	succ, err := Start(Config{Socket: sock})
 	if err != nil {
 		t.Fatal(err)
@@ -237,12 +227,7 @@ func TestRestartWrapperExitsFirst(t *testing.T) {
 // and this instance keeps no share of the traffic.
 func TestReadyFailureClosesListeners(t *testing.T) {
 	sock := sockPath(t)
-	pred := readyFirst(t, Config{Socket: sock})
-	pln, err := pred.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer pln.Close()
+	pred, pln := servingFirst(t, Config{Socket: sock})
 	pidPath := filepath.Join(t.TempDir(), "pid")
 	succ, err := Start(Config{Socket: sock, PIDFile: pidPath})
 	if err != nil {
@@ -372,12 +357,7 @@ func TestListenSameAddressAtOnce(t *testing.T) {
 // second Listen of that spelling finds it taken.
 func TestListenSpelledOtherwise(t *testing.T) {
 	sock := sockPath(t)
-	pred := readyFirst(t, Config{Socket: sock})
-	pln, err := pred.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer pln.Close()
+	_, pln := servingFirst(t, Config{Socket: sock})
 	succ, err := Start(Config{Socket: sock})
 	if err != nil {
 		t.Fatal(err)
