@@ -101,6 +101,35 @@ func TestNotify(t *testing.T) {
 	}
 }
 
+// socketActivate runs an instance under systemd-socket-activate, which
+// listens on a free address, with env added to the instance's. It returns
+// once a connection was answered: the first makes it start the instance.
+func socketActivate(t *testing.T, env ...string) (*chain, *exec.Cmd) {
+	bin, err := exec.LookPath("systemd-socket-activate")
+	if err != nil {
+		t.Skip("systemd-socket-activate is not installed (Debian's systemd package has it)")
+	}
+	c := newChain(t)
+	c.addr = freeAddr(t)
+	args := []string{"-l", c.addr}
+	for _, e := range append(env, instanceEnv()...) {
+		args = append(args, "-E", e)
+	}
+	cmd := exec.Command(bin, append(args, os.Args[0], c.sock, c.addr, c.pid)...)
+	c.startCmd(cmd)
+	for i := 0; ; i++ {
+		conn, err := net.Dial("tcp", c.addr)
+		if err == nil {
+			conn.Close()
+			return c, cmd
+		}
+		if i == 1000 {
+			t.Fatal(err)
+		}
+		time.Sleep(5 * time.Millisecond) // nothing tells when it listens
+	}
+}
+
 // TestSocketActivation starts a first instance with the sockets a service
 // manager passes: by systemd-socket-activate, and by the environment set
 // here, with a socket the application does not ask for. The instance serves
@@ -108,32 +137,8 @@ func TestNotify(t *testing.T) {
 // on to a successor.
 func TestSocketActivation(t *testing.T) {
 	t.Run("systemd-socket-activate", func(t *testing.T) {
-		bin, err := exec.LookPath("systemd-socket-activate")
-		if err != nil {
-			t.Skip("systemd-socket-activate is not installed (Debian's systemd package has it)")
-		}
-		addr := freeAddr(t)
-		c := newChain(t)
-		c.addr = addr
-		args := []string{"-l", addr}
-		for _, e := range instanceEnv() {
-			args = append(args, "-E", e)
-		}
-		cmd := exec.Command(bin, append(args, os.Args[0], c.sock, addr, c.pid)...)
-		c.startCmd(cmd)
-		// It executes the instance on the first connection, which the
-		// instance then answers.
-		for i := 0; ; i++ {
-			conn, err := net.Dial("tcp", addr)
-			if err == nil {
-				conn.Close()
-				break
-			}
-			if i == 1000 {
-				t.Fatal(err)
-			}
-			time.Sleep(5 * time.Millisecond)
-		}
+		c, cmd := socketActivate(t)
+		addr := c.addr
 		l := startLoad(t, addr)
 		pid := cmd.Process.Pid
 		c.wait(pid, "ready "+addr+" inherited=false")
@@ -146,30 +151,8 @@ func TestSocketActivation(t *testing.T) {
 		c.stop(next)
 	})
 	t.Run("systemd-socket-activate with a keeper", func(t *testing.T) {
-		bin, err := exec.LookPath("systemd-socket-activate")
-		if err != nil {
-			t.Skip("systemd-socket-activate is not installed (Debian's systemd package has it)")
-		}
-		addr := freeAddr(t)
-		c := newChain(t)
-		c.addr = addr
-		args := []string{"-l", addr, "-E", "GRACEFUL_TEST_KEEP=1"}
-		for _, e := range instanceEnv() {
-			args = append(args, "-E", e)
-		}
-		cmd := exec.Command(bin, append(args, os.Args[0], c.sock, addr, c.pid)...)
-		c.startCmd(cmd)
-		for i := 0; ; i++ {
-			conn, err := net.Dial("tcp", addr)
-			if err == nil {
-				conn.Close()
-				break
-			}
-			if i == 1000 {
-				t.Fatal(err)
-			}
-			time.Sleep(5 * time.Millisecond)
-		}
+		c, cmd := socketActivate(t, "GRACEFUL_TEST_KEEP=1")
+		addr := c.addr
 		// The keeper passes systemd's socket to its first instance.
 		keeper := cmd.Process.Pid
 		pid := c.readyAfter(map[int]bool{keeper: true})
