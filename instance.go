@@ -226,16 +226,16 @@ func (in *Instance) ListenPacket(network, address string) (net.PacketConn, error
 
 func (in *Instance) listen(kind, network, address string) (obj any, err error) {
 	var vanished time.Time
-	in.call(func(m *machine) { obj, vanished, err = m.claim(kind, network, address) })
+	key := objectKey(kind, network, address)
+	in.call(func(m *machine) { obj, vanished, err = m.claim(kind, key, network, address) })
 	if obj == nil && err == nil {
 		// A new socket is made on the caller's goroutine: a Control that
 		// panics or blocks does so there, and the loop does not wait. The
 		// address stays reserved meanwhile (claim).
-		key := objectKey(kind, network, address)
 		defer in.call(func(m *machine) { delete(m.making, key) })
 		obj, err = in.listenAnew(kind, network, address, vanished)
 		if err == nil {
-			in.call(func(m *machine) { err = m.keep(kind, network, address, obj) })
+			in.call(func(m *machine) { err = m.keep(kind, key, network, address, obj) })
 		}
 	}
 	var oe *net.OpError
@@ -250,8 +250,7 @@ func (in *Instance) listen(kind, network, address string) (obj any, err error) {
 // claim returns the inherited or activated socket for the address, kept
 // for the successor. Else it returns none, and when a predecessor
 // vanished, and reserves the address for the caller to make the socket.
-func (m *machine) claim(kind, network, address string) (any, time.Time, error) {
-	key := objectKey(kind, network, address)
+func (m *machine) claim(kind, key, network, address string) (any, time.Time, error) {
 	if err := m.free(key); err != nil {
 		return nil, time.Time{}, err
 	}
@@ -313,8 +312,7 @@ func (m *machine) free(key string) error {
 
 // keep keeps a new socket for the successor, or closes it if the
 // instance stopped, or another Listen of the address won, meanwhile.
-func (m *machine) keep(kind, network, address string, obj any) error {
-	key := objectKey(kind, network, address)
+func (m *machine) keep(kind, key, network, address string, obj any) error {
 	if err := m.free(key); err != nil {
 		obj.(io.Closer).Close()
 		return err

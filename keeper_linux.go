@@ -340,8 +340,7 @@ func (k *keeper) reportedExit(from int, v string) {
 	if perr != nil || serr != nil || pid != k.serving || k.handedBy[pid] != from || unix.Kill(pid, 0) != unix.ESRCH {
 		return
 	}
-	delete(k.instances, pid)
-	delete(k.handedBy, pid)
+	k.forget(pid)
 	k.exited(pid, status)
 }
 
@@ -368,7 +367,7 @@ func (k *keeper) trusted(msg keeperMsg) bool {
 	if k.reaped[msg.pid] || k.descends(msg.pid) {
 		return true
 	}
-	delete(k.instances, msg.pid) // gone, and reaped by its parent
+	k.forget(msg.pid) // gone, and reaped by its parent
 	return false
 }
 
@@ -475,8 +474,7 @@ func (k *keeper) reap() {
 	}
 	k.reaped = nil
 	for _, e := range batch {
-		delete(k.instances, e.pid)
-		delete(k.handedBy, e.pid)
+		k.forget(e.pid)
 		k.exited(e.pid, exitStatus(e.ws))
 	}
 	if len(batch) > 0 {
@@ -503,8 +501,7 @@ func (k *keeper) checkServing() {
 	if pred := k.handedBy[pid]; pred != 0 && k.descends(pred) {
 		return
 	}
-	delete(k.instances, pid)
-	delete(k.handedBy, pid)
+	k.forget(pid)
 	k.serving = 0
 	if k.stopping {
 		k.over = true
@@ -514,14 +511,19 @@ func (k *keeper) checkServing() {
 	k.crashed(pid, 1, time.Since(k.readyAt) < quickCrash)
 }
 
+// forget forgets the instance pid, which has ended.
+func (k *keeper) forget(pid int) {
+	delete(k.instances, pid)
+	delete(k.handedBy, pid)
+}
+
 // instancesGone reports whether no instance of the keeper's runs. The
 // application's own children that outlive them do not hold the keeper:
 // as pid 1 its exit ends them, else they are reparented as orphans are.
 func (k *keeper) instancesGone() bool {
 	for pid := range k.instances {
 		if !k.descends(pid) {
-			delete(k.instances, pid)
-			delete(k.handedBy, pid)
+			k.forget(pid)
 		}
 	}
 	return len(k.instances) == 0
