@@ -31,6 +31,7 @@ type kept struct {
 	signal func(syscall.Signal) // to the keeper
 	wait   func() error         // for the keeper's exit
 	zombie func() int           // zombies among its processes
+	kill   func(pid int)        // SIGKILL to an instance, by the pid it says; nil: syscall.Kill
 	pid    int                  // the serving instance, as it says
 }
 
@@ -199,7 +200,11 @@ func (k *kept) crashes(t *testing.T, n int) {
 		ld.mu.Unlock()
 		time.Sleep(time.Until(served.Add(600 * time.Millisecond))) // the scenario
 		killed := time.Now()
-		syscall.Kill(k.pid, syscall.SIGKILL)
+		if k.kill != nil {
+			k.kill(k.pid)
+		} else {
+			syscall.Kill(k.pid, syscall.SIGKILL)
+		}
 		next := k.c.ServingPid(k.pid)
 		ld.waitPid(t, next, answersPerInstance)
 		ld.mu.Lock()
@@ -341,10 +346,47 @@ func TestContainer(t *testing.T) {
 		zombie: func() int {
 			out, _ := exec.Command(runc, "ps", id, "-o", "stat").Output()
 			return strings.Count(string(out), "Z")
-		}}
+		},
+		kill: func(pid int) { syscall.Kill(hostPid(t, runc, id, pid), syscall.SIGKILL) }}
 	ld := k.start(t)
 	k.restarts(t, ld, exampletest.Sweep(5, 30))
+	k.crashes(t, exampletest.Sweep(3, 20))
 	k.stop(t)
+}
+
+// hostPid returns the pid on the host of the process pid of container id.
+func hostPid(t *testing.T, runc, id string, pid int) int {
+	t.Helper()
+	out, err := exec.Command(runc, "state", id).Output()
+	var state struct{ Pid int }
+	if err == nil {
+		err = json.Unmarshal(out, &state)
+	}
+	if err != nil {
+		t.Fatalf("runc state: %v", err)
+	}
+	ns, err := os.Readlink(fmt.Sprintf("/proc/%d/ns/pid", state.Pid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ents, _ := os.ReadDir("/proc")
+	for _, e := range ents {
+		host, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		if l, _ := os.Readlink(fmt.Sprintf("/proc/%d/ns/pid", host)); l != ns {
+			continue
+		}
+		b, _ := os.ReadFile(fmt.Sprintf("/proc/%d/status", host))
+		for _, line := range strings.Split(string(b), "\n") {
+			if f := strings.Fields(line); len(f) > 1 && f[0] == "NSpid:" && f[len(f)-1] == strconv.Itoa(pid) {
+				return host
+			}
+		}
+	}
+	t.Fatalf("no pid %d in container %s", pid, id)
+	return 0
 }
 
 // containerBundle makes an OCI bundle whose root holds only the example,
